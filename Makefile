@@ -1,0 +1,39 @@
+# The two commands of the README: `make demo` and `make test`. Everything they need is set up here.
+PY      ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+JOBS    ?= $(shell nproc)
+
+.PHONY: demo test setup vulkan clean bench
+
+setup: $(STAMP) vulkan
+
+# Reinstall when the package metadata changes. torch comes from the CPU wheel on disk
+# (pip's find-links); `--extra-index-url` for the CPU index is only used where it is reachable.
+$(STAMP): pyproject.toml
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[test]'
+	touch $@
+
+# lavapipe (Mesa's software Vulkan) so the vulkan modules can be validated on any machine.
+vulkan:
+	@if ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1 || ls /etc/vulkan/icd.d/*.json >/dev/null 2>&1; then \
+	  echo "vulkan: ICD present"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  echo "vulkan: installing mesa-vulkan-drivers (lavapipe)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null; \
+	else \
+	  echo "vulkan: no ICD and not root: vulkan tests will be skipped"; \
+	fi
+
+test: setup
+	$(VPY) -m pytest -q -x tests
+
+demo: setup
+	$(VENV)/bin/build-sd demo
+
+clean:
+	rm -rf mlir/* artifacts/* build/

@@ -1,0 +1,118 @@
+"""`build-sd`: the command line. Each stage reads the previous stage's files.
+
+Imports are lazy so that the board-side commands (run) never import torch and a no-op
+`build-sd compile` stays fast. Bad input -> `error: ...` and exit 2; a failing tool -> exit 1.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import BuildError, UserError
+
+
+def _ints(text):
+    from .export import parse_int_list
+    return parse_int_list(text, "list")
+
+
+def cmd_export(a):
+    from .export import export_model, parse_int_list
+    export_model(a.model, a.out, split=parse_int_list(a.split, "--split") or None,
+                 gammas=parse_int_list(a.gammas, "--gammas") if a.gammas is not None else None,
+                 prefill=parse_int_list(a.prefill, "--prefill") if a.prefill is not None else None,
+                 max_context=a.max_context, dtype=a.dtype)
+
+
+def cmd_compile(a):
+    from .compile import compile_artifacts
+    compile_artifacts(a.mlir, a.preset or [], a.out, jobs=a.jobs)
+
+
+def cmd_validate(a):
+    from .validate import validate
+    ok = validate(a.artifacts, a.model, presets=a.preset, verbose=a.verbose)
+    return 0 if ok else 1
+
+
+def cmd_bundle(a):
+    from .bundle import make_bundle
+    make_bundle(a.draft, a.target, a.place or [], a.gamma, a.out, tokenizer=a.tokenizer)
+
+
+def cmd_run(a):
+    from .runtime.cli_run import run_cli
+    return run_cli(a)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="build-sd", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("export", help="checkpoint -> MLIR subgraph modules + .irpa weights")
+    p.add_argument("--model", required=True, help="Hugging Face checkpoint folder")
+    p.add_argument("--out", required=True, help="output folder, e.g. mlir/NAME")
+    p.add_argument("--split", help="layers where subgraphs start, e.g. 0,4,8 (default: one module)")
+    p.add_argument("--gammas", help="gammas to build verify functions for (default 1..8)")
+    p.add_argument("--prefill", help="prompt buckets (default 16,64)")
+    p.add_argument("--max-context", type=int, default=512, help="KV cache slots S (default 512)")
+    p.add_argument("--dtype", default="f32", choices=["f32", "f16"])
+    p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("compile", help="MLIR -> vmfb for target presets (CMake + Ninja)")
+    p.add_argument("mlir", help="export folder (mlir/NAME)")
+    p.add_argument("--preset", action="append", help="target preset (repeatable)")
+    p.add_argument("--out", required=True, help="artifacts folder, e.g. artifacts/NAME")
+    p.add_argument("-j", "--jobs", type=int, help="parallel compiles (default: ninja's)")
+    p.set_defaults(fn=cmd_compile)
+
+    p = sub.add_parser("validate", help="compare every runnable module with the PyTorch model")
+    p.add_argument("artifacts")
+    p.add_argument("--model", required=True, help="the checkpoint the artifacts came from")
+    p.add_argument("--preset", action="append", help="only these presets")
+    p.add_argument("-v", "--verbose", action="store_true", help="one row per step")
+    p.set_defaults(fn=cmd_validate)
+
+    p = sub.add_parser("bundle", help="draft + target artifacts -> a deployable bundle")
+    p.add_argument("--draft", required=True)
+    p.add_argument("--target", required=True)
+    p.add_argument("--tokenizer", help="tokenizer.json (default: the one copied at export)")
+    p.add_argument("--place", action="append",
+                   help="MODEL[.SUBGRAPH]=PRESET, e.g. draft=host, target.layers[0:4]=vulkan-llvmpipe")
+    p.add_argument("--gamma", type=int, default=4)
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_bundle)
+
+    p = sub.add_parser("run", help="speculative generation from a bundle (no torch)")
+    p.add_argument("bundle")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--gamma", type=int, help="draft length (default: the bundle's; 0 = target only)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object and nothing else")
+    p.set_defaults(fn=cmd_run)
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
+    try:
+        a = ap.parse_args(argv)
+    except SystemExit as e:       # argparse: usage errors exit 2 already
+        return int(e.code or 0)
+    try:
+        rc = a.fn(a)
+        return int(rc or 0)
+    except (UserError, BuildError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,483 @@
+"""Train the demo pair (English->German target and its draft) from scratch.
+
+Steps (each a subcommand; ``runs/`` is scratch space, not committed)::
+
+    python -m build_sd.demo.train tokenizer                       # runs/tokenizer.json
+    python -m build_sd.demo.train train --arch target --run runs/target --epochs 7
+    python -m build_sd.demo.train distil --model runs/target/best --out runs/kd.tsv
+    python -m build_sd.demo.train train --arch draft --run runs/draft --kd runs/kd.tsv --epochs 12
+    python -m build_sd.demo.train export --src runs/target/best --dst models/target
+    python -m build_sd.demo.train export --src runs/draft/best --dst models/draft
+
+(relative paths are taken under ``build_sd/demo/``). ``train`` writes a checkpoint
+(model + optimizer + step + RNG states) to ``RUN/last`` every ``--ckpt-every`` steps and at
+each epoch end, keeps the model with the lowest validation loss in ``RUN/best``, logs to
+``RUN/train.log``, and continues from ``RUN/last`` with ``--resume``. The data order,
+initialisation and dropout masks follow from ``--seed``. CPU by default (fp32), CUDA when
+present (bf16 autocast).
+
+Loss: next-token cross-entropy on the German tokens and the closing ``</s>`` only (the
+prompt ``<s>english => `` is context). The draft is distilled at sequence level: it is
+trained on the target's greedy translations of the train English (``distil``), which is
+what raises the pair's acceptance rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from build_sd.demo import DEMO_DIR, RUNS_DIR
+from build_sd.demo.tokenizer import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    TOKENIZER_FILE,
+    VOCAB_SIZE,
+    encode_pair,
+    load_tokenizer,
+    train_from_corpus,
+)
+
+ARCHS = {
+    # ~12.6M parameters, untied embeddings, GQA 6 query / 2 KV heads of 64.
+    "target": dict(
+        hidden_size=384,
+        num_hidden_layers=6,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        intermediate_size=1024,
+        tie_word_embeddings=False,
+    ),
+    # ~1.6M parameters, tied embeddings: ~7x fewer multiply-adds per token than the target.
+    "draft": dict(
+        hidden_size=192,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=512,
+        tie_word_embeddings=True,
+    ),
+}
+MAX_POSITIONS = 512
+ROPE_THETA = 10000.0
+
+
+def demo_path(p: str | Path) -> Path:
+    p = Path(p)
+    return p if p.is_absolute() else DEMO_DIR / p
+
+
+def make_config(arch: str, dropout: float = 0.0):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=VOCAB_SIZE,
+        max_position_embeddings=MAX_POSITIONS,
+        rope_theta=ROPE_THETA,
+        rms_norm_eps=1e-5,
+        hidden_act="silu",
+        attention_bias=False,
+        mlp_bias=False,
+        attention_dropout=dropout,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=PAD_ID,
+        initializer_range=0.02,
+        **ARCHS[arch],
+    )
+
+
+def count_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())  # tied weights are counted once
+
+
+def macs_per_token(cfg) -> int:
+    """Multiply-adds of the matmuls per generated token (no attention scores)."""
+    h, i, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    hd = h // cfg.num_attention_heads
+    kv = cfg.num_key_value_heads * hd
+    layer = h * h * 2 + h * kv * 2 + 3 * h * i
+    return L * layer + h * cfg.vocab_size
+
+
+# ---------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------
+
+
+def read_pairs_tsv(path: Path) -> list[tuple[str, str]]:
+    from build_sd.demo.corpus import read_tsv
+
+    return [(p.en, p.de) for p in read_tsv(path)]
+
+
+def encode_all(tok, pairs: list[tuple[str, str]], max_len: int = MAX_POSITIONS):
+    out = []
+    for en, de in pairs:
+        ids, start = encode_pair(tok, en, de)
+        if len(ids) <= max_len:
+            out.append((ids, start))
+    return out
+
+
+def epoch_batches(n_lens: list[int], batch: int, seed: int, epoch: int) -> list[list[int]]:
+    """Batches of example indices for one epoch: shuffled, then sorted by length within
+    windows of 50 batches (little padding), then the batches shuffled."""
+    rng = random.Random(seed * 100003 + epoch)
+    idx = list(range(len(n_lens)))
+    rng.shuffle(idx)
+    win = batch * 50
+    batches = []
+    for k in range(0, len(idx), win):
+        w = sorted(idx[k : k + win], key=lambda i: n_lens[i])
+        batches += [w[j : j + batch] for j in range(0, len(w), batch)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(examples, device):
+    width = max(len(ids) for ids, _ in examples)
+    x = torch.full((len(examples), width), PAD_ID, dtype=torch.long)
+    y = torch.full((len(examples), width), -100, dtype=torch.long)
+    for r, (ids, start) in enumerate(examples):
+        t = torch.tensor(ids)
+        x[r, : len(ids)] = t
+        y[r, start : len(ids)] = t[start:]
+    return x.to(device), y.to(device)
+
+
+def lm_loss(model, x, y):
+    """Mean cross-entropy of the labelled tokens. Right padding needs no attention mask:
+    causal attention never lets a real token see the pads after it."""
+    logits = model(input_ids=x).logits
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.size(-1)).float(), y[:, 1:].reshape(-1), ignore_index=-100
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------
+
+
+def add_dropout(model, p: float) -> None:
+    """Dropout on the embeddings and on each MLP's output (training only). Llama has no
+    residual dropout of its own; this data set is small enough to need some."""
+    if p <= 0:
+        return
+
+    def hook(mod, inp, out):
+        return F.dropout(out, p, mod.training)
+
+    model.model.embed_tokens.register_forward_hook(hook)
+    for layer in model.model.layers:
+        layer.mlp.register_forward_hook(hook)
+
+
+def lr_at(step: int, total: int, warmup: int, lr: float, min_ratio: float = 0.1) -> float:
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+class Log:
+    def __init__(self, path: Path):
+        self.f = open(path, "a", encoding="utf-8")
+
+    def __call__(self, msg: str) -> None:
+        line = f"{time.strftime('%H:%M:%S')} {msg}"
+        print(line, flush=True)
+        self.f.write(line + "\n")
+        self.f.flush()
+
+
+def save_checkpoint(run: Path, model, opt, state: dict) -> None:
+    tmp = run / "last.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    torch.save(
+        {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        tmp / "rng.pt",
+    )
+    (tmp / "state.json").write_text(json.dumps(state, indent=1))
+    last = run / "last"
+    old = run / "last.old"
+    if last.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        last.rename(old)
+    tmp.rename(last)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+@torch.no_grad()
+def valid_loss(model, data, device, autocast_dtype, batch: int = 64) -> float:
+    model.eval()
+    tot, n = 0.0, 0
+    order = sorted(range(len(data)), key=lambda i: len(data[i][0]))
+    for k in range(0, len(order), batch):
+        ex = [data[i] for i in order[k : k + batch]]
+        x, y = collate(ex, device)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = model(input_ids=x).logits
+        loss = F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.size(-1)).float(), y[:, 1:].reshape(-1), ignore_index=-100, reduction="sum"
+        )
+        tot += loss.item()
+        n += int((y[:, 1:] != -100).sum())
+    model.train()
+    return tot / max(1, n)
+
+
+def cmd_tokenizer(args) -> None:
+    out = demo_path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tok = train_from_corpus()
+    tok.save(str(out))
+    print(f"wrote {out} (vocab {tok.get_vocab_size()})")
+
+
+def cmd_train(args) -> None:
+    from transformers import LlamaForCausalLM
+
+    from build_sd.demo.corpus import load_split
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
+    run = demo_path(args.run)
+    run.mkdir(parents=True, exist_ok=True)
+    log = Log(run / "train.log")
+    tok_path = demo_path(args.tokenizer)
+    if not tok_path.exists():
+        tok_path.parent.mkdir(parents=True, exist_ok=True)
+        train_from_corpus().save(str(tok_path))
+    tok = load_tokenizer(tok_path)
+    shutil.copy(tok_path, run / TOKENIZER_FILE)
+
+    train_split = load_split("train")
+    if args.kd:
+        kd = read_pairs_tsv(demo_path(args.kd))
+        pairs = list(kd)
+        if args.kd_ref:
+            kd_de = dict(kd)
+            pairs += [(p.en, p.de) for p in train_split if kd_de.get(p.en) != p.de]
+    else:
+        pairs = [(p.en, p.de) for p in train_split]
+    data = encode_all(tok, pairs)
+    valid = encode_all(tok, [(p.en, p.de) for p in load_split("valid")])
+    lens = [len(ids) for ids, _ in data]
+    spe = math.ceil(len(data) / args.batch)
+    total = spe * args.epochs
+
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    state = {"step": 0, "best_valid": float("inf"), "args": {k: v for k, v in vars(args).items() if k != "fn"}}
+    if args.resume and (run / "last" / "state.json").exists():
+        model = LlamaForCausalLM.from_pretrained(str(run / "last"), dtype=torch.float32)
+        state = json.loads((run / "last" / "state.json").read_text())
+        log(f"resuming from {run / 'last'} at step {state['step']}")
+    else:
+        model = LlamaForCausalLM(make_config(args.arch, args.dropout))
+    model.to(device).train()
+    add_dropout(model, args.dropout)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.98),
+        eps=1e-8,
+    )
+    if state["step"] > 0:
+        opt.load_state_dict(torch.load(run / "last" / "optimizer.pt", map_location=device))
+        rng = torch.load(run / "last" / "rng.pt", weights_only=False)
+        torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+    log(
+        f"{args.arch}: {count_params(model) / 1e6:.2f}M params, {macs_per_token(model.config) / 1e6:.2f}M MACs/token; "
+        f"{len(data)} train / {len(valid)} valid sequences, {sum(lens)} tokens/epoch; "
+        f"{spe} steps/epoch x {args.epochs} epochs = {total} steps; device {device}"
+    )
+
+    step = state["step"]
+    wall0 = state.get("wall_s", 0.0)
+    t0 = time.time()
+    tok_count, loss_acc, loss_n = 0, 0.0, 0
+    t_last = time.time()
+    while step < total:
+        epoch, k0 = divmod(step, spe)
+        batches = epoch_batches(lens, args.batch, args.seed, epoch)
+        for k in range(k0, len(batches)):
+            lr = lr_at(step, total, args.warmup, args.lr)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            x, y = collate([data[i] for i in batches[k]], device)
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                loss = lm_loss(model, x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+            opt.step()
+            step += 1
+            tok_count += int((x != PAD_ID).sum())
+            loss_acc += loss.item()
+            loss_n += 1
+            if step % args.log_every == 0 or step == total:
+                dt = time.time() - t_last
+                el = time.time() - t0
+                eta = el / max(1, step - state["step"]) * (total - step)
+                log(
+                    f"step {step}/{total} epoch {step / spe:.2f} loss {loss_acc / loss_n:.4f} lr {lr:.2e} "
+                    f"{tok_count / dt:.0f} tok/s elapsed {el / 60:.1f} min ETA {eta / 60:.1f} min"
+                )
+                tok_count, loss_acc, loss_n, t_last = 0, 0.0, 0, time.time()
+            end_of_epoch = step % spe == 0 or step == total
+            if end_of_epoch or step % args.valid_every == 0:
+                vl = valid_loss(model, valid, device, autocast_dtype)
+                better = vl < state["best_valid"]
+                log(f"valid step {step} epoch {step / spe:.2f} loss {vl:.4f}" + (" (best)" if better else ""))
+                if better:
+                    state["best_valid"] = vl
+                    state["best_step"] = step
+                    model.save_pretrained(str(run / "best"), safe_serialization=True)
+                    shutil.copy(tok_path, run / "best" / TOKENIZER_FILE)
+            if end_of_epoch or step % args.ckpt_every == 0:
+                state["step"] = step
+                state["wall_s"] = wall0 + (time.time() - t0)
+                save_checkpoint(run, model, opt, state)
+            if step >= total or (args.max_steps and step >= args.max_steps):
+                break
+        if args.max_steps and step >= args.max_steps:
+            break
+    log(f"done: {step} steps, best valid loss {state['best_valid']:.4f} at step {state.get('best_step')}, "
+        f"wall {(wall0 + time.time() - t0) / 60:.1f} min (this segment {(time.time() - t0) / 60:.1f} min)")
+
+
+def cmd_distil(args) -> None:
+    from build_sd.demo.corpus import Pair, load_split, write_tsv
+    from build_sd.demo.infer import load_model, translate
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    src = demo_path(args.model)
+    model = load_model(src, device)
+    tok = load_tokenizer(src)
+    train = load_split("train")
+    if args.limit:
+        train = train[: args.limit]
+    t0 = time.time()
+
+    def prog(i, n):
+        if i % (args.batch * 10) < args.batch or i == n:
+            el = time.time() - t0
+            print(f"{time.strftime('%H:%M:%S')} distil {i}/{n} {el / 60:.1f} min ETA {el / i * (n - i) / 60:.1f} min", flush=True)
+
+    outs = translate(model, tok, [p.en for p in train], batch_size=args.batch, progress=prog)
+    kd = [Pair(p.en, o, p.catalog) for p, o in zip(train, outs) if o.strip() and "\t" not in o and "\n" not in o]
+    out = demo_path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_tsv(kd, out)
+    same = sum(p.de == o for p, o in zip(train, outs))
+    print(f"wrote {len(kd)} pairs to {out}; {same} equal to the reference; {(time.time() - t0) / 60:.1f} min")
+
+
+def cmd_export(args) -> None:
+    from transformers import LlamaForCausalLM
+
+    src, dst = demo_path(args.src), demo_path(args.dst)
+    model = LlamaForCausalLM.from_pretrained(str(src), dtype=torch.float32)
+    model.config.attention_dropout = 0.0
+    model = model.to(torch.float16)
+    dst.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(dst), safe_serialization=True)
+    cfg_path = dst / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    # Plain Llama keys for any loader: rope_theta at top level, no rope_scaling, f16.
+    rp = cfg.pop("rope_parameters", None)
+    if rp is not None:
+        assert rp.get("rope_type", "default") == "default", rp
+        cfg["rope_theta"] = float(rp.get("rope_theta", ROPE_THETA))
+    cfg.setdefault("rope_theta", ROPE_THETA)
+    cfg.pop("rope_scaling", None)
+    cfg["torch_dtype"] = "float16"
+    cfg["dtype"] = "float16"
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    tok_src = src / TOKENIZER_FILE
+    if not tok_src.exists():
+        tok_src = demo_path(args.tokenizer)
+    shutil.copy(tok_src, dst / TOKENIZER_FILE)
+    size = sum(f.stat().st_size for f in dst.iterdir())
+    print(f"exported {src} -> {dst}: {count_params(model) / 1e6:.2f}M params, {size / 1e6:.1f} MB")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m build_sd.demo.train", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    a = sub.add_parser("tokenizer", help="train the BPE tokenizer on the train split")
+    a.add_argument("--out", default="runs/tokenizer.json")
+    a.set_defaults(fn=cmd_tokenizer)
+
+    a = sub.add_parser("train", help="train a model")
+    a.add_argument("--arch", choices=sorted(ARCHS), required=True)
+    a.add_argument("--run", required=True, help="run directory (checkpoints, log)")
+    a.add_argument("--tokenizer", default="runs/tokenizer.json")
+    a.add_argument("--kd", help="train on this TSV (target's translations) instead of the references")
+    a.add_argument("--kd-ref", action="store_true", help="with --kd: add the references that differ")
+    a.add_argument("--epochs", type=int, default=7)
+    a.add_argument("--batch", type=int, default=64, help="sequences per step")
+    a.add_argument("--lr", type=float, default=1e-3)
+    a.add_argument("--warmup", type=int, default=300)
+    a.add_argument("--wd", type=float, default=0.1)
+    a.add_argument("--dropout", type=float, default=0.1)
+    a.add_argument("--clip", type=float, default=1.0)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--resume", action="store_true")
+    a.add_argument("--max-steps", type=int, default=0, help="stop after this step (the schedule is unchanged)")
+    a.add_argument("--ckpt-every", type=int, default=200)
+    a.add_argument("--valid-every", type=int, default=1000)
+    a.add_argument("--log-every", type=int, default=50)
+    a.add_argument("--threads", type=int, default=2)
+    a.add_argument("--device", default=None)
+    a.set_defaults(fn=cmd_train)
+
+    a = sub.add_parser("distil", help="the target's greedy translations of the train split")
+    a.add_argument("--model", required=True)
+    a.add_argument("--out", default="runs/kd.tsv")
+    a.add_argument("--batch", type=int, default=128)
+    a.add_argument("--limit", type=int, default=0)
+    a.add_argument("--threads", type=int, default=2)
+    a.add_argument("--device", default=None)
+    a.set_defaults(fn=cmd_distil)
+
+    a = sub.add_parser("export", help="write an f16 HF checkpoint + tokenizer.json")
+    a.add_argument("--src", required=True)
+    a.add_argument("--dst", required=True)
+    a.add_argument("--tokenizer", default="runs/tokenizer.json")
+    a.set_defaults(fn=cmd_export)
+
+    args = ap.parse_args(argv)
+    args.fn(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

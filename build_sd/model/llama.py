@@ -1,0 +1,213 @@
+"""An export-friendly Llama-family decoder (Llama 2/3, Qwen2) with its KV cache as module state.
+
+Parameter names are the Hugging Face ones (`model.layers.3.self_attn.q_proj.weight`, ...) so a
+checkpoint loads by name and the externalized .irpa keys are the checkpoint's keys.
+
+Export-friendly means (see ../shared/probes/FINDINGS.md):
+- batch 1, static T per exported function, a scalar int32 `pos`;
+- the KV cache is one non-persistent buffer per layer and per K/V, position-major [S, KVH, Dh],
+  written in place with a slice assignment at `pos` (IREE turns that into an O(T) in-place
+  update of a mutable global; one [L, ...] buffer would be copied every step);
+- attention runs over all S slots with a position mask, so a stale tail after a rejected draft
+  is invisible and simply overwritten by the next call (rollback = the host not advancing pos);
+- integers at the ABI are int32 (Vulkan demotes i64 by reinterpreting the buffer).
+
+RoPE rotates halves (`rotate_half`) as HF Llama/Qwen2 do, not interleaved pairs.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import ModelConfig, rope_inv_freq
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float, dtype: torch.dtype):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim, dtype=dtype))
+        self.eps = eps
+
+    def forward(self, x):
+        # As LlamaRMSNorm: normalise in f32, scale in the compute dtype.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def rotate_half(x):
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, max_context: int, dtype: torch.dtype):
+        super().__init__()
+        D, H, KVH, Dh = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.H, self.KVH, self.Dh, self.G = H, KVH, Dh, cfg.q_per_kv
+        self.q_proj = nn.Linear(D, H * Dh, bias=cfg.qkv_bias, dtype=dtype)
+        self.k_proj = nn.Linear(D, KVH * Dh, bias=cfg.qkv_bias, dtype=dtype)
+        self.v_proj = nn.Linear(D, KVH * Dh, bias=cfg.qkv_bias, dtype=dtype)
+        self.o_proj = nn.Linear(H * Dh, D, bias=cfg.o_bias, dtype=dtype)
+        # KV cache (S, KVH, Dh): module state, not a checkpoint tensor (persistent=False keeps it
+        # out of the state dict and out of the .irpa; export turns it into a mutable global).
+        self.register_buffer("k_cache", torch.zeros(max_context, KVH, Dh, dtype=dtype), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(max_context, KVH, Dh, dtype=dtype), persistent=False)
+
+    def forward(self, x, p, cos, sin, mask):
+        # x (1, T, D); p: start position (SymInt); cos/sin (T, 1, Dh); mask (T, S) bool
+        T = x.shape[1]
+        S = self.k_cache.shape[0]
+        q = self.q_proj(x).view(T, self.H, self.Dh)
+        k = self.k_proj(x).view(T, self.KVH, self.Dh)
+        v = self.v_proj(x).view(T, self.KVH, self.Dh)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        # in-place write of the T new rows: O(T), never a copy of the cache
+        self.k_cache[p:p + T] = k
+        self.v_cache[p:p + T] = v
+        kc = self.k_cache.permute(1, 0, 2)                     # (KVH, S, Dh)
+        vc = self.v_cache.permute(1, 0, 2)                     # (KVH, S, Dh)
+        # GQA: query head h reads kv head h // G, so group the G query heads of each kv head
+        qg = q.permute(1, 0, 2).reshape(self.KVH, self.G * T, self.Dh)   # (KVH, G*T, Dh)
+        att = (qg @ kc.transpose(1, 2)) * (self.Dh ** -0.5)               # (KVH, G*T, S)
+        att = att.view(self.KVH, self.G, T, S).masked_fill(~mask, float("-inf"))
+        att = att.float().softmax(-1).to(x.dtype)              # softmax in f32, as HF eager
+        y = att.view(self.KVH, self.G * T, S) @ vc              # (KVH, G*T, Dh)
+        y = y.view(self.H, T, self.Dh).permute(1, 0, 2).reshape(1, T, self.H * self.Dh)
+        return self.o_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype):
+        super().__init__()
+        D, Fd, b = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
+        self.gate_proj = nn.Linear(D, Fd, bias=b, dtype=dtype)
+        self.up_proj = nn.Linear(D, Fd, bias=b, dtype=dtype)
+        self.down_proj = nn.Linear(Fd, D, bias=b, dtype=dtype)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, max_context: int, dtype: torch.dtype):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+        self.self_attn = Attention(cfg, max_context, dtype)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+        self.mlp = MLP(cfg, dtype)
+
+    def forward(self, x, p, cos, sin, mask):
+        x = x + self.self_attn(self.input_layernorm(x), p, cos, sin, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Backbone(nn.Module):
+    """Holds what HF calls `model.*`."""
+
+    def __init__(self, cfg: ModelConfig, max_context: int, dtype: torch.dtype):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, dtype=dtype)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, max_context, dtype) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+
+
+class Transformer(nn.Module):
+    """The whole model; `Subgraph` views of it are what gets exported."""
+
+    def __init__(self, cfg: ModelConfig, max_context: int, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.cfg, self.max_context, self.dtype = cfg, max_context, dtype
+        self.model = Backbone(cfg, max_context, dtype)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False, dtype=dtype)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        # f32 inverse frequencies, computed as transformers does (llama3/linear scaling included)
+        self.register_buffer("inv_freq", torch.tensor(rope_inv_freq(cfg), dtype=torch.float32),
+                             persistent=False)
+
+    def reset_cache(self):
+        for layer in self.model.layers:
+            layer.self_attn.k_cache.zero_()
+            layer.self_attn.v_cache.zero_()
+
+
+def start_position(pos: torch.Tensor, T: int, S: int):
+    """The host-side int `p` of the int32 scalar `pos`, with the bounds export needs."""
+    p = pos.item()
+    torch._check(p >= 0)
+    torch._check(p + T <= S)
+    return p
+
+
+def rope_and_mask(inv_freq, pos, T: int, S: int, dtype):
+    # positions pos..pos+T-1; angles in f32 as HF (cos/sin cast to the compute dtype)
+    posv = pos.to(torch.int32) + torch.arange(T, dtype=torch.int32)            # (T,)
+    freqs = posv.float()[:, None] * inv_freq[None, :]                          # (T, Dh/2)
+    emb = torch.cat((freqs, freqs), dim=-1)                                   # (T, Dh)
+    cos, sin = emb.cos().to(dtype)[:, None, :], emb.sin().to(dtype)[:, None, :]  # (T, 1, Dh)
+    mask = torch.arange(S, dtype=torch.int32)[None, :] <= posv[:, None]      # (T, S)
+    return cos, sin, mask
+
+
+class Subgraph(nn.Module):
+    """One exported module: `embed`, `layers[a:b]`, `head`, or `whole` (all of them).
+
+    Calling convention (every function of a module has the same arguments, only T differs):
+      embed  (tok i32 (1,T))                    -> h (1,T,D)
+      layers (h (1,T,D), pos i32 ())            -> h (1,T,D)
+      head   (h (1,T,D)[, length i32 ()])       -> ids i32 (1,T'), logits f32 (1,T',V)
+      whole  (tok i32 (1,T), pos i32 ()[, length i32 ()]) -> ids, logits
+    `length` is given to prefill functions only: the prompt is padded to the bucket size P and
+    the head computes the row `length-1` alone (T' = 1), the next token after the prompt; the
+    padded rows write harmless KV entries beyond the prompt that the next call overwrites.
+    Elsewhere T' = T: ids[0, i] is the greedy token after position pos+i.
+    """
+
+    def __init__(self, full: Transformer, kind: str, start: int = 0, end: int = 0):
+        super().__init__()
+        assert kind in ("embed", "layers", "head", "whole")
+        self.kind, self.start, self.end = kind, start, end
+        self.cfg, self.S = full.cfg, full.max_context
+        if kind == "whole":
+            self.start, self.end = 0, full.cfg.num_layers
+        # Attributes reference the full model's submodules; the tensors keep their HF names
+        # through externalize_module_parameters(full) (the trait lives on the tensor).
+        if kind in ("embed", "whole"):
+            self.embed_tokens = full.model.embed_tokens
+        if kind in ("layers", "whole"):
+            self.layers = nn.ModuleList(full.model.layers[self.start:self.end])
+            self.register_buffer("inv_freq", full.inv_freq.clone(), persistent=False)
+        if kind in ("head", "whole"):
+            self.norm = full.model.norm
+            self.lm_head = full.lm_head
+
+    @property
+    def name(self) -> str:
+        return f"layers_{self.start}_{self.end}" if self.kind == "layers" else self.kind
+
+    def run_layers(self, h, pos):
+        T = h.shape[1]
+        p = start_position(pos, T, self.S)
+        cos, sin, mask = rope_and_mask(self.inv_freq, pos, T, self.S, h.dtype)
+        for layer in self.layers:
+            h = layer(h, p, cos, sin, mask)
+        return h
+
+    def run_head(self, h, length=None):
+        if length is not None:
+            # (1, P, D) -> (1, 1, D): only the last real prompt row is needed
+            h = h.index_select(1, (length.to(torch.int32) - 1).reshape(1))
+        logits = self.lm_head(self.norm(h)).float()                      # (1, T', V)
+        return logits.argmax(-1).to(torch.int32), logits
+
+    def forward(self, x, pos=None, length=None):
+        if self.kind == "embed":
+            return self.embed_tokens(x)
+        if self.kind == "layers":
+            return self.run_layers(x, pos)
+        if self.kind == "head":
+            return self.run_head(x, pos)          # head's second argument is the length
+        return self.run_head(self.run_layers(self.embed_tokens(x), pos), length)

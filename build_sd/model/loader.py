@@ -1,0 +1,106 @@
+"""Load a Hugging Face checkpoint folder into `Transformer` (build machine only).
+
+Reads config.json + model.safetensors, or the shards named by model.safetensors.index.json;
+weights in f32, f16 or bf16 are converted to the compute dtype chosen at export. Every tensor
+the architecture needs must be present with its exact shape, or a UserError names it.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from ..config import ModelConfig, rope_inv_freq
+from ..errors import UserError
+from .llama import Transformer
+
+DTYPES = {"f32": torch.float32, "f16": torch.float16}
+# Checkpoint tensors we know and deliberately ignore (older HF exports kept RoPE tables).
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def checkpoint_files(ckpt: Path) -> list[Path]:
+    """The safetensors files of a checkpoint folder, in a stable order."""
+    index = ckpt / "model.safetensors.index.json"
+    single = ckpt / "model.safetensors"
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+            raise UserError(f"{index}: invalid index ({e})") from None
+        files = sorted(set(weight_map.values()))
+        paths = [ckpt / f for f in files]
+        for p in paths:
+            if not p.exists():
+                raise UserError(f"{index} names a shard that is missing: {p.name}")
+        return paths
+    if single.exists():
+        return [single]
+    found = sorted(ckpt.glob("*.safetensors"))
+    if found:
+        return found
+    raise UserError(f"no model.safetensors (or index) in {ckpt}")
+
+
+def read_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
+    sd: dict[str, torch.Tensor] = {}
+    for path in checkpoint_files(ckpt):
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for k in f.keys():
+                    sd[k] = f.get_tensor(k)
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise UserError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+    return sd
+
+
+def expected_shapes(model: Transformer) -> dict[str, tuple[int, ...]]:
+    # named_parameters() lists a tied lm_head once, under model.embed_tokens.weight
+    return {k: tuple(v.shape) for k, v in model.named_parameters()}
+
+
+def load_checkpoint(ckpt: str | Path, dtype: str = "f32", max_context: int = 512,
+                    cfg: ModelConfig | None = None) -> Transformer:
+    """Build the model for `ckpt` in `dtype` and fill it with the checkpoint's weights."""
+    ckpt = Path(ckpt)
+    if not ckpt.is_dir():
+        raise UserError(f"checkpoint folder not found: {ckpt}")
+    if dtype not in DTYPES:
+        raise UserError(f"unsupported dtype {dtype!r} (use {' or '.join(DTYPES)})")
+    cfg = cfg or ModelConfig.from_hf(ckpt)
+    torch_dtype = DTYPES[dtype]
+    with torch.device("meta"):
+        model = Transformer(cfg, max_context, torch_dtype)
+    sd = read_state_dict(ckpt)
+    want = expected_shapes(model)
+    if cfg.tie_word_embeddings:
+        sd.pop("lm_head.weight", None)     # some tied checkpoints still store a copy
+    elif "lm_head.weight" not in sd and "model.embed_tokens.weight" in sd:
+        raise UserError(f"{ckpt}: lm_head.weight is missing and tie_word_embeddings is false")
+    for name, shape in want.items():
+        if name not in sd:
+            raise UserError(f"{ckpt}: missing tensor {name} (expected shape {list(shape)})")
+        got = tuple(sd[name].shape)
+        if got != shape:
+            raise UserError(f"{ckpt}: tensor {name} has shape {list(got)}, expected {list(shape)}")
+        if not sd[name].is_floating_point():
+            raise UserError(f"{ckpt}: tensor {name} has dtype {sd[name].dtype}, expected a float")
+    extra = [k for k in sd if k not in want and not k.endswith(_IGNORED_SUFFIXES)]
+    if extra:
+        print(f"warning: {ckpt}: {len(extra)} tensors not used by the model, e.g. {extra[0]}",
+              file=sys.stderr)
+    state = {k: sd[k].to(torch_dtype) for k in want}
+    model = model.to_empty(device="cpu")
+    model.load_state_dict(state, strict=False, assign=True)
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    # buffers were created on meta: make them real (zero caches, the RoPE frequencies)
+    model.inv_freq = torch.tensor(rope_inv_freq(cfg), dtype=torch.float32)
+    model.reset_cache()
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model

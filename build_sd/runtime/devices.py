@@ -1,0 +1,146 @@
+"""HAL devices and the host<->device copies the speculative loop needs (no torch).
+
+One `Device` per driver (local-task, vulkan), shared by every module placed on it. What works
+with IREE 3.13 (probes/FINDINGS.md, shared/device/README.md):
+- upload: `allocator.allocate_buffer_copy` copies from any numpy array (rt.asdevicearray of an
+  unaligned array fails on Vulkan: "minImportedHostPointerAlignment 4096");
+- download on CPU (local-task): results live in host-visible memory: map and copy;
+- download on Vulkan: device buffers are not mappable: queue_copy into a HOST_LOCAL staging
+  buffer and wait on a semaphore. Staging buffers are cached per byte size and one timeline
+  semaphore serves every read, so a read allocates nothing after the first of its size.
+Every crossing is counted (calls, bytes each way) for the metrics.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import iree.runtime as rt
+from iree.runtime import BufferUsage, HalElementType, HalFence, MemoryType
+
+_ELT = {
+    np.dtype(np.float32): HalElementType.FLOAT_32,
+    np.dtype(np.float16): HalElementType.FLOAT_16,
+    np.dtype(np.int32): HalElementType.SINT_32,
+}
+DTYPES = {"f32": np.dtype(np.float32), "f16": np.dtype(np.float16), "i32": np.dtype(np.int32)}
+
+
+class Counters:
+    """Host<->device traffic and time spent moving data, for metrics."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.uploads = self.downloads = 0
+        self.bytes_up = self.bytes_down = 0
+        self.transfer_s = 0.0
+
+
+class Device:
+    def __init__(self, driver: str, counters: Counters | None = None):
+        self.driver = driver
+        self.config = rt.Config(driver)
+        self.hal = self.config.device
+        self.allocator = self.hal.allocator
+        self.instance = self.config.vm_instance
+        self.mappable = driver.startswith("local")
+        self.counters = counters or Counters()
+        self._staging: dict[int, object] = {}
+        self._sem = None
+        self._sem_value = 0
+        self.name = driver
+        if driver == "vulkan":
+            try:
+                devs = rt.get_driver("vulkan").query_available_devices()
+                self.name = devs[0]["name"] if devs else "vulkan"
+            except Exception:  # noqa: BLE001 - the name is informative only
+                pass
+
+    # ---- host -> device -----------------------------------------------------------------
+    def upload(self, a: np.ndarray):
+        """A device buffer view holding a copy of `a` (i32/f32/f16)."""
+        t = time.perf_counter()
+        shape = list(np.shape(a))            # before ascontiguousarray, which makes 0-d 1-d
+        a = np.ascontiguousarray(a)
+        buf = self.allocator.allocate_buffer_copy(
+            memory_type=int(MemoryType.DEVICE_LOCAL), allowed_usage=int(BufferUsage.DEFAULT),
+            device=self.hal, buffer=a.reshape(-1))
+        # an explicit view: a 0-d numpy array would otherwise arrive with shape (1,)
+        bv = rt.HalBufferView(buf, shape, _ELT[a.dtype])
+        c = self.counters
+        c.uploads += 1
+        c.bytes_up += a.nbytes
+        c.transfer_s += time.perf_counter() - t
+        return bv
+
+    # ---- device -> host -----------------------------------------------------------------
+    def download(self, bv, dtype: np.dtype) -> np.ndarray:
+        """A numpy copy of a result buffer view."""
+        t = time.perf_counter()
+        shape = tuple(bv.shape)
+        if self.mappable:
+            out = np.array(bv.map().asarray(shape, dtype))
+        else:
+            out = self._staged(bv, shape, dtype)
+        c = self.counters
+        c.downloads += 1
+        c.bytes_down += out.nbytes
+        c.transfer_s += time.perf_counter() - t
+        return out
+
+    def _staged(self, bv, shape, dtype) -> np.ndarray:
+        src = bv.get_buffer()
+        n = src.byte_length()
+        hb = self._staging.get(n)
+        if hb is None:
+            hb = self.allocator.allocate_buffer(
+                memory_type=int(MemoryType.HOST_LOCAL | MemoryType.DEVICE_VISIBLE),
+                allowed_usage=int(BufferUsage.TRANSFER_TARGET | BufferUsage.MAPPING_SCOPED),
+                allocation_size=n)
+            self._staging[n] = hb
+        if self._sem is None:
+            self._sem = self.hal.create_semaphore(0)
+        v = self._sem_value
+        self.hal.queue_copy(src, hb, wait_semaphores=HalFence.create_at(self._sem, v),
+                            signal_semaphores=HalFence.create_at(self._sem, v + 1))
+        HalFence.create_at(self._sem, v + 1).wait()
+        self._sem_value = v + 1
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        return np.array(hb.map().asarray((nbytes,), np.dtype(np.uint8))).view(dtype).reshape(shape)
+
+    def transfer_from(self, other: "Device", bv, dtype: np.dtype):
+        """Move a result of `other` onto this device (the only way hidden states cross)."""
+        if other is self:
+            return bv
+        return self.upload(other.download(bv, dtype))
+
+
+class DevicePool:
+    """One Device per driver, created on first use and shared by draft and target."""
+
+    def __init__(self):
+        self.counters = Counters()
+        self._devices: dict[str, Device] = {}
+
+    def get(self, driver: str) -> Device:
+        if driver not in self._devices:
+            self._devices[driver] = Device(driver, self.counters)
+        return self._devices[driver]
+
+    @property
+    def devices(self) -> dict[str, Device]:
+        return dict(self._devices)
+
+
+def available_drivers() -> list[str]:
+    return list(rt.query_available_drivers())
+
+
+def vulkan_device_names() -> list[str]:
+    """Names of the Vulkan devices present (empty when there is no loader or ICD)."""
+    try:
+        return [d["name"] for d in rt.get_driver("vulkan").query_available_devices()]
+    except Exception:  # noqa: BLE001 - no loader/ICD: simply no device
+        return []

@@ -1,0 +1,207 @@
+"""`build-sd validate`: every module this machine can run, against the PyTorch model.
+
+For each preset whose modules can run here, the subgraphs are chained on the IREE runtime
+(embed -> layers... -> head) and driven through a script of calls at moving positions
+(prefill -> decode -> every verify -> decode, with rollbacks as after rejected drafts, for each
+prompt bucket), next to the same calls on the torch model with the same split. Each module's
+output (hidden state or logits) is compared at every step.
+
+Tolerances:
+- f32: max |diff| <= 1e-4 * max(1, max |ref|) (the logits' or hidden state's magnitude).
+- f16 modules against the f32 reference: <= 2e-2 * max(1, max |ref|). Why: f16 keeps 11
+  significant bits (unit roundoff 4.9e-4); every layer rounds its inputs, weights and
+  outputs, and the residual stream adds the errors of L layers, so per-element errors of a few
+  times 1e-3 relative to the largest value are expected; 2e-2 leaves room for that while still
+  catching real bugs (a wrong RoPE, mask or cache slot gives errors of order 1).
+- argmax: must agree with the reference, except where the reference's top two logits are
+  closer than the tolerance (a near tie, reported as such, never silently).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .compile import load_artifacts
+from .errors import UserError
+
+TOL_SCALE = {"f32": 1e-4, "f16": 2e-2}
+
+
+@dataclass
+class Row:
+    module: str
+    function: str
+    device: str
+    max_diff: float = 0.0
+    tol: float = 0.0
+    argmax_agree: int = 0
+    argmax_total: int = 0
+    ties: int = 0
+    ok: bool = True
+    steps: int = 0
+
+    def add(self, diff, tol):
+        self.max_diff = max(self.max_diff, diff)
+        self.tol = max(self.tol, tol)
+        self.steps += 1
+        if diff > tol:
+            self.ok = False
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)   # (preset, reason)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.rows)
+
+
+def script(buckets: list[int], verify_T: list[int], S: int, seed: int = 0):
+    """(role, T, pos, n) calls for one prompt bucket at a time; rollbacks move pos back."""
+    rng = np.random.default_rng(seed)
+    for P in buckets:
+        n = max(1, P - 2) if P > 2 else P
+        calls = [("prefill", P, 0, n)]
+        pos = n
+        calls.append(("decode", 1, pos, 1))
+        pos += 1
+        for T in verify_T + [1] + verify_T[::-1]:
+            if pos + T > S:
+                break
+            calls.append(("verify" if T > 1 else "decode", T, pos, T))
+            pos += int(rng.integers(1, T + 1))      # accept 0..T-1 drafts + 1: the rest is stale
+        yield P, calls
+
+
+def validate(artifacts: str | Path, ckpt: str | Path, presets: list[str] | None = None,
+             verbose: bool = False, out=print) -> bool:
+    import torch
+
+    from .model.llama import Subgraph
+    from .model.loader import load_checkpoint
+    from .runtime.chain import ModelChain, PlacedSubgraph
+    from .runtime.compat import can_run
+    from .runtime.devices import DevicePool
+
+    artifacts = Path(artifacts)
+    man, meta = load_artifacts(artifacts)
+    dtype = meta["dtype"]
+    S = int(meta["max_context"])
+    known = list(man["presets"])
+    for p in presets or []:
+        if p not in known:
+            raise UserError(f"preset {p!r} is not in {artifacts} (it holds: {', '.join(known)})")
+    chosen = presets or known
+    # f16 modules are judged against the f32 model (what the checkpoint means), see docstring
+    ref_model = load_checkpoint(ckpt, "f32", S)
+    V = ref_model.cfg.vocab_size
+    specs = [(sg["kind"], sg["start"], sg["end"]) for sg in meta["subgraphs"]]
+    ref_subs = [Subgraph(ref_model, k, a, b) for k, a, b in specs]
+    labels = [sg["label"] for sg in meta["subgraphs"]]
+    scale = TOL_SCALE[dtype]
+    verify_T = sorted({f["T"] for f in meta["subgraphs"][0]["functions"].values() if f["role"] == "verify"})
+    rng = np.random.default_rng(1)
+
+    report = Report()
+    pool = DevicePool()
+    for preset in chosen:
+        ok, why = can_run(man["presets"][preset])
+        if not ok:
+            report.skipped.append((preset, why))
+            continue
+        driver = man["presets"][preset]["driver"]
+        placed = [PlacedSubgraph(sg, artifacts / preset / f"{sg['name']}.vmfb", driver, preset)
+                  for sg in meta["subgraphs"]]
+        chain = ModelChain(pool, meta, artifacts / "model.irpa", placed)
+        dev_name = pool.get(driver).name
+        rows: dict[tuple[str, str], Row] = {}
+        ref_model.reset_cache()
+        for P, calls in script(meta["prefill"], verify_T, S):
+            seq = rng.integers(0, V, size=S, dtype=np.int64).astype(np.int32)
+            for role, T, pos, n in calls:
+                toks = seq[pos:pos + n]
+                if role == "prefill":
+                    got = chain.prefill(toks, pos, trace=True)
+                    fname = f"prefill_T{P}"
+                    padded = np.zeros(P, np.int32)
+                    padded[:n] = toks
+                    ref_in = torch.from_numpy(padded)[None]
+                else:
+                    got = chain.step(toks, pos, trace=True)
+                    fname = chain.function_for(role, T)
+                    ref_in = torch.from_numpy(toks)[None]
+                refs = _run_reference(ref_subs, ref_in, pos, n if role == "prefill" else None)
+                got_logits = got.logits()
+                outs = [h for _, h in got.hidden] + [got_logits]
+                for label, g, r in zip(labels, outs, refs):
+                    r = r.reshape(g.shape).astype(np.float32)
+                    diff = float(np.abs(g.astype(np.float32) - r).max())
+                    tol = scale * max(1.0, float(np.abs(r).max()))
+                    row = rows.setdefault((label, fname), Row(label, fname, dev_name))
+                    row.add(diff, tol)
+                head = rows[(labels[-1], fname)]
+                ref_logits = refs[-1].reshape(got_logits.shape)
+                _check_argmax(head, got.ids, ref_logits, scale)
+                if verbose:
+                    out(f"  {preset:>16} {fname:>12} pos={pos:<4} max|diff|={head.max_diff:.2e}")
+        report.rows.extend(rows.values())
+    _print_report(report, man, out)
+    return report.ok and bool(report.rows)
+
+
+def _run_reference(subs, tok, pos: int, length: int | None):
+    import torch
+    outs = []
+    with torch.no_grad():
+        x = tok
+        p = torch.tensor(pos, dtype=torch.int32)
+        ln = None if length is None else torch.tensor(length, dtype=torch.int32)
+        for sg in subs:
+            if sg.kind == "embed":
+                x = sg(x)
+            elif sg.kind == "layers":
+                x = sg(x, p)
+            elif sg.kind == "head":
+                x = sg(x, ln)
+            else:
+                x = sg(x, p, ln)
+            outs.append((x[1] if isinstance(x, tuple) else x).float().numpy())
+    return outs
+
+
+def _check_argmax(row: Row, ids: np.ndarray, ref_logits: np.ndarray, scale: float):
+    ref = ref_logits.reshape(-1, ref_logits.shape[-1])
+    for i, r in enumerate(ref):
+        row.argmax_total += 1
+        want = int(np.argmax(r))
+        if int(ids[i]) == want:
+            row.argmax_agree += 1
+            continue
+        top2 = np.sort(r)[-2:]
+        tol = scale * max(1.0, float(np.abs(r).max()))
+        if top2[1] - top2[0] <= tol:
+            row.ties += 1          # a near tie: either token is the model's argmax within rounding
+        else:
+            row.ok = False
+
+
+def _print_report(rep: Report, man: dict, out):
+    hdr = f"{'module':<14} {'function':<12} {'device':<34} {'max|diff|':>10} {'tol':>9} {'argmax':>9}  ok"
+    out(hdr)
+    out("-" * len(hdr))
+    for r in rep.rows:
+        am = f"{r.argmax_agree}/{r.argmax_total}" if r.argmax_total else "-"
+        if r.ties:
+            am += f" ({r.ties} tie)"
+        out(f"{r.module:<14} {r.function:<12} {r.device[:34]:<34} {r.max_diff:>10.2e} {r.tol:>9.1e} "
+            f"{am:>9}  {'ok' if r.ok else 'FAIL'}")
+    for preset, why in rep.skipped:
+        out(f"{preset}: compile-checked only ({why})")
+    if not rep.rows:
+        out("nothing could run on this machine")
+    out(f"validate: {'PASS' if rep.ok and rep.rows else 'FAIL'} "
+        f"({sum(r.ok for r in rep.rows)}/{len(rep.rows)} module functions within tolerance)")
