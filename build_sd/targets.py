@@ -5,8 +5,13 @@ HAL driver follows from it (llvm-cpu -> local-task, vulkan-spirv -> vulkan). Pla
 descriptions for the cost model (bandwidths, FLOP/s) live elsewhere; these are only flags.
 
 Why the flags:
-- `--iree-opt-data-tiling` on CPU presets: off by default in IREE 3.13; measured here it made a
-  Llama-3.2-1B-shaped f32 decode 4x faster (3.0 -> 12.6 tok/s, ../shared/DESIGN.md).
+- data tiling on CPU presets: off by default in IREE 3.13; measured here it made a
+  Llama-3.2-1B-shaped f32 decode 4x faster (3.0 -> 12.6 tok/s, ../shared/DESIGN.md). We use the
+  global-optimization path, `--iree-global-opt-data-tiling`, NOT `--iree-opt-data-tiling`:
+  the latter selects the dispatch-creation path, which in 3.13 breaks modules whose matmuls read
+  a mutable global (our KV cache): decode after the first position returned logits off by
+  ~1e-2 (wrong attention), while prefill looked exact. Found by `build-sd validate`; see
+  docs/FINDINGS.md. The global-opt path validates to ~1e-7 and keeps most of the speed-up.
 - `--iree-input-demote-i64-to-i32` on Vulkan presets: Mali (Valhall) has no int64. Our ABI
   integers are int32 already (the flag reinterprets int64 buffers, see FINDINGS C).
 - `--iree-vulkan-target` must match the GPU that runs the module: a valhall3 (subgroup 16)
@@ -20,7 +25,7 @@ from dataclasses import dataclass, field
 from .errors import UserError
 
 _CPU = ["--iree-hal-target-device=local", "--iree-hal-local-target-device-backends=llvm-cpu",
-        "--iree-opt-data-tiling"]
+        "--iree-global-opt-data-tiling"]
 _VK = ["--iree-hal-target-device=vulkan", "--iree-input-demote-i64-to-i32"]
 
 

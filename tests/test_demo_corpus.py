@@ -258,3 +258,14 @@ def test_committed_tokenizer_round_trip():
     assert t.get_vocab_size() == 4096
     for s in GERMAN:
         assert t.decode(t.encode(s, add_special_tokens=False).ids) == s
+
+
+def test_simulated_speculation_counts():
+    from build_sd.demo.evaluate import simulate_greedy_speculation
+
+    # iteration 1 judges T T F (2 accepted, 1 rejected, 3 tokens); iteration 2 T T T T (+ bonus)
+    r = simulate_greedy_speculation([[True, True, False, True, True, True, True, True]], gamma=4)
+    assert (r["accepted"], r["rejected"], r["iterations"], r["tokens"]) == (6, 1, 2, 8)
+    assert r["alpha"] == 6 / 7 and r["match_rate"] == 7 / 8
+    r = simulate_greedy_speculation([[False, False, False]], gamma=4)
+    assert (r["accepted"], r["rejected"], r["iterations"], r["tokens"]) == (0, 3, 3, 3)

@@ -1,0 +1,119 @@
+"""Acceptance: greedy, and exact speculative (rejection) sampling, on the host with numpy.
+
+Notation as in Leviathan et al. 2023 ("Fast Inference from Transformers via Speculative
+Decoding", Algorithm 1) and Chen et al. 2023: the draft proposes x_1..x_g from q, the target
+gives p at the g+1 positions in one call.
+- greedy: accept the longest prefix where x_i == argmax p_i, then emit argmax p at the first
+  mismatch (or the bonus position g+1). The output is the target's greedy output.
+- sampling: accept x_i with probability min(1, p_i(x_i) / q_i(x_i)); at the first rejection
+  emit a sample of norm(max(0, p_i - q_i)); if all g are accepted emit a sample of p_{g+1}.
+  The emitted tokens are distributed exactly as sampling from p alone.
+Temperature, top-k and top-p transform p and q the same way before acceptance, so the result
+is exact for the transformed target distribution.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.0      # 0 = greedy
+    top_k: int = 0                # 0 = off
+    top_p: float = 1.0            # 1 = off
+
+    def __post_init__(self):
+        if not np.isfinite(self.temperature) or self.temperature < 0:
+            raise UserError(f"--temperature must be >= 0, got {self.temperature}")
+        if not (0.0 < self.top_p <= 1.0):
+            raise UserError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise UserError(f"--top-k must be >= 0, got {self.top_k}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def probs(logits: np.ndarray, sp: SamplingParams) -> np.ndarray:
+    """Row-wise distributions (N, V) float64 after temperature, top-k and top-p."""
+    z = np.asarray(logits, np.float64) / sp.temperature
+    if z.ndim == 1:
+        z = z[None]
+    V = z.shape[-1]
+    if 0 < sp.top_k < V:
+        kth = np.partition(z, V - sp.top_k, axis=-1)[:, V - sp.top_k][:, None]
+        z = np.where(z < kth, -np.inf, z)
+    z = z - z.max(-1, keepdims=True)
+    e = np.exp(z)
+    pr = e / e.sum(-1, keepdims=True)
+    if sp.top_p < 1.0:
+        # nucleus: the smallest set of most likely tokens whose mass reaches top_p (the top token
+        # always stays); ties at the boundary are broken by the sort order, like HF's warper.
+        order = np.argsort(-pr, axis=-1, kind="stable")
+        sorted_p = np.take_along_axis(pr, order, -1)
+        before = np.cumsum(sorted_p, -1) - sorted_p           # mass strictly before each token
+        keep_sorted = before < sp.top_p
+        keep = np.zeros_like(keep_sorted)
+        np.put_along_axis(keep, order, keep_sorted, -1)
+        pr = np.where(keep, pr, 0.0)
+        pr /= pr.sum(-1, keepdims=True)
+    return pr
+
+
+def sample(p: np.ndarray, rng: np.random.Generator) -> int:
+    """One draw from a distribution p (V,) by inverse CDF."""
+    c = np.cumsum(p)
+    return int(min(np.searchsorted(c, rng.random() * c[-1], side="right"), len(p) - 1))
+
+
+class GreedyAcceptor:
+    """Deterministic: draft argmax vs target argmax. Reads only ids, never logits."""
+
+    needs_logits = False
+
+    def propose(self, ids: np.ndarray, logits_fn) -> tuple[int, None]:
+        return int(ids[-1]), None
+
+    def first(self, ids: np.ndarray, logits_fn) -> int:
+        return int(ids[-1])
+
+    def accept(self, drafts: list[int], q_rows, target_ids: np.ndarray, target_logits_fn):
+        """-> (n accepted, next token). target_ids[i] is the target's token after draft i."""
+        n = 0
+        while n < len(drafts) and drafts[n] == int(target_ids[n]):
+            n += 1
+        return n, int(target_ids[n])
+
+
+class RejectionSampler:
+    """Exact speculative sampling (Leviathan et al. 2023, Chen et al. 2023)."""
+
+    needs_logits = True
+
+    def __init__(self, params: SamplingParams, rng: np.random.Generator):
+        self.params, self.rng = params, rng
+
+    def propose(self, ids: np.ndarray, logits_fn) -> tuple[int, np.ndarray]:
+        q = probs(logits_fn()[-1], self.params)[0]
+        return sample(q, self.rng), q
+
+    def first(self, ids: np.ndarray, logits_fn) -> int:
+        return sample(probs(logits_fn()[-1], self.params)[0], self.rng)
+
+    def accept(self, drafts: list[int], q_rows: list[np.ndarray], target_ids, target_logits_fn):
+        p = probs(target_logits_fn(), self.params)                # (g+1, V)
+        for i, x in enumerate(drafts):
+            q = q_rows[i]
+            # accept x with probability min(1, p(x)/q(x)); q(x) > 0 because x was drawn from q
+            if self.rng.random() * q[x] < p[i, x]:
+                continue
+            residual = np.maximum(p[i] - q, 0.0)                 # norm(max(0, p - q))
+            if residual.sum() <= 0.0:                            # p == q: nothing to correct
+                residual = p[i]
+            return i, sample(residual, self.rng)
+        return len(drafts), sample(p[len(drafts)], self.rng)     # bonus token from p_{g+1}

@@ -1,0 +1,142 @@
+"""The speculative loop: draft gamma tokens, verify gamma+1 in ONE target call, accept.
+
+Positions (the host keeps them; rollback = not advancing them):
+- `t_pos`: tokens whose K/V are valid in the target's cache. The last emitted token `x` is not
+  among them yet: it is the first token of the next verify call.
+- `d_pos`: the same for the draft. After an iteration the draft may lag by one (when all g
+  drafts were accepted it never saw x_g); its next call catches up on [x_g, bonus] first.
+Stale cache rows beyond a position are masked by attention and overwritten by the next call.
+
+gamma = 0 is plain target decoding through the same code (one target call per token).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .chain import ModelChain
+from .metrics import Metrics
+
+
+@dataclass
+class Generation:
+    token_ids: list[int] = field(default_factory=list)    # generated ids (prompt excluded)
+    metrics: Metrics = field(default_factory=Metrics)
+
+
+def _trim(new: list[int], eos: set[int], budget: int) -> tuple[list[int], str | None]:
+    """Cut the tokens of one iteration at EOS (kept) or at the token budget."""
+    for i, t in enumerate(new[:budget]):
+        if t in eos:
+            return new[:i + 1], "eos"
+    if len(new) >= budget:
+        return new[:budget], "max_new_tokens"
+    return new, None
+
+
+def generate(target: ModelChain, draft: ModelChain | None, prompt: list[int], gamma: int,
+             acceptor, max_new_tokens: int, eos_ids=(), on_tokens=None, log=None) -> Generation:
+    """Generate up to max_new_tokens after `prompt`; `on_tokens(list)` streams accepted tokens."""
+    gen = Generation()
+    m = gen.metrics
+    m.gamma = gamma
+    eos = set(int(e) for e in eos_ids)
+    use_draft = gamma > 0 and draft is not None
+    S = target.max_context if not use_draft else min(target.max_context, draft.max_context)
+    counters = target.stages[0].device.counters
+    prompt = np.asarray(prompt, np.int32)
+    n = len(prompt)
+
+    # ---- prefill (both models), first token ----------------------------------------------
+    t0 = time.perf_counter()
+    out = target.prefill(prompt)
+    first = acceptor.first(out.ids, out.logits)
+    m.ttft_s = time.perf_counter() - t0
+    if use_draft:
+        draft.prefill(prompt)
+    m.prefill_s = time.perf_counter() - t0
+    gen.token_ids.append(first)
+    if on_tokens:
+        on_tokens([first])
+    if first in eos or max_new_tokens <= 1:
+        m.stop_reason = "eos" if first in eos else "max_new_tokens"
+        return gen
+
+    # ---- the loop ---------------------------------------------------------------------------
+    t_pos = d_pos = n
+    seq = list(prompt) + [first]
+    calls0 = target.calls + (draft.calls if draft else 0)
+    up0, down0, tr0 = counters.bytes_up, counters.bytes_down, counters.transfer_s
+    t_loop = time.perf_counter()
+    built = set(target.verify_T) | {1}
+    while True:
+        remaining = max_new_tokens - len(gen.token_ids)
+        room = S - t_pos                                   # cache slots left for this verify
+        if remaining <= 0:
+            m.stop_reason = "max_new_tokens"
+            break
+        if room < 1:
+            m.stop_reason = "context"
+            if log:
+                log(f"stopped: reached the bundle's context size ({S} tokens)")
+            break
+        # never draft past the budget or the context; fall back to a built verify size
+        g = min(gamma if use_draft else 0, remaining - 1, room - 1)
+        while g > 0 and g + 1 not in built:
+            g -= 1
+
+        drafts, q_rows = [], []
+        if g > 0:
+            td = time.perf_counter()
+            pending = seq[d_pos:]                          # 1 token, or 2 after a full accept
+            dout = _catch_up(draft, pending, d_pos)
+            d_pos += len(pending)
+            for i in range(g):
+                x, q = acceptor.propose(dout.ids, dout.logits)
+                drafts.append(x)
+                q_rows.append(q)
+                if i < g - 1:
+                    dout = draft.step(np.array([x], np.int32), d_pos)
+                    d_pos += 1
+            m.draft_s += time.perf_counter() - td
+
+        tv = time.perf_counter()
+        block = np.array([seq[-1]] + drafts, np.int32)     # x, x_1..x_g at t_pos..t_pos+g
+        vout = target.step(block, t_pos)
+        n_acc, nxt = acceptor.accept(drafts, q_rows, vout.ids, vout.logits)
+        m.verify_s += time.perf_counter() - tv
+
+        if g > 0:
+            m.judge(n_acc, g)
+        else:
+            m.iterations += 1
+        t_pos += 1 + n_acc
+        # the draft saw x_1..x_{g-1}: keep what was accepted of them
+        d_pos = min(d_pos, t_pos)
+        new, reason = _trim(drafts[:n_acc] + [nxt], eos, remaining)
+        gen.token_ids.extend(new)
+        seq.extend(new)
+        m.emitted += len(new)
+        if on_tokens:
+            on_tokens(new)
+        if reason:
+            m.stop_reason = reason
+            break
+
+    m.decode_s = time.perf_counter() - t_loop
+    m.device_calls = target.calls + (draft.calls if draft else 0) - calls0
+    m.bytes_up, m.bytes_down = counters.bytes_up - up0, counters.bytes_down - down0
+    m.transfer_s = counters.transfer_s - tr0
+    return gen
+
+
+def _catch_up(draft: ModelChain, pending: list[int], pos: int):
+    """Feed the tokens the draft has not seen; one call when a verify of that size exists."""
+    if len(pending) == 1 or len(pending) in draft.verify_T:
+        return draft.step(np.array(pending, np.int32), pos)
+    out = None
+    for i, t in enumerate(pending):
+        out = draft.step(np.array([t], np.int32), pos + i)
+    return out
