@@ -11,8 +11,10 @@ Files are rewritten only when their content changes, so the compile graph stays 
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,22 +165,36 @@ def save_irpa(full, path: Path) -> None:
 def export_model(ckpt: str | Path, out: str | Path, split: list[int] | None = None,
                  gammas: list[int] | None = None, prefill: list[int] | None = None,
                  max_context: int = 512, dtype: str = "f32", log=print) -> dict:
-    import torch
-    import iree.turbine.aot as aot
+    from .checkpoint import checkpoint_files
 
-    from .model.llama import Subgraph
-    from .model.loader import DTYPES, checkpoint_files, load_checkpoint
-
+    # torch.export's pytree deprecation notices (torch 2.13) say nothing about the user's model
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
     ckpt, out = Path(ckpt), Path(out)
     if not ckpt.is_dir():
         raise UserError(f"checkpoint folder not found: {ckpt}")
-    if dtype not in DTYPES:
-        raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype not in ("f32", "f16"):
+        raise UserError(f"--dtype must be f32 or f16, got {dtype!r}")
     gammas = list(DEFAULT_GAMMAS) if gammas is None else sorted(set(gammas))
     prefill = list(DEFAULT_PREFILL) if prefill is None else sorted(set(prefill))
     cfg = ModelConfig.from_hf(ckpt)
     check_export_options(cfg, gammas, prefill, max_context)
     specs = plan_subgraphs(cfg.num_layers, split)
+    tok_src = ckpt / "tokenizer.json"
+    source_files = [ckpt / "config.json"] + checkpoint_files(ckpt) + ([tok_src] if tok_src.exists() else [])
+    source_sha = {p.name: sha256_file(p) for p in source_files}
+    # Same checkpoint, options and exporter code -> the folder is already right: skip torch.
+    fingerprint = _fingerprint(source_sha, [s.label for s in specs], gammas, prefill, max_context, dtype)
+    prev = _previous_export(out)
+    if prev.get("fingerprint") == fingerprint and all(
+            (out / f).exists() for f in [sg["mlir"] for sg in prev["subgraphs"]] + ["model.irpa"]):
+        log(f"{out}: up to date (same checkpoint, options and exporter)")
+        return prev
+
+    import torch
+    import iree.turbine.aot as aot
+
+    from .model.llama import Subgraph
+    from .model.loader import DTYPES, load_checkpoint
 
     t0 = time.perf_counter()
     full = load_checkpoint(ckpt, dtype, max_context, cfg)
@@ -217,18 +233,17 @@ def export_model(ckpt: str | Path, out: str | Path, split: list[int] | None = No
         log(f"exported {spec.label:>14} ({len(fns)} functions) in {time.perf_counter() - t:.1f}s"
             + ("" if changed else " (unchanged)"))
     save_irpa(full, out / "model.irpa")
-    tok_src = ckpt / "tokenizer.json"
     tokenizer = None
     if tok_src.exists():
         write_atomic(out / "tokenizer.json", tok_src.read_bytes())
         tokenizer = "tokenizer.json"
-    source_files = [ckpt / "config.json"] + checkpoint_files(ckpt) + ([tok_src] if tok_src.exists() else [])
     meta = {
         "schema": EXPORT_SCHEMA,
         "kind": "build_sd.export",
         "name": out.name,
         "source": {"path": str(ckpt.resolve()),
-                   "sha256": {p.name: sha256_file(p) for p in source_files}},
+                   "sha256": source_sha},
+        "fingerprint": fingerprint,
         "config": cfg.to_dict(),
         "dtype": dtype,
         "max_context": max_context,
@@ -244,6 +259,24 @@ def export_model(ckpt: str | Path, out: str | Path, split: list[int] | None = No
     log(f"wrote {out}/ ({len(specs)} modules, model.irpa "
         f"{(out / 'model.irpa').stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f}s")
     return meta
+
+
+def _fingerprint(source_sha: dict, labels, gammas, prefill, max_context, dtype) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    code = sorted(Path(__file__).parent.joinpath("model").glob("*.py")) + [Path(__file__)]
+    for f in code:
+        h.update(f.read_bytes())
+    h.update(json.dumps([source_sha, labels, gammas, prefill, max_context, dtype, _versions()],
+                        sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _previous_export(out: Path) -> dict:
+    try:
+        return json.loads((out / "export.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _versions() -> dict:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import shutil
 import sys
@@ -37,7 +36,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from build_sd.demo import DEMO_DIR, RUNS_DIR
+from build_sd.demo import DEMO_DIR
 from build_sd.demo.tokenizer import (
     BOS_ID,
     EOS_ID,
@@ -317,7 +316,7 @@ def cmd_train(args) -> None:
         f"{spe} steps/epoch x {args.epochs} epochs = {total} steps; device {device}"
     )
 
-    step = state["step"]
+    step = start_step = state["step"]
     wall0 = state.get("wall_s", 0.0)
     t0 = time.time()
     tok_count, loss_acc, loss_n = 0, 0.0, 0
@@ -343,7 +342,7 @@ def cmd_train(args) -> None:
             if step % args.log_every == 0 or step == total:
                 dt = time.time() - t_last
                 el = time.time() - t0
-                eta = el / max(1, step - state["step"]) * (total - step)
+                eta = el / max(1, step - start_step) * (total - step)
                 log(
                     f"step {step}/{total} epoch {step / spe:.2f} loss {loss_acc / loss_n:.4f} lr {lr:.2e} "
                     f"{tok_count / dt:.0f} tok/s elapsed {el / 60:.1f} min ETA {eta / 60:.1f} min"

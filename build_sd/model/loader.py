@@ -6,13 +6,13 @@ the architecture needs must be present with its exact shape, or a UserError name
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 
+from ..checkpoint import checkpoint_files
 from ..config import ModelConfig, rope_inv_freq
 from ..errors import UserError
 from .llama import Transformer
@@ -20,29 +20,6 @@ from .llama import Transformer
 DTYPES = {"f32": torch.float32, "f16": torch.float16}
 # Checkpoint tensors we know and deliberately ignore (older HF exports kept RoPE tables).
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
-
-
-def checkpoint_files(ckpt: Path) -> list[Path]:
-    """The safetensors files of a checkpoint folder, in a stable order."""
-    index = ckpt / "model.safetensors.index.json"
-    single = ckpt / "model.safetensors"
-    if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
-            raise UserError(f"{index}: invalid index ({e})") from None
-        files = sorted(set(weight_map.values()))
-        paths = [ckpt / f for f in files]
-        for p in paths:
-            if not p.exists():
-                raise UserError(f"{index} names a shard that is missing: {p.name}")
-        return paths
-    if single.exists():
-        return [single]
-    found = sorted(ckpt.glob("*.safetensors"))
-    if found:
-        return found
-    raise UserError(f"no model.safetensors (or index) in {ckpt}")
 
 
 def read_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
