@@ -58,15 +58,15 @@ def tokenizer_json() -> Path:
 
 @pytest.fixture(scope="session")
 def target_ckpt(tokenizer_json) -> Path:
-    # Llama, odd sizes: V=263 (> 250 tokenizer ids: padded embeddings), D=56, Dh=14, GQA 4/2
-    return make_checkpoint(BUILD / "ckpt" / "target", vocab=263, hidden=56, layers=3, heads=4,
+    # Llama, odd sizes: V=311 (> 300 tokenizer ids: padded embeddings), D=56, Dh=14, GQA 4/2
+    return make_checkpoint(BUILD / "ckpt" / "target", vocab=311, hidden=56, layers=3, heads=4,
                            kv_heads=2, ffn=100, seed=1, tokenizer=tokenizer_json)
 
 
 @pytest.fixture(scope="session")
 def draft_ckpt(tokenizer_json) -> Path:
     # an unrelated, smaller model sharing the tokenizer; tied embeddings
-    return make_checkpoint(BUILD / "ckpt" / "draft", vocab=263, hidden=24, layers=1, heads=2,
+    return make_checkpoint(BUILD / "ckpt" / "draft", vocab=311, hidden=24, layers=1, heads=2,
                            kv_heads=1, ffn=40, seed=2, tie=True, tokenizer=tokenizer_json)
 
 

@@ -15,7 +15,7 @@ TEXT = [
 ]
 
 
-def make_tokenizer(path: Path, vocab_size: int = 250) -> Path:
+def make_tokenizer(path: Path, vocab_size: int = 300) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -39,7 +39,7 @@ def test_validate_split_model(target_split, target_ckpt):
 
 def test_validate_fails_on_wrong_module(target_whole, target_ckpt, tmp_path):
     """The check can fail: the same artifacts judged against another checkpoint must FAIL."""
-    other = make_checkpoint(tmp_path / "other", vocab=263, hidden=56, layers=3, heads=4, kv_heads=2,
+    other = make_checkpoint(tmp_path / "other", vocab=311, hidden=56, layers=3, heads=4, kv_heads=2,
                             ffn=100, seed=99)
     rc, out, err = cli("validate", target_whole, "--model", other, "--preset", "host")
     assert rc == 1 and "FAIL" in out

@@ -93,7 +93,9 @@ def teacher_forced_argmax(model, sequences: list[list[int]], starts: list[int], 
     return out  # type: ignore[return-value]
 
 
-def evaluate(target, draft, tok, pairs, gamma: int = 4, batch: int = 64, log=print) -> dict:
+def evaluate(
+    target, draft, tok, pairs, gamma: int = 4, batch: int = 64, max_new_tokens: int = 128, log=print
+) -> dict:
     import sacrebleu
 
     from build_sd.demo.infer import greedy_batch
@@ -108,7 +110,7 @@ def evaluate(target, draft, tok, pairs, gamma: int = 4, batch: int = 64, log=pri
         ids: list[list[int] | None] = [None] * len(prompts)
         for k in range(0, len(order), batch):
             idx = order[k : k + batch]
-            for i, g in zip(idx, greedy_batch(model, [prompts[i] for i in idx])):
+            for i, g in zip(idx, greedy_batch(model, [prompts[i] for i in idx], max_new_tokens)):
                 ids[i] = g
         log(f"{name}: greedy decoding of {len(prompts)} sentences in {time.time() - t0:.1f} s")
         return ids
@@ -124,17 +126,19 @@ def evaluate(target, draft, tok, pairs, gamma: int = 4, batch: int = 64, log=pri
         res["models"][name] = {
             "bleu": round(bleu.score, 2),
             "chrf": round(chrf.score, 2),
+            "unfinished": sum(len(g) >= max_new_tokens for g in ids),
             "exact_match": sum(h == r for h, r in zip(hyps, refs)) / len(refs),
             "params": sum(p.numel() for p in model.parameters()),
         }
         log(f"{name}: BLEU {bleu.score:.2f}  chrF {chrf.score:.2f}")
 
     t_ids = gen["target"][0]
-    seqs = [p + g + [EOS_ID] for p, g in zip(prompts, t_ids)]
+    # The target's greedy tokens, with the closing </s> (absent where it hit max_new_tokens).
+    truth = [g + [EOS_ID] if len(g) < max_new_tokens else list(g) for g in t_ids]
+    seqs = [p + t for p, t in zip(prompts, truth)]
     starts = [len(p) for p in prompts]
     d_next = teacher_forced_argmax(draft, seqs, starts, batch)
     t_next = teacher_forced_argmax(target, seqs, starts, batch)
-    truth = [g + [EOS_ID] for g in t_ids]
     matches = [[a == b for a, b in zip(d, t)] for d, t in zip(d_next, truth)]
     # Cached greedy decoding vs. one full forward pass: should agree (numerics aside).
     consistency = sum(a == b for t, u in zip(t_next, truth) for a, b in zip(t, u)) / max(1, sum(map(len, truth)))

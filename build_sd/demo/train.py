@@ -389,8 +389,13 @@ def cmd_distil(args) -> None:
             el = time.time() - t0
             print(f"{time.strftime('%H:%M:%S')} distil {i}/{n} {el / 60:.1f} min ETA {el / i * (n - i) / 60:.1f} min", flush=True)
 
-    outs = translate(model, tok, [p.en for p in train], batch_size=args.batch, progress=prog)
-    kd = [Pair(p.en, o, p.catalog) for p, o in zip(train, outs) if o.strip() and "\t" not in o and "\n" not in o]
+    res = translate(model, tok, [p.en for p in train], batch_size=args.batch, progress=prog, with_finished=True, length_cap=(1.5, 8))
+    outs = [o for o, _ in res]
+    kd = [
+        Pair(p.en, " ".join(o.split()), p.catalog)
+        for p, (o, finished) in zip(train, res)
+        if finished and o.strip()
+    ]
     out = demo_path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_tsv(kd, out)

@@ -176,12 +176,28 @@ class ModelChain:
         return time.perf_counter() - t
 
     def prefill(self, prompt: np.ndarray, pos: int = 0, trace: bool = False) -> StepOutput:
-        n = int(prompt.shape[-1])
+        """Prompt into the cache at pos..; returns the head's output for its last token.
+
+        A prompt longer than the largest bucket is prefilled in chunks of that bucket (each chunk
+        attends to the cache the previous ones wrote); the last chunk is padded to the smallest
+        bucket that holds it.
+        """
+        prompt = np.asarray(prompt, np.int32).reshape(-1)
+        n = int(prompt.shape[0])
         if n == 0:
             raise UserError("empty prompt")
-        P = self.prefill_bucket(n)
-        if pos + P > self.max_context:
-            raise UserError(f"prompt bucket {P} at position {pos} exceeds the context size {self.max_context}")
+        if pos + n > self.max_context:
+            raise UserError(f"prompt of {n} tokens does not fit the context size {self.max_context}")
+        big = self.prefill_buckets[-1]
+        start = 0
+        while n - start > big:                     # full chunks
+            self.step(prompt[start:start + big], pos + start, role="prefill", length=big)
+            start += big
+        rest = n - start
+        P = self.prefill_bucket(rest)
+        if pos + start + P > self.max_context:     # the padded bucket would run past the cache
+            raise UserError(f"prompt of {n} tokens: its last prefill bucket ({P}) does not fit "
+                            f"the context size {self.max_context}")
         padded = np.zeros(P, np.int32)
-        padded[:n] = prompt
-        return self.step(padded, pos, role="prefill", length=n, trace=trace)
+        padded[:rest] = prompt[start:]
+        return self.step(padded, pos + start, role="prefill", length=rest, trace=trace)

@@ -38,12 +38,14 @@ def run_cli(a) -> int:
     from tokenizers.decoders import DecodeStream
     stream = DecodeStream(skip_special_tokens=True)
     echo = not a.json
+    streamed = []
 
     def on_tokens(ids):
         if echo:
             for t in ids:
                 piece = stream.step(session.tokenizer, t)
                 if piece:
+                    streamed.append(piece)
                     sys.stdout.write(piece)
             sys.stdout.flush()
 
@@ -56,7 +58,8 @@ def run_cli(a) -> int:
         print(json.dumps({"text": text, "token_ids": gen.token_ids, "prompt_tokens": len(prompt),
                           "metrics": metrics}))
     else:
-        print()
+        done = "".join(streamed)   # the stream holds back an incomplete UTF-8 tail: flush it
+        print(text[len(done):] if text.startswith(done) else "")
         print(format_metrics(metrics), file=sys.stderr)
     return 0
 
