@@ -45,6 +45,11 @@ def cmd_run(a):
     return run_cli(a)
 
 
+def cmd_demo(a):
+    from .demo.run import run_demo
+    run_demo(gamma=a.gamma, sentences=a.sentences)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="build-sd", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -94,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object and nothing else")
     p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("demo", help="build the embedded English->German pair and translate")
+    p.add_argument("--gamma", type=int, default=4)
+    p.add_argument("--sentences", type=int, default=6)
+    p.set_defaults(fn=cmd_demo)
     return ap
 
 
