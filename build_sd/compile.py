@@ -159,15 +159,16 @@ def compile_artifacts(mlir_dir: str | Path, presets: list[str], out: str | Path,
             raise BuildError("cmake configure failed:\n" + r.stderr[-3000:])
     cmd = [tool("ninja"), "-C", str(build)] + ([f"-j{jobs}"] if jobs else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    tail: list[str] = []
+    lines: list[str] = []
     for line in proc.stdout:
         line = line.rstrip("\n")
-        tail = (tail + [line])[-60:]
+        lines.append(line)
         if line.startswith("[") or line.startswith("FAILED"):
             log(line)
     if proc.wait() != 0:
-        raise BuildError("compile failed:\n" + "\n".join(tail))
-
+        full = build / "compile.log"
+        full.write_text("\n".join(lines) + "\n")
+        raise BuildError(_summarize_failure(lines, full))
     times = ninja_times(build)
     old_files = {m["file"]: m for m in old_manifest.get("modules", [])} if old_manifest else {}
     modules = []
@@ -206,6 +207,19 @@ def compile_artifacts(mlir_dir: str | Path, presets: list[str], out: str | Path,
     log(f"compiled {len(meta['subgraphs'])} modules x {len(resolved)} presets into {out} "
         f"in {time.perf_counter() - t0:.2f}s")
     return manifest
+
+
+def _summarize_failure(lines: list[str], full: Path) -> str:
+    """The failing modules and their first compiler errors; the whole output goes to a file."""
+    failed = [ln.split("]", 1)[-1].strip() for ln in lines if ln.startswith("FAILED")]
+    errors = []
+    for ln in lines:
+        if ": error: " in ln and ln not in errors:
+            errors.append(ln if len(ln) < 300 else ln[:300] + " ...")
+        if len(errors) == 3:
+            break
+    return (f"iree-compile failed for {len(failed)} module(s): {'; '.join(failed)}\n"
+            + "\n".join(errors) + f"\nfull output: {full}")
 
 
 def _read_manifest(out: Path) -> dict:

@@ -210,3 +210,33 @@ def test_runtime_sources_import_no_torch():
     for f in Path(rt_pkg.__file__).parent.glob("*.py"):
         src = f.read_text()
         assert "import torch" not in src and "from torch" not in src, f
+
+
+def test_tokenizer_pair_check(tmp_path):
+    from build_sd.errors import UserError
+    from build_sd.runtime.tokenizer import check_pair, load_tokenizer
+    from helpers import TEXT, make_tokenizer
+    a = load_tokenizer(make_tokenizer(tmp_path / "a.json", 300))
+    b = load_tokenizer(make_tokenizer(tmp_path / "b.json", 300))
+    check_pair(a, b, 311, 300)                    # same training -> same ids; padded vocab is fine
+    import helpers
+    old = list(helpers.TEXT)
+    try:
+        helpers.TEXT[:] = [t[::-1] for t in TEXT]  # other text -> other merges, same size
+        c = load_tokenizer(make_tokenizer(tmp_path / "c.json", 300))
+    finally:
+        helpers.TEXT[:] = old
+    with pytest.raises(UserError, match=r"differ at id \d+"):
+        check_pair(a, c, 311, 311)
+    with pytest.raises(UserError, match="differ in size"):
+        check_pair(a, load_tokenizer(make_tokenizer(tmp_path / "d.json", 290)), 311, 311)
+    with pytest.raises(UserError, match="does not cover"):
+        check_pair(a, b, 311, 299)
+
+
+def test_bundle_refuses_tokenizer_beyond_vocab(target_whole, draft_art, tmp_path):
+    from helpers import make_tokenizer
+    big = make_tokenizer(tmp_path / "big.json", 400)      # 400 ids > vocab_size 311
+    rc, _, err = cli("bundle", "--draft", draft_art, "--target", target_whole, "--place", "draft=host",
+                     "--place", "target=host", "--tokenizer", big, "--out", tmp_path / "b")
+    assert rc == 2 and "does not cover" in err

@@ -280,7 +280,11 @@ def cmd_train(args) -> None:
     else:
         pairs = [(p.en, p.de) for p in train_split]
     data = encode_all(tok, pairs)
-    valid = encode_all(tok, [(p.en, p.de) for p in load_split("valid")])
+    if args.kd and kd_valid_path(demo_path(args.kd)).exists():
+        # distilled model: select on the target's translations of the valid split
+        valid = encode_all(tok, read_pairs_tsv(kd_valid_path(demo_path(args.kd))))
+    else:
+        valid = encode_all(tok, [(p.en, p.de) for p in load_split("valid")])
     lens = [len(ids) for ids, _ in data]
     spe = math.ceil(len(data) / args.batch)
     total = spe * args.epochs
@@ -371,32 +375,47 @@ def cmd_train(args) -> None:
 
 
 def cmd_distil(args) -> None:
-    from build_sd.demo.corpus import Pair, load_split, write_tsv
-    from build_sd.demo.infer import load_model, translate
+    from build_sd.demo.corpus import load_split
+    from build_sd.demo.infer import load_model
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     src = demo_path(args.model)
     model = load_model(src, device)
     tok = load_tokenizer(src)
-    train = load_split("train")
-    if args.limit:
-        train = train[: args.limit]
+    for split in ("valid", "train"):
+        pairs = load_split(split)
+        if args.limit:
+            pairs = pairs[: args.limit]
+        out = demo_path(args.out)
+        if split == "valid":
+            out = kd_valid_path(out)
+        _distil_split(model, tok, pairs, out, args.batch)
+
+
+def kd_valid_path(kd: Path) -> Path:
+    """runs/kd.tsv -> runs/kd.valid.tsv: the target's translations of the valid split."""
+    return kd.with_name(kd.stem + ".valid" + kd.suffix)
+
+
+def _distil_split(model, tok, train, out: Path, batch: int) -> None:
+    from build_sd.demo.corpus import Pair, write_tsv
+    from build_sd.demo.infer import translate
+
     t0 = time.time()
 
     def prog(i, n):
-        if i % (args.batch * 10) < args.batch or i == n:
+        if i % (batch * 10) < batch or i == n:
             el = time.time() - t0
             print(f"{time.strftime('%H:%M:%S')} distil {i}/{n} {el / 60:.1f} min ETA {el / i * (n - i) / 60:.1f} min", flush=True)
 
-    res = translate(model, tok, [p.en for p in train], batch_size=args.batch, progress=prog, with_finished=True, length_cap=(1.5, 8))
+    res = translate(model, tok, [p.en for p in train], batch_size=batch, progress=prog, with_finished=True, length_cap=(1.5, 8))
     outs = [o for o, _ in res]
     kd = [
         Pair(p.en, " ".join(o.split()), p.catalog)
         for p, (o, finished) in zip(train, res)
         if finished and o.strip()
     ]
-    out = demo_path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_tsv(kd, out)
     same = sum(p.de == o for p, o in zip(train, outs))

@@ -71,9 +71,12 @@ class Attention(nn.Module):
         vc = self.v_cache.permute(1, 0, 2)                     # (KVH, S, Dh)
         # GQA: query head h reads kv head h // G, so group the G query heads of each kv head
         qg = q.permute(1, 0, 2).reshape(self.KVH, self.G * T, self.Dh)   # (KVH, G*T, Dh)
-        att = (qg @ kc.transpose(1, 2)) * (self.Dh ** -0.5)               # (KVH, G*T, S)
+        # Scores and softmax in f32 (HF eager does the softmax in f32 too). Computing the f16
+        # scores in f16 and upcasting made IREE's vulkan-spirv codegen fail (3.13: "failed to
+        # legalize memref.alloc ... xindex, Workgroup" in the softmax dispatch); no-op for f32.
+        att = (qg.float() @ kc.float().transpose(1, 2)) * (self.Dh ** -0.5)  # (KVH, G*T, S)
         att = att.view(self.KVH, self.G, T, S).masked_fill(~mask, float("-inf"))
-        att = att.float().softmax(-1).to(x.dtype)              # softmax in f32, as HF eager
+        att = att.softmax(-1).to(x.dtype)
         y = att.view(self.KVH, self.G * T, S) @ vc              # (KVH, G*T, Dh)
         y = y.view(self.H, T, self.Dh).permute(1, 0, 2).reshape(1, T, self.H * self.Dh)
         return self.o_proj(y)
