@@ -45,8 +45,15 @@ class StepOutput:
     device: Device | None
     hidden: list = field(default_factory=list)   # (label, np.ndarray) when traced
 
+    chain: "ModelChain | None" = None
+
     def logits(self) -> np.ndarray:
-        return self.device.download(self.logits_bv, DTYPES["f32"])[0]
+        """(T', V) f32 logits, read from the device on first use (the read is device time)."""
+        t = time.perf_counter()
+        out = self.device.download(self.logits_bv, DTYPES["f32"])[0]
+        if self.chain is not None:
+            self.chain.call_s += time.perf_counter() - t
+        return out
 
 
 class ModelChain:
@@ -131,7 +138,7 @@ class ModelChain:
         x = None
         prev_dev = None
         pos_bv: dict[int, object] = {}
-        out = StepOutput(ids=None, logits_bv=None, device=None)
+        out = StepOutput(ids=None, logits_bv=None, device=None, chain=self)
         for st in self.stages:
             dev, kind = st.device, st.meta["kind"]
             if kind in ("embed", "whole"):
