@@ -45,6 +45,35 @@ def cmd_run(a):
     return run_cli(a)
 
 
+def cmd_profile(a):
+    from .runtime.profiler import run_profile_cli
+    devices = [d.strip() for d in a.devices.split(",")] if a.devices else None
+    for d in devices or []:
+        if d not in ("cpu", "vulkan"):
+            raise UserError(f"--devices: unknown device class {d!r} (cpu, vulkan)")
+    run_profile_cli(a.paths, devices, a.out, budget_s=a.budget)
+
+
+def cmd_calibrate(a):
+    from .runtime.calibrate import run_calibrate_cli
+    return run_calibrate_cli(a)
+
+
+def cmd_plan(a):
+    from .plan import make_plan, print_plan, read_alpha, write_plan
+    prof = None
+    if a.profile:
+        from .runtime.profiler import load_profile
+        prof = load_profile(a.profile)
+    alpha = read_alpha(a.alpha, a.calibration)
+    devices = [d.strip() for d in a.devices.split(",")] if a.devices else None
+    plan = make_plan(a.draft, a.target, a.platform, alpha, prof, dtype=a.dtype,
+                     max_context=a.max_context, devices=devices)
+    print_plan(plan, a.top)
+    write_plan(plan, a.out)
+    print(f"wrote {a.out}")
+
+
 def cmd_demo(a):
     from .demo.run import run_demo
     run_demo(gamma=a.gamma, sentences=a.sentences)
@@ -99,6 +128,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object and nothing else")
     p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("profile", help="measure every subgraph function on this machine (no torch)")
+    p.add_argument("paths", nargs="+", metavar="ARTIFACTS_OR_BUNDLE")
+    p.add_argument("--devices", help="device classes to profile, e.g. cpu,vulkan (default: all here)")
+    p.add_argument("--budget", type=float, default=0.4, help="seconds per function (default 0.4)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_profile)
+
+    p = sub.add_parser("calibrate", help="measure alpha (overall, per draft position) of a bundle's pair")
+    p.add_argument("bundle")
+    p.add_argument("--prompts", help="one prompt per line (a TSV's first column)")
+    p.add_argument("--limit", type=int, help="use the first N prompts")
+    p.add_argument("--gamma", type=int, help="draft length (default: the bundle's largest)")
+    p.add_argument("--temperature", type=float, help="also measure sampling at this temperature")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_calibrate)
+
+    p = sub.add_parser("plan", help="rank placements x gamma with the cost model")
+    p.add_argument("--draft", required=True, help="draft checkpoint folder (config.json is enough)")
+    p.add_argument("--target", required=True, help="target checkpoint folder (config.json is enough)")
+    p.add_argument("--platform", required=True, help="imx95, rk3588 or host (build_sd/platforms.json)")
+    p.add_argument("--profile", help="profile.json from `build-sd profile` (replaces what it covers)")
+    p.add_argument("--alpha", type=float, help="Leviathan's alpha of the pair")
+    p.add_argument("--calibration", help="calib.json from `build-sd calibrate` (per-position alpha)")
+    p.add_argument("--devices", help="restrict to these platform devices, e.g. cpu")
+    p.add_argument("--dtype", default="f32", choices=["f32", "f16"])
+    p.add_argument("--max-context", type=int, default=512)
+    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_plan)
 
     p = sub.add_parser("demo", help="build the embedded English->German pair and translate")
     p.add_argument("--gamma", type=int, default=4)

@@ -145,29 +145,36 @@ class ModelChain:
                 x = dev.upload(tokens.reshape(1, T).astype(np.int32, copy=False))
             elif prev_dev is not dev:
                 x = dev.transfer_from(prev_dev, x, self.dtype)
-            args = rt.VmVariantList(3)
-            args.push_ref(x)
-            if kind in ("layers", "whole"):
-                if id(dev) not in pos_bv:
-                    pos_bv[id(dev)] = dev.upload(np.array(pos, np.int32))
-                args.push_ref(pos_bv[id(dev)])
-            if role == "prefill" and kind in ("head", "whole"):
-                args.push_ref(dev.upload(np.array(length, np.int32)))
-            nres = 2 if kind in ("head", "whole") else 1
-            rets = rt.VmVariantList(nres)
-            st.context.vm_context.invoke(st.functions[fname], args, rets)
-            self.calls += 1
-            if nres == 1:
-                x = rets.get_as_object(0, rt.HalBufferView)
+            if kind in ("layers", "whole") and id(dev) not in pos_bv:
+                pos_bv[id(dev)] = dev.upload(np.array(pos, np.int32))
+            length_bv = (dev.upload(np.array(length, np.int32))
+                         if role == "prefill" and kind in ("head", "whole") else None)
+            res = self.invoke(st, fname, x, pos_bv.get(id(dev)), length_bv)
+            if len(res) == 1:
+                x = res[0]
                 if trace:
                     out.hidden.append((st.meta["label"], dev.download(x, self.dtype)))
             else:
-                out.ids = dev.download(rets.get_as_object(0, rt.HalBufferView), DTYPES["i32"])[0]
-                out.logits_bv = rets.get_as_object(1, rt.HalBufferView)
-                out.device = dev
+                out.ids = dev.download(res[0], DTYPES["i32"])[0]
+                out.logits_bv, out.device = res[1], dev
             prev_dev = dev
         self.call_s += time.perf_counter() - t0
         return out
+
+    def invoke(self, st: _Loaded, fname: str, x, pos_bv=None, length_bv=None) -> list:
+        """One subgraph function on its device: (x[, pos][, length]) -> its result views."""
+        kind = st.meta["kind"]
+        args = rt.VmVariantList(3)
+        args.push_ref(x)
+        if kind in ("layers", "whole"):
+            args.push_ref(pos_bv)
+        if length_bv is not None:
+            args.push_ref(length_bv)
+        nres = 2 if kind in ("head", "whole") else 1
+        rets = rt.VmVariantList(nres)
+        st.context.vm_context.invoke(st.functions[fname], args, rets)
+        self.calls += 1
+        return [rets.get_as_object(i, rt.HalBufferView) for i in range(nres)]
 
     def warmup(self) -> float:
         """Call every function once (first calls pay one-time costs); returns the seconds spent.

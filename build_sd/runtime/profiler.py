@@ -1,0 +1,253 @@
+"""`build-sd profile`: measure, on the machine that will run, what the cost model needs (no torch).
+
+For every artifacts folder (or both models of a bundle), on every preset this machine can run:
+- the median latency (and p10/p90) of every subgraph function, called as the runner calls it
+  (its pos/length uploads and, for the head, the ids readback included), after a warm-up;
+- the whole-model step (all subgraphs on that preset) for each function, as a cross-check;
+- the cost of moving a hidden state between two devices (download + upload), fitted as
+  fixed + per-byte over several sizes;
+- the host's per-iteration overhead of the speculative loop (acceptance, bookkeeping).
+The profile names the machine, the device names, the IREE runtime version and the sha256 of
+every module it measured, so a profile that does not match the artifacts can be refused.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from ..fsutil import write_json
+from ..targets import cpu_model_name
+from .chain import ModelChain, PlacedSubgraph
+from .compat import can_run
+from .devices import DTYPES, DevicePool
+
+PROFILE_SCHEMA = 1
+
+
+def _stats(samples_s: list[float]) -> dict:
+    a = np.array(samples_s) * 1e3
+    return {"median_ms": round(float(np.median(a)), 5), "p10_ms": round(float(np.percentile(a, 10)), 5),
+            "p90_ms": round(float(np.percentile(a, 90)), 5), "n": len(a)}
+
+
+def _reps_for(first_ms: float, budget_s: float, lo: int = 7, hi: int = 200) -> int:
+    """Enough repetitions for a stable median within a time budget per function."""
+    return int(max(lo, min(hi, budget_s * 1e3 / max(first_ms, 1e-3))))
+
+
+def load_model_source(path: Path) -> list[dict]:
+    """[{name, dir, manifest, meta, presets}] for an artifacts folder or a bundle's two models."""
+    from ..compile import load_artifacts
+    if (path / "manifest.json").exists():
+        man = json.loads((path / "manifest.json").read_text())
+        if man.get("kind") == "build_sd.bundle":
+            out = []
+            for role in ("draft", "target"):
+                m = man["models"][role]
+                meta = json.loads((path / m["files"]["export"]).read_text())
+                modules = {sub: info["file"] for sub, info in m["modules"].items()}
+                presets = {info["preset"]: man["presets"][info["preset"]] for info in m["modules"].values()}
+                out.append({"name": role, "dir": path, "meta": meta, "irpa": path / m["files"]["irpa"],
+                            "presets": presets, "module_file": lambda preset, sub, mods=modules: mods[sub],
+                            "only": {info["preset"] for info in m["modules"].values()}})
+            return out
+    man, meta = load_artifacts(path)
+    return [{"name": meta["name"], "dir": path, "meta": meta, "irpa": path / "model.irpa",
+             "presets": man["presets"], "module_file": lambda preset, sub: f"{preset}/{sub}.vmfb",
+             "only": None}]
+
+
+def profile(paths: list[str | Path], devices: list[str] | None = None, budget_s: float = 0.4,
+            log=print) -> dict:
+    from ..fsutil import sha256_file
+    from .speculative import generate
+    from .sampling import GreedyAcceptor
+    import iree.runtime as rt
+
+    pool = DevicePool()
+    models = []
+    chains_by_preset: dict[str, list[ModelChain]] = {}
+    for p in paths:
+        for src in load_model_source(Path(p)):
+            meta = src["meta"]
+            entry = {"name": src["name"], "source": meta["source"], "fingerprint": meta.get("fingerprint"),
+                     "dtype": meta["dtype"], "max_context": meta["max_context"],
+                     "config": meta["config"], "subgraphs": [
+                         {k: sg[k] for k in ("name", "label", "kind", "start", "end")} for sg in meta["subgraphs"]],
+                     "modules": {}, "latency": {}, "step": {}, "skipped": {}}
+            for preset, info in src["presets"].items():
+                cls = "cpu" if info["backend"] == "llvm-cpu" else "vulkan"
+                if devices and cls not in devices:
+                    continue
+                ok, why = can_run(info)
+                if not ok:
+                    entry["skipped"][preset] = why
+                    continue
+                placed = []
+                for sg in meta["subgraphs"]:
+                    rel = src["module_file"](preset, sg["name"])
+                    entry["modules"][rel] = sha256_file(src["dir"] / rel)
+                    placed.append(PlacedSubgraph(sg, src["dir"] / rel, info["driver"], preset))
+                chain = ModelChain(pool, meta, src["irpa"], placed)
+                chain.warmup()
+                log(f"profiling {src['name']} on {preset} ({pool.get(info['driver']).name})")
+                entry["latency"][preset], entry["step"][preset] = _profile_chain(chain, budget_s)
+                chains_by_preset.setdefault(preset, []).append(chain)
+            models.append(entry)
+    if not any(m["latency"] for m in models):
+        raise UserError("nothing in these artifacts can run on this machine")
+
+    transfer = _profile_transfers(pool, models, log)
+    # host work per iteration of the loop: a short greedy run with a draft (any chain will do:
+    # the bookkeeping does not depend on the numbers)
+    host = None
+    for preset, chains in chains_by_preset.items():
+        t = chains[-1]
+        d = chains[0]
+        gen = generate(t, d, [1, 2, 3], 4, GreedyAcceptor(), min(48, t.max_context - 20), [])
+        m = gen.metrics
+        if m.iterations:
+            host = {"ms_per_iteration": round(m.host_s * 1e3 / m.iterations, 5), "measured_on": preset}
+        break
+    return {
+        "schema": PROFILE_SCHEMA,
+        "kind": "build_sd.profile",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpu": cpu_model_name(), "arch": platform.machine(), "node": platform.node(),
+                    "devices": {drv: d.name for drv, d in pool.devices.items()}},
+        "iree_runtime": _runtime_version(rt),
+        "models": models,
+        "transfer": transfer,
+        "host": host,
+    }
+
+
+def _runtime_version(rt) -> str:
+    try:
+        from importlib.metadata import version
+        return version("iree-base-runtime")
+    except Exception:  # noqa: BLE001
+        return getattr(rt, "__version__", "unknown")
+
+
+def _profile_chain(chain: ModelChain, budget_s: float):
+    """Per subgraph function latency and whole-step latency, all subgraphs on one device."""
+    D = chain.meta["config"]["hidden_size"]
+    rng = np.random.default_rng(0)
+    fnames = {f"prefill_T{P}": ("prefill", P) for P in chain.prefill_buckets}
+    fnames["decode"] = ("decode", 1)
+    for T in chain.verify_T:
+        fnames[f"verify_T{T}"] = ("verify", T)
+    lat: dict[str, dict] = {sg.meta["name"]: {} for sg in chain.stages}
+    step: dict[str, dict] = {}
+    S = chain.max_context
+    for fname, (role, T) in fnames.items():
+        positions = [p for p in range(0, S - T, max(1, (S - T) // 16))][:16] or [0]
+        for st in chain.stages:
+            dev, kind = st.device, st.meta["kind"]
+            if kind in ("embed", "whole"):
+                x = dev.upload(rng.integers(0, 8, size=(1, T)).astype(np.int32))
+            else:
+                x = dev.upload(rng.standard_normal((1, T, D)).astype(chain.dtype))
+            samples: list[float] = []
+
+            def once(i):
+                t = time.perf_counter()
+                pos_bv = dev.upload(np.array(positions[i % len(positions)], np.int32)) \
+                    if kind in ("layers", "whole") else None
+                length_bv = dev.upload(np.array(T, np.int32)) if role == "prefill" and kind in ("head", "whole") else None
+                res = chain.invoke(st, fname, x, pos_bv, length_bv)
+                if len(res) == 2:
+                    dev.download(res[0], DTYPES["i32"])
+                return time.perf_counter() - t
+            first = once(0)
+            for i in range(_reps_for(first * 1e3, budget_s)):
+                samples.append(once(i + 1))
+            lat[st.meta["name"]][fname] = _stats(samples)
+        # the whole step, as the runner calls it
+        samples = []
+        toks = np.ones(T, np.int32)
+        first = None
+        for i in range(200):
+            t = time.perf_counter()
+            if role == "prefill":
+                chain.step(toks, 0, role="prefill", length=T)
+            else:
+                chain.step(toks, positions[i % len(positions)])
+            dt = time.perf_counter() - t
+            if first is None:
+                first = dt
+                n = _reps_for(first * 1e3, budget_s)
+                continue
+            samples.append(dt)
+            if len(samples) >= n:
+                break
+        step[fname] = _stats(samples)
+    return lat, step
+
+
+def _profile_transfers(pool: DevicePool, models: list[dict], log) -> dict:
+    """download(A) + upload(B) of hidden-state sized buffers for each ordered device pair."""
+    devs = pool.devices
+    if len(devs) < 2:
+        return {}
+    D = max(m["config"]["hidden_size"] for m in models)
+    out = {}
+    for a_name, a in devs.items():
+        for b_name, b in devs.items():
+            if a is b:
+                continue
+            points = []
+            for T in (1, 2, 5, 9, 16, 64):
+                nbytes = T * D * 4
+                src = a.upload(np.zeros((1, T, D), np.float32))
+                a.transfer_from(b, b.upload(np.zeros(4, np.float32)), DTYPES["f32"])   # warm both paths
+                ts = []
+                for _ in range(15):
+                    t = time.perf_counter()
+                    b.transfer_from(a, src, DTYPES["f32"])
+                    ts.append(time.perf_counter() - t)
+                points.append((nbytes, float(np.median(ts)) * 1e3))
+            x = np.array([p[0] for p in points]) / 1e6
+            y = np.array([p[1] for p in points])
+            slope, intercept = np.polyfit(x, y, 1)
+            out[f"{a_name}->{b_name}"] = {"fixed_ms": round(max(0.0, float(intercept)), 5),
+                                          "ms_per_mb": round(max(0.0, float(slope)), 5),
+                                          "points": [[int(n), round(ms, 5)] for n, ms in points]}
+            log(f"transfer {a_name}->{b_name}: {out[f'{a_name}->{b_name}']['fixed_ms']:.3f} ms + "
+                f"{out[f'{a_name}->{b_name}']['ms_per_mb']:.3f} ms/MB")
+    return out
+
+
+def run_profile_cli(paths, devices, out, budget_s=0.4) -> dict:
+    prof = profile(paths, devices, budget_s)
+    write_json(out, prof)
+    print(f"wrote {out}")
+    return prof
+
+
+def load_profile(path: str | Path) -> dict:
+    from ..fsutil import read_json
+    prof = read_json(path, "profile")
+    if prof.get("kind") != "build_sd.profile":
+        raise UserError(f"{path} is not a build_sd profile")
+    if not isinstance(prof.get("schema"), int) or prof["schema"] > PROFILE_SCHEMA:
+        raise UserError(f"{path} has profile schema {prof.get('schema')!r}, newer than this build_sd reads")
+    return prof
+
+
+def check_profile_matches(prof: dict, artifacts_dir: Path, module_files: dict[str, str]) -> None:
+    """Refuse a profile whose modules are not the artifacts' (sha256 of every module it names)."""
+    from ..fsutil import sha256_file
+    for m in prof["models"]:
+        for rel, sha in m["modules"].items():
+            f = artifacts_dir / rel
+            if rel in module_files and f.exists() and sha256_file(f) != sha:
+                raise UserError(f"profile {m['name']} was measured on a different {rel} "
+                                f"(sha256 differs): profile again")
