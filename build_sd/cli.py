@@ -74,6 +74,16 @@ def cmd_plan(a):
     print(f"wrote {a.out}")
 
 
+def cmd_build(a):
+    from .pipeline import run_build
+    return run_build(a)
+
+
+def cmd_bench(a):
+    from .bench import run_bench_cli
+    return run_bench_cli(a)
+
+
 def cmd_demo(a):
     from .demo.run import run_demo
     run_demo(gamma=a.gamma, sentences=a.sentences)
@@ -160,6 +170,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10)
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_plan)
+
+    p = sub.add_parser("build", help="plan, export + compile what it needs, validate, bundle")
+    p.add_argument("--draft", required=True)
+    p.add_argument("--target", required=True)
+    p.add_argument("--platform", required=True)
+    p.add_argument("--profile")
+    p.add_argument("--alpha", type=float)
+    p.add_argument("--calibration")
+    p.add_argument("--dtype", default="f32", choices=["f32", "f16"])
+    p.add_argument("--max-context", type=int, default=512)
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_build)
+
+    p = sub.add_parser("bench", help="measure the plan's top configurations: predicted vs measured")
+    p.add_argument("root", metavar="BUNDLE_OR_ARTIFACTS", help="working folder (e.g. the build --out)")
+    p.add_argument("--plan", required=True)
+    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--prompts", required=True)
+    p.add_argument("--limit", type=int, help="use the first N prompts")
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--simulate-alpha", type=float, help="accept/reject drawn from Bernoulli(A)")
+    p.add_argument("--png", help="write the predicted-vs-measured chart here")
+    p.add_argument("--json", help="write all figures here")
+    p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("demo", help="build the embedded English->German pair and translate")
     p.add_argument("--gamma", type=int, default=4)

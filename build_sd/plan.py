@@ -23,6 +23,7 @@ from .errors import UserError
 from .roofline import Platform, get_platform, work
 
 GAMMAS = range(0, 9)
+STAT = "mean_ms"     # throughput pays the mean call time, stragglers included
 ELT = {"f32": 4, "f16": 2}
 
 
@@ -87,7 +88,7 @@ class Latencies:
     def _measured(self, preset, name, fname):
         if not self.entry or preset not in self.entry["latency"]:
             return None
-        return self.entry["latency"][preset].get(name, {}).get(fname, {}).get("median_ms")
+        return self.entry["latency"][preset].get(name, {}).get(fname, {}).get(STAT)
 
     def ms(self, kind: str, a: int, b: int, T: int, dev: str, prefill: bool = False) -> float:
         preset = self.platform.devices[dev].preset
@@ -101,14 +102,14 @@ class Latencies:
             lat = self.entry["latency"][preset]
             if kind == "layers":
                 # per-layer time from the profiled layer modules of this device, same function
-                per = [v[fname]["median_ms"] / (int(n.split("_")[2]) - int(n.split("_")[1]))
+                per = [v[fname][STAT] / (int(n.split("_")[2]) - int(n.split("_")[1]))
                        for n, v in lat.items() if n.startswith("layers_") and fname in v]
                 if per:
                     self._count("profile-scaled")
                     return sum(per) / len(per) * (b - a)
             if kind == "whole":
                 parts = [self._measured(preset, n, fname) for n in ("embed", "head")]
-                per = [v[fname]["median_ms"] / (int(n.split("_")[2]) - int(n.split("_")[1]))
+                per = [v[fname][STAT] / (int(n.split("_")[2]) - int(n.split("_")[1]))
                        for n, v in lat.items() if n.startswith("layers_") and fname in v]
                 if None not in parts and per:
                     self._count("profile-sum")

@@ -117,3 +117,18 @@ class RejectionSampler:
                 residual = p[i]
             return i, sample(residual, self.rng)
         return len(drafts), sample(p[len(drafts)], self.rng)     # bonus token from p_{g+1}
+
+
+class SimulatedAcceptor(GreedyAcceptor):
+    """For latency studies with random weights: every kernel runs as usual, but the number of
+    accepted drafts is drawn from Bernoulli(alpha) trials (stop at the first failure), so the
+    timing is real and the acceptance is controlled. The emitted tokens mean nothing."""
+
+    def __init__(self, alpha: float, rng: np.random.Generator):
+        self.alpha, self.rng = alpha, rng
+
+    def accept(self, drafts, q_rows, target_ids, target_logits_fn):
+        n = 0
+        while n < len(drafts) and self.rng.random() < self.alpha:
+            n += 1
+        return n, int(target_ids[n])

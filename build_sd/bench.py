@@ -1,0 +1,210 @@
+"""`build-sd bench`: run the plan's top configurations for real; predicted vs measured.
+
+In ONE run, because this machine's memory bandwidth drifts by up to 1.5x within minutes:
+1. build (incrementally) a bundle for each of the top N configurations of the plan;
+2. profile the artifacts they use and calibrate alpha on the prompts (or take
+   --simulate-alpha A: accept/reject drawn from Bernoulli(A), every kernel still runs);
+3. predict each configuration from that fresh profile and alpha (the cost model, unchanged);
+4. measure tokens/s, alternating configurations round by round (A B C, B C A, ...), with the
+   memory bandwidth read before each round (the drift is reported);
+5. print predicted vs measured per configuration, the error, whether the planner's pick is
+   the measured best, and draw the PNG (predicted vs measured; speedup vs gamma per placement).
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+
+
+def _key(cfg: dict) -> tuple:
+    return (cfg["draft"]["label"] if cfg["draft"] else None, cfg["target"]["label"], cfg["gamma"])
+
+
+def _bandwidth_gbs() -> float:
+    a = np.ones(32 * 1024 * 1024 // 8)
+    best = 1e9
+    for _ in range(3):
+        t = time.perf_counter()
+        a.sum()
+        best = min(best, time.perf_counter() - t)
+    return a.nbytes / best / 1e9
+
+
+def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[str], rounds: int = 4,
+              max_new_tokens: int = 48, simulate_alpha: float | None = None, png: str | None = None,
+              configs: list[int] | None = None, log=print) -> dict:
+    from .pipeline import build_config
+    from .plan import load_plan, make_plan
+    from .runtime.calibrate import calibrate
+    from .runtime.cli_run import encode_prompt
+    from .runtime.profiler import profile
+    from .runtime.sampling import GreedyAcceptor, SimulatedAcceptor
+    from .runtime.session import open_bundle
+    from .runtime.speculative import generate
+
+    root = Path(root)
+    plan = load_plan(plan_path)
+    if plan["platform"] != "host":
+        raise UserError(f"the plan is for {plan['platform']}: bench measures on this machine (plan --platform host)")
+    chosen = [plan["configs"][i] for i in (configs or range(min(top, len(plan["configs"]))))]
+    # always measure the best target-only configuration too: the speedup baseline
+    base = next(c for c in plan["configs"] if c["gamma"] == 0)
+    if all(_key(c) != _key(base) for c in chosen):
+        chosen.append(base)
+
+    # 1. bundles
+    bundles = []
+    for i, cfg in enumerate(chosen):
+        b = root / "bench" / f"c{i}"
+        log(f"[build {i + 1}/{len(chosen)}] target {cfg['target']['label']} draft "
+            f"{cfg['draft']['label'] if cfg['draft'] else '-'} gamma {cfg['gamma']}")
+        build_config(cfg, plan, root, b, validate_models=(i == 0), log=lambda m: None)
+        bundles.append(b)
+
+    # 2. profile every artifacts folder used, and calibrate alpha, now
+    arts = sorted({str(p) for p in (root / "artifacts").iterdir() if (p / "manifest.json").exists()})
+    log(f"profiling {len(arts)} artifacts folders")
+    bw_before = _bandwidth_gbs()
+    prof = profile(arts, log=lambda m: None)
+    if simulate_alpha is not None:
+        alpha = simulate_alpha
+    else:
+        # calibrate on the workload itself, with the longest draft any configuration uses
+        cal_bundle = next((b for b, c in zip(bundles, chosen) if c["gamma"] > 0), None)
+        if cal_bundle is None:
+            alpha = 0.0
+        else:
+            cal = calibrate(str(cal_bundle), prompts, gamma=8, max_new_tokens=max_new_tokens, log=lambda m: None)
+            alpha = [x for x in cal["greedy"]["per_position"] if x is not None] or cal["greedy"]["alpha"]
+    # 3. predictions from this profile and alpha, for exactly these configurations
+    fresh = make_plan(plan["draft"]["checkpoint"], plan["target"]["checkpoint"], "host", alpha, prof,
+                      dtype=plan["dtype"], max_context=plan["max_context"], devices=list(plan["devices"]))
+    pred = {_key(c): c for c in fresh["configs"]}
+
+    # 4. measure, alternating
+    sessions = []
+    for b in bundles:
+        s = open_bundle(b)
+        s.warmup()
+        sessions.append(s)
+    enc = [encode_prompt(sessions[0], p) for p in prompts]
+    tps = [[] for _ in chosen]
+    bws = []
+    for r in range(rounds):
+        bws.append(_bandwidth_gbs())
+        order = list(range(len(chosen)))
+        order = order[r % len(order):] + order[:r % len(order)]
+        for i in order:
+            s, cfg = sessions[i], chosen[i]
+            g = cfg["gamma"]
+            toks, secs = 0, 0.0
+            for j, ids in enumerate(enc):
+                acc = (SimulatedAcceptor(simulate_alpha, np.random.default_rng(1000 * r + j))
+                       if simulate_alpha is not None and g > 0 else GreedyAcceptor())
+                m = generate(s.target, s.draft if g else None, ids, g, acc, max_new_tokens, s.eos_ids).metrics
+                toks += m.emitted
+                secs += m.decode_s
+            tps[i].append(toks / secs)
+        log(f"round {r + 1}/{rounds}: bandwidth {bws[-1]:.1f} GB/s")
+    bws.append(_bandwidth_gbs())
+
+    rows = []
+    for i, cfg in enumerate(chosen):
+        p = pred[_key(cfg)]
+        meas = statistics.median(tps[i])
+        rows.append({"rank_in_plan": plan["configs"].index(cfg) + 1 if cfg in plan["configs"] else None,
+                     "draft": cfg["draft"]["label"] if cfg["draft"] else "-", "target": cfg["target"]["label"],
+                     "gamma": cfg["gamma"], "predicted_tokens_per_s": p["pred_tokens_per_s"],
+                     "measured_tokens_per_s": round(meas, 2), "rounds": [round(x, 2) for x in tps[i]],
+                     "error": round((p["pred_tokens_per_s"] - meas) / meas, 4),
+                     "predicted_speedup": p["speedup"]})
+    base_meas = next(r["measured_tokens_per_s"] for r, c in zip(rows, chosen) if _key(c) == _key(base))
+    for r in rows:
+        r["measured_speedup"] = round(r["measured_tokens_per_s"] / base_meas, 4)
+    best_meas = max(r["measured_tokens_per_s"] for r in rows)
+    pick = max(rows, key=lambda r: r["predicted_tokens_per_s"])
+    result = {
+        "plan": str(plan_path), "alpha": alpha, "simulate_alpha": simulate_alpha,
+        "prompts": len(prompts), "rounds": rounds, "max_new_tokens": max_new_tokens,
+        "bandwidth_gbs": {"before_profile": round(bw_before, 2), "per_round": [round(b, 2) for b in bws],
+                          "drift": round(max(bws) / min(bws), 3)},
+        "rows": rows,
+        "median_abs_error": round(statistics.median(abs(r["error"]) for r in rows), 4),
+        "pick": {"draft": pick["draft"], "target": pick["target"], "gamma": pick["gamma"],
+                 "measured_tokens_per_s": pick["measured_tokens_per_s"],
+                 "gap_to_measured_best": round(1 - pick["measured_tokens_per_s"] / best_meas, 4)},
+        "profile": prof,
+    }
+    _print(result, log)
+    if png:
+        _plot(result, png)
+        log(f"wrote {png}")
+    return result
+
+
+def _print(res: dict, log):
+    log(f"{'draft':<26} {'target':<34} {'g':>2} {'pred tok/s':>10} {'meas tok/s':>10} {'error':>7} "
+        f"{'pred x':>7} {'meas x':>7}")
+    for r in res["rows"]:
+        log(f"{r['draft']:<26} {r['target']:<34} {r['gamma']:>2} {r['predicted_tokens_per_s']:>10.1f} "
+            f"{r['measured_tokens_per_s']:>10.1f} {100 * r['error']:>6.1f}% {r['predicted_speedup']:>6.2f}x "
+            f"{r['measured_speedup']:>6.2f}x")
+    bw = res["bandwidth_gbs"]
+    log(f"median |error| {100 * res['median_abs_error']:.1f}%; planner's pick is "
+        f"{100 * res['pick']['gap_to_measured_best']:.1f}% behind the measured best; bandwidth "
+        f"{min(bw['per_round']):.1f}-{max(bw['per_round']):.1f} GB/s over the rounds (drift {bw['drift']:.2f}x)")
+
+
+def _plot(res: dict, path: str):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    xs = [r["predicted_tokens_per_s"] for r in res["rows"]]
+    ys = [r["measured_tokens_per_s"] for r in res["rows"]]
+    a1.scatter(xs, ys)
+    lo, hi = min(xs + ys) * 0.9, max(xs + ys) * 1.1
+    a1.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    for r in res["rows"]:
+        a1.annotate(f"g{r['gamma']}", (r["predicted_tokens_per_s"], r["measured_tokens_per_s"]), fontsize=7)
+    a1.set_xlabel("predicted tokens/s")
+    a1.set_ylabel("measured tokens/s")
+    a1.set_title(f"median |error| {100 * res['median_abs_error']:.1f}%")
+    by = {}
+    for r in res["rows"]:
+        by.setdefault(f"{r['draft']} / {r['target']}" if r["gamma"] else r["target"], []).append(r)
+    for label, rs in by.items():
+        rs = sorted(rs, key=lambda r: r["gamma"])
+        a2.plot([r["gamma"] for r in rs], [r["measured_speedup"] for r in rs], "o-", label=f"{label} measured")
+        a2.plot([r["gamma"] for r in rs], [r["predicted_speedup"] for r in rs], "x--", label=f"{label} predicted")
+    a2.axhline(1.0, color="k", lw=0.6)
+    a2.set_xlabel("gamma")
+    a2.set_ylabel("speedup over target-only")
+    a2.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def run_bench_cli(a) -> int:
+    from .fsutil import write_json
+    p = Path(a.prompts)
+    if not p.exists():
+        raise UserError(f"prompts file not found: {p}")
+    prompts = [ln.split("\t")[0] for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if a.limit:
+        prompts = prompts[:a.limit]
+    if a.simulate_alpha is not None and not 0 <= a.simulate_alpha <= 1:
+        raise UserError("--simulate-alpha must be in [0, 1]")
+    res = run_bench(a.root, a.plan, a.top, prompts, a.rounds, a.max_new_tokens, a.simulate_alpha, a.png)
+    if a.json:
+        write_json(a.json, res)
+    return 0
+
+
+__all__ = ["run_bench", "run_bench_cli", "json"]
