@@ -165,11 +165,17 @@ class Config:
                 "parts_ms": {k: round(v, 5) for k, v in self.parts.items()}}
 
 
-def make_plan(draft_ckpt: str | Path, target_ckpt: str | Path, platform_name: str,
+def make_plan(draft_ckpt: str | Path, target_ckpt: str | Path, platform_name: str | Platform,
               alpha: float | list[float], profile: dict | None = None, dtype: str = "f32",
               max_context: int = 512, gammas=GAMMAS, devices: list[str] | None = None) -> dict:
-    platform = get_platform(platform_name)
+    platform = platform_name if isinstance(platform_name, Platform) else get_platform(platform_name)
+    platform_name = platform.name
     dcfg, tcfg = ModelConfig.from_hf(draft_ckpt), ModelConfig.from_hf(target_ckpt)
+    if profile is not None:
+        shas = {m["source"]["sha256"].get("config.json") for m in profile["models"]}
+        if not shas & {config_sha(draft_ckpt), config_sha(target_ckpt)}:
+            raise UserError("the profile was measured on other models (no config.json matches the "
+                            "draft's or the target's): profile these models' artifacts")
     devs = devices or list(platform.devices)
     for d in devs:
         if d not in platform.devices:

@@ -1,0 +1,160 @@
+"""The cost model and the planner (pure: no IREE, no torch)."""
+import json
+
+import pytest
+
+from build_sd.costmodel import (ModelCosts, Transfer, expected_tokens, expected_tokens_positional,
+                                leviathan_speedup, predict)
+from build_sd.errors import UserError
+from build_sd.plan import make_plan, placements
+from build_sd.roofline import DeviceSpec, Platform, get_platform, work
+
+
+@pytest.mark.parametrize("alpha, gamma, want", [(0.8, 5, 3.69), (0.9, 10, 6.86), (0.6, 2, 1.96)])
+def test_leviathan_table1(alpha, gamma, want):
+    # Leviathan et al. 2023, Table 1 (c = 0): the improvement factor is E[N]
+    assert round(leviathan_speedup(alpha, gamma, 0.0), 2) == want
+    # the full model in its reduced form: verify costs one target step, free draft, no transfers
+    target = ModelCosts({T: 1.0 for T in range(1, gamma + 2)})
+    draft = ModelCosts({1: 0.0, 2: 0.0})
+    base = predict(target, None, 0, alpha)
+    spec = predict(target, draft, gamma, alpha)
+    assert round(base.ms_per_token / spec.ms_per_token, 2) == want
+
+
+def test_expected_tokens_edges():
+    assert expected_tokens(0.5, 0) == 1.0
+    assert expected_tokens(1.0, 4) == 5.0
+    assert expected_tokens_positional([0.7] * 4, 4) == pytest.approx(expected_tokens(0.7, 4))
+    assert expected_tokens_positional([0.9, 0.5], 3) == pytest.approx(1 + 0.9 + 0.45 + 0.225)
+
+
+def test_leviathan_with_draft_cost():
+    # c = 0.1: speedup = E[N] / (g c + 1)
+    assert leviathan_speedup(0.8, 4, 0.1) == pytest.approx(expected_tokens(0.8, 4) / 1.4)
+    target = ModelCosts({T: 10.0 for T in range(1, 6)})
+    draft = ModelCosts({1: 1.0, 2: 1.0})
+    assert 10.0 / predict(target, draft, 4, 0.8).ms_per_token == pytest.approx(leviathan_speedup(0.8, 4, 0.1))
+
+
+def _platform(gpu_speed=1.0, cross_ms=0.0):
+    """Two devices with different speed; memory bandwidth decides (decode is memory-bound)."""
+    return Platform("toy", {
+        "cpu": DeviceSpec("cpu", "cpu", "host", "local-task", {"f32": 1000.0}, 10.0, 1.0, 1.0, 0.0, 0.0),
+        "gpu": DeviceSpec("gpu", "gpu", "vulkan-generic", "vulkan", {"f32": 1000.0}, 10.0 * gpu_speed,
+                          1.0, 1.0, 0.0, 0.0),
+    }, transfer_fixed_ms=cross_ms, transfer_ms_per_mb=0.0, host_ms_per_iteration=0.0)
+
+
+@pytest.fixture()
+def pair(tmp_path):
+    base = dict(model_type="llama", num_attention_heads=8, num_key_value_heads=2, vocab_size=8000)
+    d, t = tmp_path / "d", tmp_path / "t"
+    for p, cfg in ((d, dict(base, hidden_size=256, num_hidden_layers=2, intermediate_size=704)),
+                   (t, dict(base, hidden_size=1024, num_hidden_layers=8, intermediate_size=2816))):
+        p.mkdir()
+        (p / "config.json").write_text(json.dumps(cfg))
+    return d, t
+
+
+def test_gamma0_wins_when_alpha_is_small(pair):
+    plan = make_plan(*pair, _platform(), 0.02, max_context=128)
+    assert plan["configs"][0]["gamma"] == 0
+
+
+def test_gamma0_wins_when_the_draft_is_slow(pair, tmp_path):
+    d, t = pair
+    # a "draft" as big as the target: c ~ 1, speculation cannot pay even at alpha 0.8
+    plan = make_plan(t, t, _platform(), 0.8, max_context=128)
+    assert plan["configs"][0]["gamma"] == 0
+
+
+def test_speculation_chosen_when_it_pays(pair):
+    plan = make_plan(*pair, _platform(), 0.9, max_context=128)
+    best = plan["configs"][0]
+    assert best["gamma"] >= 2 and best["speedup"] > 1.5
+
+
+def test_faster_device_gets_the_draft(pair):
+    # the gpu has 3x the bandwidth but a crossing is expensive: draft goes to the gpu, and a
+    # split model would pay the crossing every call
+    plan = make_plan(*pair, _platform(gpu_speed=3.0, cross_ms=5.0), 0.8, max_context=128)
+    best = plan["configs"][0]
+    assert best["draft"]["devices"] == {"whole": "gpu"}
+    assert best["target"]["devices"] == {"whole": "gpu"}
+    slow_gpu = make_plan(*pair, _platform(gpu_speed=0.3, cross_ms=5.0), 0.8, max_context=128)
+    assert slow_gpu["configs"][0]["draft"]["devices"] == {"whole": "cpu"}
+
+
+def test_split_placements_pay_their_transfers(pair):
+    free = make_plan(*pair, _platform(cross_ms=0.0), 0.8, max_context=128)
+    costly = make_plan(*pair, _platform(cross_ms=3.0), 0.8, max_context=128)
+
+    def ms(plan, label, gamma):
+        return next(c["pred_ms_per_token"] for c in plan["configs"]
+                    if c["target"]["label"] == label and c["gamma"] == gamma and c["draft"]
+                    and c["draft"]["label"] == "cpu")
+    label = "cpu[embed,0:4] gpu[4:8] head@gpu"
+    for g in (1, 4):
+        # one crossing per target call; the draft (cpu, whole) crosses nothing
+        e_n = next(c["expected_tokens"] for c in free["configs"] if c["target"]["label"] == label
+                   and c["gamma"] == g)
+        assert ms(costly, label, g) - ms(free, label, g) == pytest.approx(3.0 / e_n, rel=1e-4)
+    label2 = "cpu[embed,0:4] gpu[4:8] head@cpu"           # head back on the cpu: two crossings
+    e_n = next(c["expected_tokens"] for c in free["configs"] if c["target"]["label"] == label2
+               and c["gamma"] == 4)
+    assert ms(costly, label2, 4) - ms(free, label2, 4) == pytest.approx(6.0 / e_n, rel=1e-4)
+
+
+def test_placements_enumeration():
+    ps = placements(6, ["cpu", "gpu"])
+    assert len(ps) == 2 + 5 * 2 * 2
+    assert all(set(p.devices) == {"whole"} or len(p.devices) == 4 for p in ps)
+
+
+def test_profile_of_other_models_refused(pair):
+    prof = {"models": [{"source": {"sha256": {"config.json": "0" * 64}}}]}
+    with pytest.raises(UserError, match="other models"):
+        make_plan(*pair, _platform(), 0.8, prof)
+
+
+def test_plan_round_trip(pair, tmp_path):
+    from build_sd.cli import main
+    d, t = pair
+    out = tmp_path / "plan.json"
+    assert main(["plan", "--draft", str(d), "--target", str(t), "--platform", "imx95", "--alpha", "0.8",
+                 "--out", str(out)]) == 0
+    plan = json.loads(out.read_text())
+    again = make_plan(d, t, "imx95", 0.8)
+    assert plan["configs"] == json.loads(json.dumps(again["configs"]))
+    assert plan["configs"][0]["pred_ms_per_token"] <= plan["configs"][-1]["pred_ms_per_token"]
+
+
+def test_imx95_llama32_plan():
+    from pathlib import Path
+    shapes = Path(__file__).resolve().parents[1] / "examples" / "shapes"
+    plan = make_plan(shapes / "llama-3.2-1b", shapes / "llama-3.2-3b", "imx95", 0.8, dtype="f16",
+                     max_context=1024)
+    best = plan["configs"][0]
+    assert best["speedup"] > 1.0
+    assert plan["target"]["parameters"] > 3.0e9
+
+
+def test_platform_file_cites_its_figures():
+    p = get_platform("imx95")
+    assert p.devices["cpu"].preset == "a55" and p.devices["gpu"].preset == "valhall3"
+    from build_sd.roofline import load_platforms
+    data = load_platforms()
+    for name in ("imx95", "rk3588"):
+        assert data[name]["sources"] and all(s["url"] and s["says"] for s in data[name]["sources"])
+
+
+def test_roofline_counts():
+    cfg = dict(hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16, intermediate_size=128, vocab_size=100)
+    w1 = work(cfg, "layers", 0, 2, 1, 32, 4)
+    w4 = work(cfg, "layers", 0, 2, 4, 32, 4)
+    assert w4.flops == pytest.approx(4 * w1.flops)          # FLOPs scale with T
+    assert w4.bytes - w1.bytes < 0.1 * w1.bytes              # weights dominate the bytes
+    assert work(cfg, "head", 0, 0, 8, 32, 4, prefill=True).flops == 2 * 64 * 100
+    with pytest.raises(UserError):
+        get_platform("nope")
