@@ -75,9 +75,14 @@ def placement_for(role: str, want: dict, man: dict, meta: dict) -> dict[str, str
     return placement
 
 
+def _runtime_version() -> str:
+    from .runtime.verify import runtime_version
+    return runtime_version()
+
+
 def make_bundle(draft: str | Path, target: str | Path, places: list[str], gamma: int,
                 out: str | Path, tokenizer: str | Path | None = None,
-                prompt_template: str | None = None, log=print) -> dict:
+                prompt_template: str | None = None, fallback: str | None = None, log=print) -> dict:
     from .runtime.tokenizer import check_covers, check_pair, load_tokenizer
 
     srcs = {"draft": Path(draft), "target": Path(target)}
@@ -105,6 +110,10 @@ def make_bundle(draft: str | Path, target: str | Path, places: list[str], gamma:
     for r in ROLES:
         check_covers(tok, vocab[r], r)
 
+    from .runtime.session import recover_interrupted_swap
+    recover_interrupted_swap(out)
+    if fallback not in (None, "cpu"):
+        raise UserError(f"--fallback: only 'cpu' is supported, got {fallback!r}")
     staging = out.with_name(f".{out.name}.partial")
     if staging.exists():
         shutil.rmtree(staging)
@@ -122,7 +131,19 @@ def make_bundle(draft: str | Path, target: str | Path, places: list[str], gamma:
             copy_atomic(srcs[r] / preset / f"{sub}.vmfb", staging / rel)
             modules[sub] = {"preset": preset, "file": rel}
             presets_used[preset] = man["presets"][preset]
+        fallbacks = {}
+        if fallback == "cpu":
+            # a CPU module for every subgraph placed on a GPU, for boards without its driver
+            for sub, preset in placement.items():
+                if man["presets"][preset]["backend"] == "llvm-cpu":
+                    continue
+                cpu = _resolve_preset("cpu", man, r)
+                rel = f"{r}/{cpu}/{sub}.vmfb"
+                copy_atomic(srcs[r] / cpu / f"{sub}.vmfb", staging / rel)
+                fallbacks[sub] = {"preset": cpu, "file": rel}
+                presets_used[cpu] = man["presets"][cpu]
         models[r] = {"source": str(srcs[r].resolve()), "files": files, "modules": modules,
+                     "fallback": fallbacks,
                      "compiler": man["compiler"], "model_source": meta["source"],
                      "dtype": meta["dtype"], "max_context": meta["max_context"]}
     shutil.copyfile(tok_path, staging / "tokenizer.json")
@@ -134,6 +155,7 @@ def make_bundle(draft: str | Path, target: str | Path, places: list[str], gamma:
         "max_context": min(models[r]["max_context"] for r in ROLES),
         "eos_token_ids": list(t_meta["config"]["eos_token_ids"]),
         "prompt_template": prompt_template or "{prompt}",
+        "iree": {"compiler": loaded["target"][0]["compiler"]["version"], "runtime_at_build": _runtime_version()},
         "placement": {r: {sub: m["preset"] for sub, m in models[r]["modules"].items()} for r in ROLES},
         "presets": presets_used,
         "models": models,

@@ -37,7 +37,10 @@ def cmd_validate(a):
 
 def cmd_bundle(a):
     from .bundle import make_bundle
-    make_bundle(a.draft, a.target, a.place or [], a.gamma, a.out, tokenizer=a.tokenizer)
+    if a.prompt_template is not None and "{prompt}" not in a.prompt_template:
+        raise UserError("--prompt-template must contain {prompt}")
+    make_bundle(a.draft, a.target, a.place or [], a.gamma, a.out, tokenizer=a.tokenizer,
+                prompt_template=a.prompt_template, fallback=a.fallback)
 
 
 def cmd_run(a):
@@ -84,6 +87,21 @@ def cmd_bench(a):
     return run_bench_cli(a)
 
 
+def cmd_verify(a):
+    from .runtime.verify import run_verify_cli
+    return run_verify_cli(a)
+
+
+def cmd_pack(a):
+    from .deploy import pack
+    pack(a.bundle, a.out)
+
+
+def cmd_push(a):
+    from .deploy import push
+    push(a.bundle, a.dest)
+
+
 def cmd_demo(a):
     from .demo.run import run_demo
     run_demo(gamma=a.gamma, sentences=a.sentences)
@@ -124,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--place", action="append",
                    help="MODEL[.SUBGRAPH]=PRESET, e.g. draft=host, target.layers[0:4]=vulkan-llvmpipe")
     p.add_argument("--gamma", type=int, default=4)
+    p.add_argument("--fallback", choices=["cpu"], help="also carry CPU modules for GPU-placed subgraphs")
+    p.add_argument("--prompt-template", help="e.g. '<s>{prompt} => ' (default: the prompt as given)")
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_bundle)
 
@@ -137,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object and nothing else")
+    p.add_argument("--raw", action="store_true", help="ignore the bundle's prompt template")
+    p.add_argument("--fallback", choices=["cpu"], help="run GPU-placed subgraphs on the bundle's CPU modules")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("profile", help="measure every subgraph function on this machine (no torch)")
@@ -195,6 +217,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", help="write the predicted-vs-measured chart here")
     p.add_argument("--json", help="write all figures here")
     p.set_defaults(fn=cmd_bench)
+
+    p = sub.add_parser("verify", help="check a bundle's files and that this machine can run it")
+    p.add_argument("bundle")
+    p.add_argument("--fallback", choices=["cpu"], help="accept CPU fallback modules for missing GPUs")
+    p.set_defaults(fn=cmd_verify)
+
+    p = sub.add_parser("pack", help="bundle -> deterministic .tar.gz")
+    p.add_argument("bundle")
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_pack)
+
+    p = sub.add_parser("push", help="bundle -> DEST folder or host:folder (changed files only, atomic)")
+    p.add_argument("bundle")
+    p.add_argument("dest")
+    p.set_defaults(fn=cmd_push)
 
     p = sub.add_parser("demo", help="build the embedded English->German pair and translate")
     p.add_argument("--gamma", type=int, default=4)

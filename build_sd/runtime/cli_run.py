@@ -28,7 +28,8 @@ def run_cli(a) -> int:
     if a.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be >= 1, got {a.max_new_tokens}")
     params = SamplingParams(a.temperature, a.top_k, a.top_p)
-    session = open_bundle(a.bundle, load_draft=(a.gamma is None or a.gamma > 0))
+    session = open_bundle(a.bundle, load_draft=(a.gamma is None or a.gamma > 0),
+                          fallback=getattr(a, "fallback", None))
     gamma = session.gamma if a.gamma is None else a.gamma
     if gamma < 0 or gamma > session.max_gamma():
         raise UserError(f"--gamma {gamma}: this bundle verifies up to gamma {session.max_gamma()}")

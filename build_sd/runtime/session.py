@@ -71,17 +71,19 @@ class Session:
         return max([T - 1 for T in self.target.verify_T] + [0])
 
 
-def open_bundle(path: str | Path, load_draft: bool = True, check_hashes: bool = True) -> Session:
+def open_bundle(path: str | Path, load_draft: bool = True, check_hashes: bool = True,
+                fallback: str | None = None) -> Session:
+    """Check the bundle (files, schema, this machine: `build-sd verify`), then load it.
+
+    fallback="cpu": subgraphs placed on a device this machine lacks run on the CPU modules the
+    bundle carries for them (bundles made with `bundle --fallback cpu`)."""
+    from .verify import problems
     bundle = Path(path)
+    recover_interrupted_swap(bundle)
     man = read_manifest(bundle)
-    if check_hashes:
-        problems = check_files(bundle, man)
-        if problems:
-            raise UserError(f"{bundle}: {problems[0]}" + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
-    for name, preset in man["presets"].items():
-        ok, why = can_run(preset)
-        if not ok:
-            raise UserError(f"this bundle needs preset {name} ({preset.get('description', '')}): {why}")
+    found = problems(bundle, man, check_hashes=check_hashes, fallback=fallback)
+    if found:
+        raise UserError(f"{bundle}: {found[0]}" + (f" (+{len(found) - 1} more: build-sd verify)" if len(found) > 1 else ""))
     pool = DevicePool()
     chains = {}
     for role in ("target", "draft"):
@@ -93,8 +95,18 @@ def open_bundle(path: str | Path, load_draft: bool = True, check_hashes: bool = 
         placed = []
         for sg in meta["subgraphs"]:
             mod = m["modules"][sg["name"]]
+            if fallback == "cpu" and not can_run(man["presets"][mod["preset"]])[0]:
+                mod = m["fallback"][sg["name"]]
             driver = man["presets"][mod["preset"]]["driver"]
             placed.append(PlacedSubgraph(sg, bundle / mod["file"], driver, mod["preset"]))
         chains[role] = ModelChain(pool, meta, bundle / m["files"]["irpa"], placed)
     tok = load_tokenizer(bundle / man["tokenizer"])
     return Session(bundle, man, chains["target"], chains["draft"], tok, pool)
+
+
+def recover_interrupted_swap(bundle: Path) -> None:
+    """A bundle replaced in place is renamed to .NAME.old just before the new one moves in; if
+    that was interrupted, put the previous bundle back."""
+    old = bundle.with_name(f".{bundle.name}.old")
+    if not bundle.exists() and old.is_dir() and (old / "manifest.json").exists():
+        old.rename(bundle)
