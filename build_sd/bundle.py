@@ -75,53 +75,14 @@ def placement_for(role: str, want: dict, man: dict, meta: dict) -> dict[str, str
     return placement
 
 
-def _runtime_version() -> str:
-    from .runtime.verify import runtime_version
-    return runtime_version()
-
-
-def make_bundle(draft: str | Path, target: str | Path, places: list[str], gamma: int,
-                out: str | Path, tokenizer: str | Path | None = None,
-                prompt_template: str | None = None, fallback: str | None = None, log=print) -> dict:
-    from .runtime.tokenizer import check_covers, check_pair, load_tokenizer
-
-    srcs = {"draft": Path(draft), "target": Path(target)}
-    out = Path(out)
-    loaded = {r: load_artifacts(p) for r, p in srcs.items()}
-    want = parse_places(places)
-    if gamma < 0:
-        raise UserError(f"--gamma must be >= 0, got {gamma}")
-    t_meta = loaded["target"][1]
-    t_verify = sorted(f["T"] - 1 for f in t_meta["subgraphs"][0]["functions"].values() if f["role"] == "verify")
-    if gamma > 0 and gamma not in t_verify:
-        raise UserError(f"--gamma {gamma}: the target has verify functions for gamma {t_verify} "
-                        "(re-export with --gammas)")
-
-    # tokenizer: explicit, else the target's, else the draft's; checked against both models
-    tok_path = Path(tokenizer) if tokenizer else next(
-        (srcs[r] / loaded[r][1]["tokenizer"] for r in ("target", "draft") if loaded[r][1].get("tokenizer")), None)
-    if tok_path is None:
-        raise UserError("no tokenizer.json in the artifacts: give --tokenizer")
-    tok = load_tokenizer(tok_path)
-    vocab = {r: loaded[r][1]["config"]["vocab_size"] for r in ROLES}
-    others = [srcs[r] / loaded[r][1]["tokenizer"] for r in ROLES if loaded[r][1].get("tokenizer")]
-    if not tokenizer and len(others) == 2:
-        check_pair(load_tokenizer(others[0]), load_tokenizer(others[1]), vocab["draft"], vocab["target"])
-    for r in ROLES:
-        check_covers(tok, vocab[r], r)
-
-    from .runtime.session import recover_interrupted_swap
-    recover_interrupted_swap(out)
-    if fallback not in (None, "cpu"):
-        raise UserError(f"--fallback: only 'cpu' is supported, got {fallback!r}")
-    staging = out.with_name(f".{out.name}.partial")
+def _write_bundle(staging, out, srcs, loaded, placements, gamma, tok_path, t_meta, fallback, prompt_template):
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     models, presets_used = {}, {}
     for r in ROLES:
         man, meta = loaded[r]
-        placement = placement_for(r, want[r], man, meta)
+        placement = placements[r]
         files = {"irpa": f"{r}/model.irpa", "export": f"{r}/export.json"}
         copy_atomic(srcs[r] / "model.irpa", staging / files["irpa"])
         copy_atomic(srcs[r] / "export.json", staging / files["export"])
@@ -174,6 +135,58 @@ def make_bundle(draft: str | Path, target: str | Path, places: list[str], gamma:
         shutil.rmtree(old)
     else:
         staging.rename(out)
+    return manifest
+
+
+def _runtime_version() -> str:
+    from .runtime.verify import runtime_version
+    return runtime_version()
+
+
+def make_bundle(draft: str | Path, target: str | Path, places: list[str], gamma: int,
+                out: str | Path, tokenizer: str | Path | None = None,
+                prompt_template: str | None = None, fallback: str | None = None, log=print) -> dict:
+    from .runtime.tokenizer import check_covers, check_pair, load_tokenizer
+
+    srcs = {"draft": Path(draft), "target": Path(target)}
+    out = Path(out)
+    loaded = {r: load_artifacts(p) for r, p in srcs.items()}
+    want = parse_places(places)
+    if gamma < 0:
+        raise UserError(f"--gamma must be >= 0, got {gamma}")
+    t_meta = loaded["target"][1]
+    t_verify = sorted(f["T"] - 1 for f in t_meta["subgraphs"][0]["functions"].values() if f["role"] == "verify")
+    if gamma > 0 and gamma not in t_verify:
+        raise UserError(f"--gamma {gamma}: the target has verify functions for gamma {t_verify} "
+                        "(re-export with --gammas)")
+
+    # tokenizer: explicit, else the target's, else the draft's; checked against both models
+    tok_path = Path(tokenizer) if tokenizer else next(
+        (srcs[r] / loaded[r][1]["tokenizer"] for r in ("target", "draft") if loaded[r][1].get("tokenizer")), None)
+    if tok_path is None:
+        raise UserError("no tokenizer.json in the artifacts: give --tokenizer")
+    tok = load_tokenizer(tok_path)
+    vocab = {r: loaded[r][1]["config"]["vocab_size"] for r in ROLES}
+    others = [srcs[r] / loaded[r][1]["tokenizer"] for r in ROLES if loaded[r][1].get("tokenizer")]
+    if not tokenizer and len(others) == 2:
+        check_pair(load_tokenizer(others[0]), load_tokenizer(others[1]), vocab["draft"], vocab["target"])
+    for r in ROLES:
+        check_covers(tok, vocab[r], r)
+
+    from .runtime.session import recover_interrupted_swap
+    recover_interrupted_swap(out)
+    if fallback not in (None, "cpu"):
+        raise UserError(f"--fallback: only 'cpu' is supported, got {fallback!r}")
+    placements = {r: placement_for(r, want[r], *loaded[r]) for r in ROLES}   # errors before any write
+    staging = out.with_name(f".{out.name}.partial")
+    try:
+        manifest = _write_bundle(staging, out, srcs, loaded, placements, gamma, tok_path, t_meta, fallback,
+                                 prompt_template)
+    except OSError as e:
+        shutil.rmtree(staging, ignore_errors=True)     # nothing half-written stays behind
+        raise UserError(f"cannot write the bundle {out}: {e.strerror or e}"
+                        f"{f' ({e.filename})' if getattr(e, 'filename', None) else ''}; "
+                        "the previous bundle is unchanged") from None
     log(f"bundle {out}: gamma {gamma}, placement " + "; ".join(
         f"{r}: " + ", ".join(f"{s}={p}" for s, p in manifest["placement"][r].items()) for r in ROLES))
     return manifest

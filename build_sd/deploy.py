@@ -36,7 +36,7 @@ def pack(bundle: str | Path, out: str | Path, log=print) -> Path:
         raise UserError(f"{bundle}: {bad[0]} (run build-sd verify)")
     files = sorted(man["files"]) + ["manifest.json"]
     root = bundle.name
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    tmp = out.with_name(f".{out.name}.tmp")
     try:
         with open(tmp, "wb") as raw:
             with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz:

@@ -215,7 +215,7 @@ def export_model(ckpt: str | Path, out: str | Path, split: list[int] | None = No
             def entry(module, *a):
                 return module(*a)
             fxb.export_program(name=fname, args=args, strict=False)(entry)
-        tmp = out / f".{spec.name}.mlir.tmp"
+        tmp = out / f".{spec.name}.mlir.export"
         aot.export(fxb, module_name=spec.name).save_mlir(tmp)
         changed = write_atomic(out / f"{spec.name}.mlir", tmp.read_bytes())
         tmp.unlink()

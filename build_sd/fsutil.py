@@ -25,7 +25,7 @@ def write_atomic(path: str | Path, data: bytes | str) -> bool:
     if path.exists() and path.stat().st_size == len(data) and path.read_bytes() == data:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp")     # fixed name: a killed write is overwritten next time
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -47,7 +47,7 @@ def copy_atomic(src: str | Path, dst: str | Path) -> bool:
     if dst.exists() and dst.stat().st_size == src.stat().st_size and sha256_file(dst) == sha256_file(src):
         return False
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    tmp = dst.with_name(f".{dst.name}.tmp")
     try:
         shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
