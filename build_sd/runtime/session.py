@@ -30,7 +30,62 @@ def read_manifest(bundle: Path) -> dict:
     if not isinstance(man.get("schema"), int) or man["schema"] > BUNDLE_SCHEMA:
         raise UserError(f"{p} has schema {man.get('schema')!r}; this runner reads up to {BUNDLE_SCHEMA} "
                         "(update build_sd on the board)")
+    problem = manifest_shape_problem(man)
+    if problem:
+        raise UserError(f"{p}: {problem}")
     return man
+
+
+def manifest_shape_problem(man: dict) -> str | None:
+    """The first structural problem of a bundle manifest (types and cross-references), or None."""
+    def bad(path, want):
+        return f"field {path} is missing or not {want}"
+    if not isinstance(man.get("gamma"), int) or isinstance(man.get("gamma"), bool) or man["gamma"] < 0:
+        return bad("gamma", "an integer >= 0")
+    if not isinstance(man.get("max_context"), int) or man["max_context"] < 2:
+        return bad("max_context", "an integer >= 2")
+    if not isinstance(man.get("tokenizer"), str):
+        return bad("tokenizer", "a file name")
+    eos = man.get("eos_token_ids", [])
+    if not isinstance(eos, list) or not all(isinstance(e, int) for e in eos):
+        return bad("eos_token_ids", "a list of integers")
+    if not isinstance(man.get("prompt_template", "{prompt}"), str):
+        return bad("prompt_template", "a string")
+    files = man.get("files")
+    if not isinstance(files, dict):
+        return bad("files", "an object")
+    for rel, info in files.items():
+        if (not isinstance(info, dict) or not isinstance(info.get("sha256"), str)
+                or not isinstance(info.get("bytes"), int)):
+            return bad(f"files[{rel!r}]", "{sha256, bytes}")
+        if rel.startswith("/") or ".." in Path(rel).parts:
+            return f"file {rel!r} points outside the bundle"
+    presets = man.get("presets")
+    if not isinstance(presets, dict) or not presets:
+        return bad("presets", "an object")
+    for name, pr in presets.items():
+        if (not isinstance(pr, dict) or pr.get("backend") not in ("llvm-cpu", "vulkan-spirv")
+                or pr.get("driver") not in ("local-task", "vulkan") or not isinstance(pr.get("arch"), str)):
+            return bad(f"presets.{name}", "{backend, driver, arch}")
+    models = man.get("models")
+    if not isinstance(models, dict) or set(models) != {"draft", "target"}:
+        return bad("models", "{draft, target}")
+    for role, m in models.items():
+        if not isinstance(m, dict) or not isinstance(m.get("files"), dict) or not isinstance(m.get("modules"), dict):
+            return bad(f"models.{role}", "{files, modules}")
+        for key in ("irpa", "export"):
+            if m["files"].get(key) not in files:
+                return f"models.{role}.files.{key} is not a listed file"
+        fb = m.get("fallback", {})
+        if not isinstance(fb, dict):
+            return bad(f"models.{role}.fallback", "an object")
+        for kind, group in (("modules", m["modules"]), ("fallback", fb)):
+            for sub, info in group.items():
+                if not isinstance(info, dict) or info.get("preset") not in presets or info.get("file") not in files:
+                    return f"models.{role}.{kind}.{sub} names an unknown preset or file"
+    if man["tokenizer"] not in files:
+        return "the tokenizer is not a listed file"
+    return None
 
 
 def check_files(bundle: Path, man: dict) -> list[str]:
@@ -91,14 +146,18 @@ def open_bundle(path: str | Path, load_draft: bool = True, check_hashes: bool = 
             chains[role] = None
             continue
         m = man["models"][role]
-        meta = json.loads((bundle / m["files"]["export"]).read_text())
-        placed = []
-        for sg in meta["subgraphs"]:
-            mod = m["modules"][sg["name"]]
-            if fallback == "cpu" and not can_run(man["presets"][mod["preset"]])[0]:
-                mod = m["fallback"][sg["name"]]
-            driver = man["presets"][mod["preset"]]["driver"]
-            placed.append(PlacedSubgraph(sg, bundle / mod["file"], driver, mod["preset"]))
+        try:
+            meta = json.loads((bundle / m["files"]["export"]).read_text())
+            placed = []
+            for sg in meta["subgraphs"]:
+                mod = m["modules"][sg["name"]]
+                if fallback == "cpu" and not can_run(man["presets"][mod["preset"]])[0]:
+                    mod = m["fallback"][sg["name"]]
+                driver = man["presets"][mod["preset"]]["driver"]
+                placed.append(PlacedSubgraph(sg, bundle / mod["file"], driver, mod["preset"]))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise UserError(f"{bundle}: the {role}'s export.json does not match its modules "
+                            f"({type(e).__name__}: {e})") from None
         chains[role] = ModelChain(pool, meta, bundle / m["files"]["irpa"], placed)
     tok = load_tokenizer(bundle / man["tokenizer"])
     return Session(bundle, man, chains["target"], chains["draft"], tok, pool)

@@ -1,0 +1,100 @@
+"""Fuzzing (hypothesis): manifests and command lines never give a traceback or a partial write."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from helpers import cli
+
+SETTINGS = settings(max_examples=60, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-5, 10 ** 6) | st.floats(allow_nan=False)
+                    | st.text(max_size=12), lambda c: st.lists(c, max_size=3) | st.dictionaries(
+                        st.text(max_size=8), c, max_size=3), max_leaves=8)
+
+
+@pytest.fixture(scope="module")
+def good_bundle(target_whole, draft_art, tmp_path_factory):
+    out = tmp_path_factory.mktemp("good") / "b"
+    rc, _, err = cli("bundle", "--draft", draft_art, "--target", target_whole, "--place", "draft=host",
+                     "--place", "target=host", "--gamma", "2", "--out", out)
+    assert rc == 0, err
+    return out
+
+
+def _paths(d: Path):
+    return sorted(str(p.relative_to(d)) for p in d.rglob("*"))
+
+
+def _mutate(man, path, value, delete):
+    node = man
+    for k in path[:-1]:
+        node = node[k]
+    if delete:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+
+
+def _all_paths(obj, prefix=()):
+    out = [prefix] if prefix else []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out += _all_paths(v, prefix + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            out += _all_paths(v, prefix + (i,))
+    return out
+
+
+@SETTINGS
+@given(data=st.data())
+def test_manifest_mutations_never_crash(good_bundle, tmp_path_factory, data):
+    work = tmp_path_factory.mktemp("fz") / "b"
+    shutil.copytree(good_bundle, work)
+    man = json.loads((work / "manifest.json").read_text())
+    paths = _all_paths(man)
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(paths))
+        try:
+            _mutate(man, path, data.draw(JSON), data.draw(st.booleans()))
+        except (KeyError, IndexError, TypeError):
+            pass
+        paths = _all_paths(man) or [("schema",)]
+    text = json.dumps(man) if data.draw(st.booleans()) else data.draw(st.text(max_size=40))
+    (work / "manifest.json").write_text(text)
+    before = _paths(work)
+    for cmd in (["verify", work], ["run", work, "--prompt", "hello", "--max-new-tokens", "3", "--json"]):
+        rc, out, err = cli(*cmd)          # an unexpected exception fails the test right here
+        assert rc in (0, 2), (rc, err)
+        if rc == 2:
+            assert err.strip().splitlines()[-1].startswith("error: ")
+    assert _paths(work) == before         # reading a bundle writes nothing into it
+
+
+ARGS = st.lists(st.sampled_from(["--gamma", "--temperature", "--top-k", "--top-p", "--max-new-tokens",
+                                 "--seed", "--json", "--raw", "--prompt", "-1", "0", "1", "2.5", "99",
+                                 "nan", "inf", "x", "", "--place", "draft=host", "target.head=vulkan",
+                                 "--out", "--fallback", "cpu"]), max_size=8)
+
+
+@SETTINGS
+@given(cmd=st.sampled_from(["run", "verify", "bundle", "pack", "plan", "calibrate", "profile", "export",
+                            "compile"]), args=ARGS)
+def test_cli_arguments_never_crash(good_bundle, tmp_path_factory, cmd, args):
+    out_dir = tmp_path_factory.mktemp("cli")
+    argv = [cmd]
+    if cmd in ("run", "verify", "pack", "calibrate", "profile"):
+        argv.append(str(good_bundle))
+    argv += [a if a != "--out" else f"--out={out_dir / 'o'}" for a in args]
+    rc, out, err = cli(*argv)
+    assert rc in (0, 1, 2), (argv, rc, err)
+    assert "Traceback" not in err
+    if rc != 0:
+        # a failed command leaves no partial output behind
+        leftovers = [p for p in out_dir.rglob("*") if p.name.endswith((".partial", ".tmp"))]
+        assert not leftovers, leftovers
