@@ -159,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object and nothing else")
     p.add_argument("--raw", action="store_true", help="ignore the bundle's prompt template")
     p.add_argument("--fallback", choices=["cpu"], help="run GPU-placed subgraphs on the bundle's CPU modules")
+    p.add_argument("--threads", type=int, help="CPU worker threads (default: the bundle's, else one per core)")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("profile", help="measure every subgraph function on this machine (no torch)")

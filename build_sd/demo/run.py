@@ -98,7 +98,7 @@ def run_demo(out_dir: str | Path = ROOT / "artifacts" / "demo", gamma: int = 4, 
     con.print(table)
     alpha = totals["acc"] / max(1, totals["acc"] + totals["rej"])
     s, b = statistics.median(spec_tps), statistics.median(base_tps)
-    summary = {"gamma": gamma, "alpha": round(alpha, 3), "tokens_per_s_speculative": round(s, 1),
+    summary = {"gamma": gamma, "sentences": len(texts), "alpha": round(alpha, 3), "tokens_per_s_speculative": round(s, 1),
                "tokens_per_s_target_only": round(b, 1), "speedup": round(s / b, 3)}
     con.print(f"alpha {alpha:.3f}   tokens/s: speculative {s:.1f}, target only {b:.1f}   "
               f"speedup [bold]{s / b:.2f}x[/] (medians over {len(texts)} sentences, same bundle)")

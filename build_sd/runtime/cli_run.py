@@ -25,11 +25,13 @@ def encode_prompt(session, text: str, raw: bool = False) -> list[int]:
 
 
 def run_cli(a) -> int:
+    if getattr(a, "threads", None) is not None and a.threads < 1:
+        raise UserError(f"--threads must be >= 1, got {a.threads}")
     if a.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be >= 1, got {a.max_new_tokens}")
     params = SamplingParams(a.temperature, a.top_k, a.top_p)
     session = open_bundle(a.bundle, load_draft=(a.gamma is None or a.gamma > 0),
-                          fallback=getattr(a, "fallback", None))
+                          fallback=getattr(a, "fallback", None), threads=getattr(a, "threads", None))
     gamma = session.gamma if a.gamma is None else a.gamma
     if gamma < 0 or gamma > session.max_gamma():
         raise UserError(f"--gamma {gamma}: this bundle verifies up to gamma {session.max_gamma()}")

@@ -118,14 +118,21 @@ class Device:
 
 
 class DevicePool:
-    """One Device per driver, created on first use and shared by draft and target."""
+    """One Device per driver, created on first use and shared by draft and target.
 
-    def __init__(self):
+    threads: worker threads of the CPU (local-task) device; None = IREE's default (one per
+    core). A process-wide runtime flag, so it must be set before the first CPU device exists.
+    """
+
+    def __init__(self, threads: int | None = None):
         self.counters = Counters()
         self._devices: dict[str, Device] = {}
+        self.threads = threads
 
     def get(self, driver: str) -> Device:
         if driver not in self._devices:
+            if driver.startswith("local") and self.threads:
+                rt.flags.parse_flags(f"--task_topology_group_count={int(self.threads)}")
             self._devices[driver] = Device(driver, self.counters)
         return self._devices[driver]
 

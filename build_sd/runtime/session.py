@@ -127,7 +127,7 @@ class Session:
 
 
 def open_bundle(path: str | Path, load_draft: bool = True, check_hashes: bool = True,
-                fallback: str | None = None) -> Session:
+                fallback: str | None = None, threads: int | None = None) -> Session:
     """Check the bundle (files, schema, this machine: `build-sd verify`), then load it.
 
     fallback="cpu": subgraphs placed on a device this machine lacks run on the CPU modules the
@@ -139,7 +139,7 @@ def open_bundle(path: str | Path, load_draft: bool = True, check_hashes: bool = 
     found = problems(bundle, man, check_hashes=check_hashes, fallback=fallback)
     if found:
         raise UserError(f"{bundle}: {found[0]}" + (f" (+{len(found) - 1} more: build-sd verify)" if len(found) > 1 else ""))
-    pool = DevicePool()
+    pool = DevicePool(threads if threads is not None else man.get("threads"))
     chains = {}
     for role in ("target", "draft"):
         if role == "draft" and not load_draft:
