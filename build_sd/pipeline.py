@@ -42,6 +42,9 @@ def build_config(cfg: dict, plan: dict, out: Path, bundle_dir: Path, validate_mo
         # compile every preset this export has been asked for so far: a folder holds a union
         have = _existing_presets(art)
         compile_artifacts(mlir, sorted(set(presets) | have), art, log=log)
+        if profile is not None:
+            from .runtime.profiler import check_profile_matches
+            check_profile_matches(profile, art)
         if validate_models:
             from .validate import validate
             lines = []
@@ -85,6 +88,6 @@ def run_build(a) -> int:
     chosen = plan["configs"][0]
     print(f"building #1: {chosen['target']['label']} / {chosen['draft']['label'] if chosen['draft'] else '-'}"
           f", gamma {chosen['gamma']}")
-    build_config(chosen, plan, out, out / "bundle")
+    build_config(chosen, plan, out, out / "bundle", profile=prof)
     print(f"bundle: {out / 'bundle'}")
     return 0

@@ -176,6 +176,12 @@ def make_plan(draft_ckpt: str | Path, target_ckpt: str | Path, platform_name: st
         if not shas & {config_sha(draft_ckpt), config_sha(target_ckpt)}:
             raise UserError("the profile was measured on other models (no config.json matches the "
                             "draft's or the target's): profile these models' artifacts")
+        for m in profile["models"]:
+            if m["source"]["sha256"].get("config.json") in (config_sha(draft_ckpt), config_sha(target_ckpt)) \
+                    and (m["dtype"] != dtype or m["max_context"] != max_context):
+                raise UserError(f"the profile measured {m['name']} as {m['dtype']} with context "
+                                f"{m['max_context']}; the plan asks {dtype} with context {max_context} "
+                                "(pass the same --dtype/--max-context, or profile again)")
     devs = devices or list(platform.devices)
     for d in devs:
         if d not in platform.devices:

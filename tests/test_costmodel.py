@@ -158,3 +158,23 @@ def test_roofline_counts():
     assert work(cfg, "head", 0, 0, 8, 32, 4, prefill=True).flops == 2 * 64 * 100
     with pytest.raises(UserError):
         get_platform("nope")
+
+
+def test_profile_artifact_mismatch_refused(target_whole, tmp_path):
+    """A profile whose module hashes differ from the artifacts' is refused, not silently used."""
+    import copy
+    from build_sd.runtime.profiler import check_profile_matches, profile
+    prof = profile([target_whole], devices=["cpu"], budget_s=0.02, log=lambda m: None)
+    assert check_profile_matches(prof, target_whole) >= 1
+    bad = copy.deepcopy(prof)
+    rel = next(iter(bad["models"][0]["modules"]))
+    bad["models"][0]["modules"][rel] = "0" * 64
+    with pytest.raises(UserError, match="measured on a different"):
+        check_profile_matches(bad, target_whole)
+    # a profile of other models, or another dtype/context, is refused by the planner too
+    from build_sd.plan import make_plan
+    ck = json.loads((target_whole / "export.json").read_text())["source"]["path"]
+    with pytest.raises(UserError, match="context"):
+        make_plan(ck, ck, _platform(), 0.8, prof, max_context=512)
+    plan = make_plan(ck, ck, _platform(), 0.8, prof, max_context=96)
+    assert plan["latency_sources"]["target"].get("profile", 0) > 0

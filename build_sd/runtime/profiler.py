@@ -243,12 +243,25 @@ def load_profile(path: str | Path) -> dict:
     return prof
 
 
-def check_profile_matches(prof: dict, artifacts_dir: Path, module_files: dict[str, str]) -> None:
-    """Refuse a profile whose modules are not the artifacts' (sha256 of every module it names)."""
+def check_profile_matches(prof: dict, artifacts_dir: str | Path) -> int:
+    """Refuse a profile measured on other modules than these artifacts' (same model, same
+    module file, different sha256: rebuilt with another compiler or flags). Returns how many
+    modules were checked."""
     from ..fsutil import sha256_file
-    for m in prof["models"]:
-        for rel, sha in m["modules"].items():
+    artifacts_dir = Path(artifacts_dir)
+    meta = json.loads((artifacts_dir / "export.json").read_text())
+    sha = meta["source"]["sha256"].get("config.json")
+    checked = 0
+    for m in prof.get("models", []):
+        if m["source"]["sha256"].get("config.json") != sha:
+            continue
+        for rel, want in m.get("modules", {}).items():
             f = artifacts_dir / rel
-            if rel in module_files and f.exists() and sha256_file(f) != sha:
-                raise UserError(f"profile {m['name']} was measured on a different {rel} "
-                                f"(sha256 differs): profile again")
+            if not f.exists():
+                continue
+            checked += 1
+            if sha256_file(f) != want:
+                raise UserError(f"the profile ({m['name']}, {prof.get('date', '?')}) was measured on a "
+                                f"different {rel} than {artifacts_dir} holds: the module was rebuilt "
+                                "(compiler or flags changed); run build-sd profile again")
+    return checked
