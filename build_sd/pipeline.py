@@ -20,7 +20,7 @@ def layout_name(split) -> str:
 
 
 def build_config(cfg: dict, plan: dict, out: Path, bundle_dir: Path, validate_models: bool = True,
-                 log=print) -> Path:
+                 log=print, profile: dict | None = None) -> Path:
     """Export/compile/validate/bundle one plan configuration (a dict from plan['configs'])."""
     from .bundle import make_bundle
     from .compile import compile_artifacts

@@ -59,6 +59,7 @@ class StepOutput:
 class ModelChain:
     def __init__(self, pool: DevicePool, export_meta: dict, irpa: Path, placed: list[PlacedSubgraph]):
         self.meta = export_meta
+        self.irpa, self.placed = irpa, placed
         self.dtype = DTYPES[export_meta["dtype"]]
         self.max_context = int(export_meta["max_context"])
         self.prefill_buckets = sorted(int(p) for p in export_meta["prefill"])
@@ -66,6 +67,9 @@ class ModelChain:
                                 for f in sg["functions"].values() if f["role"] == "verify"})
         self.calls = 0
         self.call_s = 0.0
+        # per (subgraph, function): [seconds, calls] spent in the loop itself, transfers into the
+        # stage and the ids readback included; None = off. The profiler's in-situ figures.
+        self.stage_times: dict | None = None
         by_driver: dict[str, list[PlacedSubgraph]] = {}
         for ps in placed:
             by_driver.setdefault(ps.driver, []).append(ps)
@@ -139,7 +143,9 @@ class ModelChain:
         prev_dev = None
         pos_bv: dict[int, object] = {}
         out = StepOutput(ids=None, logits_bv=None, device=None, chain=self)
+        times = self.stage_times
         for st in self.stages:
+            ts = time.perf_counter()
             dev, kind = st.device, st.meta["kind"]
             if kind in ("embed", "whole"):
                 x = dev.upload(tokens.reshape(1, T).astype(np.int32, copy=False))
@@ -158,6 +164,10 @@ class ModelChain:
                 out.ids = dev.download(res[0], DTYPES["i32"])[0]
                 out.logits_bv, out.device = res[1], dev
             prev_dev = dev
+            if times is not None:
+                acc = times.setdefault((st.meta["name"], fname), [0.0, 0])
+                acc[0] += time.perf_counter() - ts
+                acc[1] += 1
         self.call_s += time.perf_counter() - t0
         return out
 

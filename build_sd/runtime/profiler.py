@@ -67,13 +67,11 @@ def load_model_source(path: Path) -> list[dict]:
 def profile(paths: list[str | Path], devices: list[str] | None = None, budget_s: float = 0.4,
             log=print) -> dict:
     from ..fsutil import sha256_file
-    from .speculative import generate
-    from .sampling import GreedyAcceptor
     import iree.runtime as rt
 
     pool = DevicePool()
     models = []
-    chains_by_preset: dict[str, list[ModelChain]] = {}
+    chains_by_preset: dict[str, list[tuple[dict, ModelChain]]] = {}
     for p in paths:
         for src in load_model_source(Path(p)):
             meta = src["meta"]
@@ -97,25 +95,35 @@ def profile(paths: list[str | Path], devices: list[str] | None = None, budget_s:
                     placed.append(PlacedSubgraph(sg, src["dir"] / rel, info["driver"], preset))
                 chain = ModelChain(pool, meta, src["irpa"], placed)
                 chain.warmup()
-                log(f"profiling {src['name']} on {preset} ({pool.get(info['driver']).name})")
+                log(f"profiling {src['name']} on {preset} ({pool.get(info['driver']).name}): isolated calls")
                 entry["latency"][preset], entry["step"][preset] = _profile_chain(chain, budget_s)
-                chains_by_preset.setdefault(preset, []).append(chain)
+                chains_by_preset.setdefault(preset, []).append((entry, chain))
             models.append(entry)
     if not any(m["latency"] for m in models):
         raise UserError("nothing in these artifacts can run on this machine")
 
+    # In situ: the same functions timed inside real speculative loops (draft and target taking
+    # turns, the runner's host work between calls): what a generation pays. These replace the
+    # isolated means the planner reads; the isolated figures stay beside them.
+    host_ms = []
+    for preset, group in chains_by_preset.items():
+        group = sorted(group, key=lambda ec: ec[1].meta["config"]["hidden_size"] * ec[1].meta["config"]["num_layers"])
+        draft_e, draft = group[0]
+        target_e, target = group[-1]
+        if target is draft:                  # one model: its second instance drafts (own caches)
+            draft = ModelChain(pool, target.meta, target.irpa, target.placed)
+            draft.warmup()
+        log(f"profiling on {preset}: in situ (speculative loops, gamma 0..{max(target.verify_T) - 1})")
+        times, host = _in_situ(target, draft, budget_s)
+        host_ms += host
+        for e, c in ((target_e, target), (draft_e, draft)):
+            for (stage, fname), (sec, n) in times[id(c)].items():
+                slot = e["latency"][preset].setdefault(stage, {}).setdefault(fname, {})
+                slot["isolated_mean_ms"] = slot.get("mean_ms")
+                slot["mean_ms"] = round(sec / n * 1e3, 5)
+                slot["in_situ_n"] = n
     transfer = _profile_transfers(pool, models, log)
-    # host work per iteration of the loop: a short greedy run with a draft (any chain will do:
-    # the bookkeeping does not depend on the numbers)
-    host = None
-    for preset, chains in chains_by_preset.items():
-        t = chains[-1]
-        d = chains[0]
-        gen = generate(t, d, [1, 2, 3], 4, GreedyAcceptor(), min(48, t.max_context - 20), [])
-        m = gen.metrics
-        if m.iterations:
-            host = {"ms_per_iteration": round(m.host_s * 1e3 / m.iterations, 5), "measured_on": preset}
-        break
+    host = {"ms_per_iteration": round(float(np.median(host_ms)), 5)} if host_ms else None
     return {
         "schema": PROFILE_SCHEMA,
         "kind": "build_sd.profile",
@@ -135,6 +143,35 @@ def _runtime_version(rt) -> str:
         return version("iree-base-runtime")
     except Exception:  # noqa: BLE001
         return getattr(rt, "__version__", "unknown")
+
+
+def _in_situ(target: ModelChain, draft: ModelChain, budget_s: float):
+    """Run speculative loops for every gamma and prompt bucket; per-stage mean times."""
+    from .sampling import GreedyAcceptor, SimulatedAcceptor
+    from .speculative import generate
+    rng = np.random.default_rng(0)
+    V = min(target.meta["config"]["vocab_size"], draft.meta["config"]["vocab_size"])
+    target.stage_times, draft.stage_times = {}, {}
+    gammas = [0] + [T - 1 for T in target.verify_T]
+    prompts = [rng.integers(3, V, size=max(1, P - 1)).astype(np.int32) for P in target.prefill_buckets
+               if P <= min(target.max_context, draft.max_context) - 12]
+    host = []
+    t_end = time.perf_counter() + budget_s * len(gammas) * max(1, len(prompts))
+    rounds = 0
+    while rounds < 2 or (time.perf_counter() < t_end and rounds < 8):
+        for prompt in prompts:
+            for g in gammas:
+                n = min(24, min(target.max_context, draft.max_context) - len(prompt) - g - 2)
+                if n < 2:
+                    continue
+                acc = SimulatedAcceptor(0.7, rng) if g else GreedyAcceptor()
+                m = generate(target, draft if g else None, prompt, g, acc, n, []).metrics
+                if m.iterations:
+                    host.append(m.host_s * 1e3 / m.iterations)
+        rounds += 1
+    times = {id(target): target.stage_times, id(draft): draft.stage_times}
+    target.stage_times = draft.stage_times = None
+    return times, host
 
 
 def _profile_chain(chain: ModelChain, budget_s: float):
