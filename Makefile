@@ -37,3 +37,13 @@ demo: setup
 
 clean:
 	rm -rf mlir/* artifacts/* build/
+
+# Peer benchmarks (benchmarks/README.md): decode tokens/s of build_sd, PyTorch/transformers,
+# llama.cpp (built from the llama-cpp-python sdist) and ExecuTorch, with the memory roofline.
+# Results: benchmarks/results/bench.{md,png,json}; bench-quick: the demo-size rows only.
+.PHONY: bench-quick
+bench: setup
+	$(VPY) benchmarks/bench.py
+
+bench-quick: setup
+	$(VPY) benchmarks/bench.py --quick

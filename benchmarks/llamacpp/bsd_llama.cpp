@@ -1,10 +1,10 @@
 // bsd-llama: llama.cpp decode timing on exactly the prompts (token ids) build_sd gets.
 //
 //   bsd-llama -m target.gguf [-md draft.gguf --gamma G] --prompts FILE [-t N] [-n MAX_NEW]
-//             [--kv f32|f16] [--eos ID,...] [--ignore-eos] [--ctx 512]
+//             [--kv f32|f16] [--eos ID,...] [--ignore-eos] [--ctx 512] [--warmup N]
 //
 // FILE: one prompt per line, token ids separated by commas. The models are loaded and every
-// prompt is generated once (warm-up); then each line "run" on stdin generates every prompt once
+// prompt (or the first N) is generated once (warm-up); then each line "run" on stdin generates every prompt once
 // more and prints one JSON line; "quit" (or EOF) ends. Greedy. Timing as build_sd's loop
 // (build_sd/runtime/speculative.py): prefill (and the first token, which it yields) excluded;
 // decode_s runs from after the first token to the last; tokens = tokens emitted after the first.
@@ -169,7 +169,7 @@ static Result generate(Model & tgt, Model * dft, const std::vector<llama_token> 
 
 int main(int argc, char ** argv) {
     std::string tgt_path, dft_path, prompts_path, kv = "f32";
-    int threads = 1, max_new = 64, gamma = 0, n_ctx = 512;
+    int threads = 1, max_new = 64, gamma = 0, n_ctx = 512, warmup = 0;
     bool ignore_eos = false;
     std::set<int> eos;
     for (int i = 1; i < argc; i++) {
@@ -182,6 +182,7 @@ int main(int argc, char ** argv) {
         else if (a == "-n") max_new = atoi(val().c_str());
         else if (a == "--gamma") gamma = atoi(val().c_str());
         else if (a == "--ctx") n_ctx = atoi(val().c_str());
+        else if (a == "--warmup") warmup = atoi(val().c_str());
         else if (a == "--kv") kv = val();
         else if (a == "--ignore-eos") ignore_eos = true;
         else if (a == "--eos") {
@@ -218,7 +219,8 @@ int main(int argc, char ** argv) {
     }
     if (ignore_eos) eos.clear();
     Model * dp = dft_path.empty() ? nullptr : &dft;
-    for (auto & p : prompts) generate(tgt, dp, p, gamma, max_new, eos, n_ctx);   // warm-up
+    size_t n_warm = warmup > 0 ? std::min((size_t) warmup, prompts.size()) : prompts.size();
+    for (size_t k = 0; k < n_warm; k++) generate(tgt, dp, prompts[k], gamma, max_new, eos, n_ctx);   // warm-up
     printf("{\"ready\": true, \"load_and_warmup_s\": %.3f, \"n_params\": %llu, \"model_bytes\": %llu}\n",
            secs(tl, clk::now()), (unsigned long long) llama_model_n_params(tgt.model),
            (unsigned long long) llama_model_size(tgt.model));

@@ -76,7 +76,7 @@ def run_demo(out_dir: str | Path = ROOT / "artifacts" / "demo", gamma: int = 4, 
     session = open_bundle(bundle)
     session.warmup()
     texts = _test_sentences(sentences)
-    table = Table(title=f"English -> German, greedy, gamma {gamma} (draft and target on the CPU)")
+    table = Table(title=f"English -> German, greedy, gamma {gamma} (draft and target on the CPU)", show_lines=True)
     table.add_column("English")
     table.add_column("German (speculative)")
     spec_tps, base_tps, totals = [], [], {"acc": 0, "rej": 0}
