@@ -21,7 +21,7 @@ def cmd_export(a):
     export_model(a.model, a.out, split=parse_int_list(a.split, "--split") or None,
                  gammas=parse_int_list(a.gammas, "--gammas") if a.gammas is not None else None,
                  prefill=parse_int_list(a.prefill, "--prefill") if a.prefill is not None else None,
-                 max_context=a.max_context, dtype=a.dtype)
+                 max_context=a.max_context, dtype=a.dtype, fuse=not a.no_fuse)
 
 
 def cmd_compile(a):
@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefill", help="prompt buckets (default 16,64)")
     p.add_argument("--max-context", type=int, default=512, help="KV cache slots S (default 512)")
     p.add_argument("--dtype", default="f32", choices=["f32", "f16"])
+    p.add_argument("--no-fuse", action="store_true",
+                   help="keep q/k/v and gate/up as separate matmuls (default: stacked, fewer dispatches)")
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("compile", help="MLIR -> vmfb for target presets (CMake + Ninja)")

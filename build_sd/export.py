@@ -164,7 +164,7 @@ def save_irpa(full, path: Path) -> None:
 
 def export_model(ckpt: str | Path, out: str | Path, split: list[int] | None = None,
                  gammas: list[int] | None = None, prefill: list[int] | None = None,
-                 max_context: int = 512, dtype: str = "f32", log=print) -> dict:
+                 max_context: int = 512, dtype: str = "f32", fuse: bool = True, log=print) -> dict:
     from .checkpoint import checkpoint_files
 
     # torch.export's pytree deprecation notices (torch 2.13) say nothing about the user's model
@@ -183,7 +183,7 @@ def export_model(ckpt: str | Path, out: str | Path, split: list[int] | None = No
     source_files = [ckpt / "config.json"] + checkpoint_files(ckpt) + ([tok_src] if tok_src.exists() else [])
     source_sha = {p.name: sha256_file(p) for p in source_files}
     # Same checkpoint, options and exporter code -> the folder is already right: skip torch.
-    fingerprint = _fingerprint(source_sha, [s.label for s in specs], gammas, prefill, max_context, dtype)
+    fingerprint = _fingerprint(source_sha, [s.label for s in specs], gammas, prefill, max_context, dtype, fuse)
     prev = _previous_export(out)
     if prev.get("fingerprint") == fingerprint and all(
             (out / f).exists() for f in [sg["mlir"] for sg in prev["subgraphs"]] + ["model.irpa"]):
@@ -200,6 +200,9 @@ def export_model(ckpt: str | Path, out: str | Path, split: list[int] | None = No
     full = load_checkpoint(ckpt, dtype, max_context, cfg)
     log(f"loaded {ckpt} ({cfg.model_type}, {cfg.num_parameters() / 1e6:.1f}M parameters, "
         f"{cfg.num_layers} layers) in {time.perf_counter() - t0:.1f}s")
+    if fuse:
+        # q/k/v and gate/up stacked: 7 -> 4 matmuls per layer, each a chain of dispatches
+        full.fuse_projections()
     externalize(full)
     fns = function_table(gammas, prefill)
     out.mkdir(parents=True, exist_ok=True)
@@ -247,6 +250,7 @@ def export_model(ckpt: str | Path, out: str | Path, split: list[int] | None = No
         "config": cfg.to_dict(),
         "dtype": dtype,
         "max_context": max_context,
+        "fused_projections": fuse,
         "gammas": gammas,
         "prefill": prefill,
         "subgraphs": subgraphs,
@@ -261,13 +265,13 @@ def export_model(ckpt: str | Path, out: str | Path, split: list[int] | None = No
     return meta
 
 
-def _fingerprint(source_sha: dict, labels, gammas, prefill, max_context, dtype) -> str:
+def _fingerprint(source_sha: dict, labels, gammas, prefill, max_context, dtype, fuse=True) -> str:
     import hashlib
     h = hashlib.sha256()
     code = sorted(Path(__file__).parent.joinpath("model").glob("*.py")) + [Path(__file__)]
     for f in code:
         h.update(f.read_bytes())
-    h.update(json.dumps([source_sha, labels, gammas, prefill, max_context, dtype, _versions()],
+    h.update(json.dumps([source_sha, labels, gammas, prefill, max_context, dtype, fuse, _versions()],
                         sort_keys=True).encode())
     return h.hexdigest()
 

@@ -159,6 +159,7 @@ def evaluate(
 def main(argv: list[str] | None = None) -> int:
     from build_sd.demo.corpus import TEST_TSV, read_tsv
     from build_sd.demo.infer import load_model
+    from build_sd.demo.train import macs_per_token
 
     ap = argparse.ArgumentParser(prog="python -m build_sd.demo.evaluate", description=__doc__.split("\n")[0])
     ap.add_argument("--models", default=str(MODELS_DIR), help="directory holding target/ and draft/")
@@ -170,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    ap.add_argument("--device", default="cpu", help="cpu (the reference figures) or cuda (quick checks)")
     ap.add_argument("--json", help="write the figures (and all translations) here")
     ap.add_argument("--show", type=int, default=5, help="print N example translations")
     args = ap.parse_args(argv)
@@ -178,14 +180,17 @@ def main(argv: list[str] | None = None) -> int:
     dtype = getattr(torch, args.dtype)
     tdir = Path(args.target or Path(args.models) / "target")
     ddir = Path(args.draft or Path(args.models) / "draft")
-    target = load_model(tdir, "cpu", dtype)
-    draft = load_model(ddir, "cpu", dtype)
+    target = load_model(tdir, args.device, dtype)
+    draft = load_model(ddir, args.device, dtype)
     tok = load_tokenizer(tdir)
     pairs = read_tsv(args.data)
     if args.limit:
         pairs = pairs[: args.limit]
     res = evaluate(target, draft, tok, pairs, args.gamma, args.batch)
     res["target_dir"], res["draft_dir"], res["data"], res["dtype"] = str(tdir), str(ddir), str(args.data), args.dtype
+    res["device"] = args.device
+    res["macs_per_token"] = {n: macs_per_token(m.config) for n, m in (("target", target), ("draft", draft))}
+    res["cost_ratio"] = res["macs_per_token"]["target"] / res["macs_per_token"]["draft"]
     for ex in res["examples"][: args.show]:
         print(f"EN  {ex['en']}\nREF {ex['ref']}\nTGT {ex['target']}\nDRF {ex['draft']}\n")
     if args.json:

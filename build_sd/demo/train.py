@@ -67,6 +67,24 @@ ARCHS = {
         intermediate_size=512,
         tie_word_embeddings=True,
     ),
+    # 3 layers of 192 with a narrower MLP (384): ~1.78M params, 6.2x fewer multiply-adds.
+    "draft3": dict(
+        hidden_size=192,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=384,
+        tie_word_embeddings=True,
+    ),
+    # 4 layers of 160 (4 heads of 40): ~1.70M params, 6.5x fewer multiply-adds.
+    "draft4n": dict(
+        hidden_size=160,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=384,
+        tie_word_embeddings=True,
+    ),
 }
 MAX_POSITIONS = 512
 ROPE_THETA = 10000.0
@@ -121,6 +139,55 @@ def read_pairs_tsv(path: Path) -> list[tuple[str, str]]:
     return [(p.en, p.de) for p in read_tsv(path)]
 
 
+def load_split_from(name: str, splits: str | None):
+    """A split's pairs: from SPLITS/NAME.tsv when given (written by the ``splits`` step, for
+    machines without the catalogs), else rebuilt from this machine's catalogs."""
+    from build_sd.demo.corpus import load_split, read_tsv
+
+    if splits:
+        return read_tsv(demo_path(splits) / f"{name}.tsv")
+    return load_split(name)
+
+
+def extra_english(catalog_root: Path = Path("/usr/share/locale")) -> list[tuple[str, str]]:
+    """(english, "locale:catalog") of the msgids that other locales' catalogs translate but
+    the German corpus lacks: cleaned like the corpus (accelerators, whitespace, >= 3 words,
+    <= 200 characters), de-duplicated, and only those that corpus.split_of puts in 'train'
+    (so no valid or test sentence can appear). Inputs for distillation only."""
+    import struct as _struct
+
+    from build_sd.demo.corpus import (
+        MAX_CHARS,
+        MIN_EN_WORDS,
+        MoError,
+        catalog_paths,
+        load_pairs,
+        normalize_ws,
+        read_catalog,
+        split_of,
+        strip_accelerators,
+    )
+
+    seen = {p.en for p in load_pairs()}
+    out = []
+    for loc in sorted(d for d in catalog_root.iterdir() if d.is_dir() and d.name != "de"):
+        for path in catalog_paths(loc / "LC_MESSAGES"):
+            try:
+                entries, _ = read_catalog(path.read_bytes())
+            except (OSError, MoError, _struct.error):
+                continue
+            for en, tr in entries:
+                if not tr.strip():
+                    continue
+                en = normalize_ws(strip_accelerators(en, tr)[0])
+                if en in seen or len(en.split()) < MIN_EN_WORDS or len(en) > MAX_CHARS or "\t" in en:
+                    continue
+                seen.add(en)
+                if split_of(en) == "train":
+                    out.append((en, f"{loc.name}:{path.stem}"))
+    return out
+
+
 def encode_all(tok, pairs: list[tuple[str, str]], max_len: int = MAX_POSITIONS):
     out = []
     for en, de in pairs:
@@ -163,6 +230,21 @@ def lm_loss(model, x, y):
     return F.cross_entropy(
         logits[:, :-1].reshape(-1, logits.size(-1)).float(), y[:, 1:].reshape(-1), ignore_index=-100
     )
+
+
+def kd_loss(model, teacher, x, y, ce_weight: float, kl_weight: float):
+    """Token-level distillation: ce_weight * CE(labels) + kl_weight * KL(teacher || model),
+    both averaged over the labelled positions (teacher forcing on the same sequence, the
+    teacher's distribution at temperature 1). Returns (loss, ce, kl)."""
+    logits = model(input_ids=x).logits[:, :-1]
+    lab = y[:, 1:]
+    sel = lab != -100
+    s = logits[sel].float()
+    ce = F.cross_entropy(s, lab[sel])
+    with torch.no_grad():
+        t = teacher(input_ids=x).logits[:, :-1][sel].float()
+    kl = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean")
+    return ce_weight * ce + kl_weight * kl, ce.detach(), kl.detach()
 
 
 # ---------------------------------------------------------------------------------------
@@ -226,9 +308,11 @@ def save_checkpoint(run: Path, model, opt, state: dict) -> None:
 
 
 @torch.no_grad()
-def valid_loss(model, data, device, autocast_dtype, batch: int = 64) -> float:
+def valid_loss(model, data, device, autocast_dtype, batch: int = 64, with_acc: bool = False):
+    """Mean CE of the labelled tokens (and, with with_acc, the fraction of them that are the
+    model's argmax: for a distilled draft, its agreement with the target's greedy tokens)."""
     model.eval()
-    tot, n = 0.0, 0
+    tot, n, hit = 0.0, 0, 0
     order = sorted(range(len(data)), key=lambda i: len(data[i][0]))
     for k in range(0, len(order), batch):
         ex = [data[i] for i in order[k : k + batch]]
@@ -240,8 +324,9 @@ def valid_loss(model, data, device, autocast_dtype, batch: int = 64) -> float:
         )
         tot += loss.item()
         n += int((y[:, 1:] != -100).sum())
+        hit += int(((logits[:, :-1].argmax(-1) == y[:, 1:]) & (y[:, 1:] != -100)).sum())
     model.train()
-    return tot / max(1, n)
+    return (tot / max(1, n), hit / max(1, n)) if with_acc else tot / max(1, n)
 
 
 def cmd_tokenizer(args) -> None:
@@ -255,7 +340,7 @@ def cmd_tokenizer(args) -> None:
 def cmd_train(args) -> None:
     from transformers import LlamaForCausalLM
 
-    from build_sd.demo.corpus import load_split
+    from build_sd.demo.infer import load_model
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -270,7 +355,7 @@ def cmd_train(args) -> None:
     tok = load_tokenizer(tok_path)
     shutil.copy(tok_path, run / TOKENIZER_FILE)
 
-    train_split = load_split("train")
+    train_split = load_split_from("train", args.splits)
     if args.kd:
         kd = read_pairs_tsv(demo_path(args.kd))
         pairs = list(kd)
@@ -284,7 +369,7 @@ def cmd_train(args) -> None:
         # distilled model: select on the target's translations of the valid split
         valid = encode_all(tok, read_pairs_tsv(kd_valid_path(demo_path(args.kd))))
     else:
-        valid = encode_all(tok, [(p.en, p.de) for p in load_split("valid")])
+        valid = encode_all(tok, [(p.en, p.de) for p in load_split_from("valid", args.splits)])
     lens = [len(ids) for ids, _ in data]
     spe = math.ceil(len(data) / args.batch)
     total = spe * args.epochs
@@ -296,9 +381,20 @@ def cmd_train(args) -> None:
         model = LlamaForCausalLM.from_pretrained(str(run / "last"), dtype=torch.float32)
         state = json.loads((run / "last" / "state.json").read_text())
         log(f"resuming from {run / 'last'} at step {state['step']}")
+    elif args.init:
+        # start from these weights (no optimizer state: a fresh schedule with its warm-up)
+        model = LlamaForCausalLM.from_pretrained(str(demo_path(args.init)), dtype=torch.float32)
+        model.config.attention_dropout = args.dropout
+        log(f"initialised from {demo_path(args.init)}")
     else:
         model = LlamaForCausalLM(make_config(args.arch, args.dropout))
     model.to(device).train()
+    teacher = None
+    if args.teacher:
+        teacher = load_model(demo_path(args.teacher), device)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        log(f"logit distillation from {demo_path(args.teacher)}: loss = {args.ce_weight} CE + {args.kl_weight} KL")
     add_dropout(model, args.dropout)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -323,7 +419,7 @@ def cmd_train(args) -> None:
     step = start_step = state["step"]
     wall0 = state.get("wall_s", 0.0)
     t0 = time.time()
-    tok_count, loss_acc, loss_n = 0, 0.0, 0
+    tok_count, loss_acc, loss_n, ce_acc, kl_acc = 0, 0.0, 0, 0.0, 0.0
     t_last = time.time()
     while step < total:
         epoch, k0 = divmod(step, spe)
@@ -334,7 +430,12 @@ def cmd_train(args) -> None:
                 g["lr"] = lr
             x, y = collate([data[i] for i in batches[k]], device)
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                loss = lm_loss(model, x, y)
+                if teacher is None:
+                    loss = lm_loss(model, x, y)
+                else:
+                    loss, ce, kl = kd_loss(model, teacher, x, y, args.ce_weight, args.kl_weight)
+                    ce_acc += ce.item()
+                    kl_acc += kl.item()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
@@ -347,16 +448,17 @@ def cmd_train(args) -> None:
                 dt = time.time() - t_last
                 el = time.time() - t0
                 eta = el / max(1, step - start_step) * (total - step)
+                parts = f" (ce {ce_acc / loss_n:.4f} kl {kl_acc / loss_n:.4f})" if teacher is not None else ""
                 log(
-                    f"step {step}/{total} epoch {step / spe:.2f} loss {loss_acc / loss_n:.4f} lr {lr:.2e} "
+                    f"step {step}/{total} epoch {step / spe:.2f} loss {loss_acc / loss_n:.4f}{parts} lr {lr:.2e} "
                     f"{tok_count / dt:.0f} tok/s elapsed {el / 60:.1f} min ETA {eta / 60:.1f} min"
                 )
-                tok_count, loss_acc, loss_n, t_last = 0, 0.0, 0, time.time()
+                tok_count, loss_acc, loss_n, ce_acc, kl_acc, t_last = 0, 0.0, 0, 0.0, 0.0, time.time()
             end_of_epoch = step % spe == 0 or step == total
             if end_of_epoch or step % args.valid_every == 0:
-                vl = valid_loss(model, valid, device, autocast_dtype)
+                vl, acc = valid_loss(model, valid, device, autocast_dtype, with_acc=True)
                 better = vl < state["best_valid"]
-                log(f"valid step {step} epoch {step / spe:.2f} loss {vl:.4f}" + (" (best)" if better else ""))
+                log(f"valid step {step} epoch {step / spe:.2f} loss {vl:.4f} argmax-acc {acc:.4f}" + (" (best)" if better else ""))
                 if better:
                     state["best_valid"] = vl
                     state["best_step"] = step
@@ -375,7 +477,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_distil(args) -> None:
-    from build_sd.demo.corpus import load_split
+    from build_sd.demo.corpus import Pair, read_tsv
     from build_sd.demo.infer import load_model
 
     torch.set_num_threads(args.threads)
@@ -384,7 +486,11 @@ def cmd_distil(args) -> None:
     model = load_model(src, device)
     tok = load_tokenizer(src)
     for split in ("valid", "train"):
-        pairs = load_split(split)
+        pairs = load_split_from(split, args.splits)
+        if split == "train" and args.extra:
+            extra = read_tsv(demo_path(args.extra))
+            print(f"+ {len(extra)} English inputs from {demo_path(args.extra)}", flush=True)
+            pairs = pairs + [Pair(p.en, "", p.catalog) for p in extra]
         if args.limit:
             pairs = pairs[: args.limit]
         out = demo_path(args.out)
@@ -420,6 +526,22 @@ def _distil_split(model, tok, train, out: Path, batch: int) -> None:
     write_tsv(kd, out)
     same = sum(p.de == o for p, o in zip(train, outs))
     print(f"wrote {len(kd)} pairs to {out}; {same} equal to the reference; {(time.time() - t0) / 60:.1f} min")
+
+
+def cmd_splits(args) -> None:
+    """Write train/valid (and the extra English inputs) as TSV, for a machine without the
+    catalogs (train/distil --splits DIR)."""
+    from build_sd.demo.corpus import Pair, load_split, write_tsv
+
+    out = demo_path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("train", "valid"):
+        pairs = load_split(name)
+        write_tsv(pairs, out / f"{name}.tsv")
+        print(f"{name}: {len(pairs)} pairs -> {out / (name + '.tsv')}")
+    extra = extra_english()
+    write_tsv([Pair(en, "", cat) for en, cat in extra], out / "extra.tsv")
+    print(f"extra English (other locales' catalogs, train hash range): {len(extra)} -> {out / 'extra.tsv'}")
 
 
 def cmd_export(args) -> None:
@@ -465,6 +587,11 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--tokenizer", default="runs/tokenizer.json")
     a.add_argument("--kd", help="train on this TSV (target's translations) instead of the references")
     a.add_argument("--kd-ref", action="store_true", help="with --kd: add the references that differ")
+    a.add_argument("--splits", help="read train/valid from DIR/{train,valid}.tsv instead of the catalogs")
+    a.add_argument("--init", help="start from this checkpoint's weights (fresh optimizer and schedule)")
+    a.add_argument("--teacher", help="logit distillation: KL(teacher || model) at each labelled position")
+    a.add_argument("--ce-weight", type=float, default=1.0, help="with --teacher: weight of the CE term")
+    a.add_argument("--kl-weight", type=float, default=1.0, help="with --teacher: weight of the KL term")
     a.add_argument("--epochs", type=int, default=7)
     a.add_argument("--batch", type=int, default=64, help="sequences per step")
     a.add_argument("--lr", type=float, default=1e-3)
@@ -487,9 +614,15 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--out", default="runs/kd.tsv")
     a.add_argument("--batch", type=int, default=128)
     a.add_argument("--limit", type=int, default=0)
+    a.add_argument("--splits", help="read train/valid from DIR/{train,valid}.tsv instead of the catalogs")
+    a.add_argument("--extra", help="TSV of further English inputs (splits' extra.tsv) to translate into --out")
     a.add_argument("--threads", type=int, default=2)
     a.add_argument("--device", default=None)
     a.set_defaults(fn=cmd_distil)
+
+    a = sub.add_parser("splits", help="write train/valid/extra TSVs (for a machine without the catalogs)")
+    a.add_argument("--out", default="runs/splits")
+    a.set_defaults(fn=cmd_splits)
 
     a = sub.add_parser("export", help="write an f16 HF checkpoint + tokenizer.json")
     a.add_argument("--src", required=True)
