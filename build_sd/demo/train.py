@@ -3,23 +3,32 @@
 Steps (each a subcommand; ``runs/`` is scratch space, not committed)::
 
     python -m build_sd.demo.train tokenizer                       # runs/tokenizer.json
-    python -m build_sd.demo.train train --arch target --run runs/target --epochs 7
-    python -m build_sd.demo.train distil --model runs/target/best --out runs/kd.tsv
-    python -m build_sd.demo.train train --arch draft --run runs/draft --kd runs/kd.tsv --epochs 12
+    python -m build_sd.demo.train splits --out runs/splits         # train/valid/extra TSVs
+    python -m build_sd.demo.train train --arch target --run runs/target --epochs 5
+    python -m build_sd.demo.train distil --model runs/target/best --out runs/kd.tsv \
+        --extra runs/splits/extra.tsv
+    python -m build_sd.demo.train train --arch draft --run runs/draft --kd runs/kd.tsv \
+        --teacher runs/target/best --epochs 16
     python -m build_sd.demo.train export --src runs/target/best --dst models/target
     python -m build_sd.demo.train export --src runs/draft/best --dst models/draft
 
-(relative paths are taken under ``build_sd/demo/``). ``train`` writes a checkpoint
-(model + optimizer + step + RNG states) to ``RUN/last`` every ``--ckpt-every`` steps and at
-each epoch end, keeps the model with the lowest validation loss in ``RUN/best``, logs to
-``RUN/train.log``, and continues from ``RUN/last`` with ``--resume``. The data order,
+(relative paths are taken under ``build_sd/demo/``; ``models/README.md`` has the exact
+commands and settings of the committed pair). ``train`` writes a checkpoint (model +
+optimizer + step + RNG states) to ``RUN/last`` every ``--ckpt-every`` steps and at each
+epoch end, keeps the model with the lowest validation loss in ``RUN/best``, logs to
+``RUN/train.log``, and continues from ``RUN/last`` with ``--resume``; ``--init DIR``
+starts a new run (fresh optimizer and schedule) from DIR's weights. The data order,
 initialisation and dropout masks follow from ``--seed``. CPU by default (fp32), CUDA when
-present (bf16 autocast).
+present (bf16 autocast). ``--splits DIR`` reads train/valid from the TSVs that ``splits``
+wrote, for a machine without the gettext catalogs.
 
 Loss: next-token cross-entropy on the German tokens and the closing ``</s>`` only (the
-prompt ``<s>english => `` is context). The draft is distilled at sequence level: it is
-trained on the target's greedy translations of the train English (``distil``), which is
-what raises the pair's acceptance rate.
+prompt ``<s>english => `` is context). The draft is distilled from the target:
+sequence-level (trained on the target's greedy translations of the train English and of
+the extra English inputs, ``distil``) and, with ``--teacher``, token-level too
+(``--ce-weight`` x CE on those tokens + ``--kl-weight`` x KL(target || draft) at each
+German position, the target run alongside under teacher forcing); both raise the pair's
+acceptance rate.
 """
 
 from __future__ import annotations
