@@ -12,7 +12,6 @@ In ONE run, because this machine's memory bandwidth drifts by up to 1.5x within 
 """
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path
@@ -206,5 +205,3 @@ def run_bench_cli(a) -> int:
         write_json(a.json, res)
     return 0
 
-
-__all__ = ["run_bench", "run_bench_cli", "json"]

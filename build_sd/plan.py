@@ -13,7 +13,6 @@ and from the analytic roofline (roofline.py) elsewhere; every prediction says wh
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -272,6 +271,3 @@ def load_plan(path: str | Path) -> dict:
         raise UserError(f"{path} is not a build_sd plan")
     return plan
 
-
-__all__ = ["make_plan", "print_plan", "placements", "Placement", "read_alpha", "load_plan", "write_plan",
-           "json"]

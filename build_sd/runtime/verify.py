@@ -5,7 +5,6 @@ the file or the requirement, what was expected and what was found.
 """
 from __future__ import annotations
 
-import json
 import platform
 from pathlib import Path
 
@@ -98,5 +97,3 @@ def run_verify_cli(a) -> int:
           f"presets {', '.join(man['presets'])} run here (IREE runtime {runtime_version()})")
     return 0
 
-
-__all__ = ["problems", "run_verify_cli", "runtime_version", "json"]
