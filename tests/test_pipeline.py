@@ -127,3 +127,15 @@ def test_f16_export_validates_against_f32(tmp_path):
     art = _build("f16", ck, presets, split="0,1", gammas="3", prefill="8", max_context=32, dtype="f16")
     out = _validate(art, ck)
     assert "2.0e-02" in out or "e-02" in out         # the f16 tolerance is in force
+
+
+def test_llama3_vocabulary_argmax(tmp_path):
+    """V = 128256 (Llama-3): IREE's one-pass argmax over such a row was wrong on vulkan-spirv
+    and did not compile in f16 on llvm-cpu; the two-stage argmax must validate on both."""
+    ck = make_checkpoint(BUILD / "ckpt" / "v128k", vocab=128256, hidden=32, layers=1, heads=2,
+                         kv_heads=1, ffn=48, seed=4, tie=True, init=0.05)
+    presets = ["host"] + (["vulkan-llvmpipe"] if HAS_VULKAN else [])
+    for dtype in ("f32", "f16"):
+        art = _build(f"v128k_{dtype}", ck, presets, gammas="2", prefill="8", max_context=16, dtype=dtype)
+        out = _validate(art, ck)
+        assert "FAIL" not in out

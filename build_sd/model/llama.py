@@ -85,18 +85,30 @@ class Attention(nn.Module):
         # in-place write of the T new rows: O(T), never a copy of the cache
         self.k_cache[p:p + T] = k
         self.v_cache[p:p + T] = v
-        # Attention over all S slots as broadcast-multiply + sum, not matmul: IREE's CPU data
-        # tiling would otherwise pack the whole K and V caches into its tiled layout on every
-        # step (an O(S) copy, 4 extra dispatches per layer); this form compiles to two
-        # contraction-like dispatches reading the caches in place (219 -> 141 dispatches per
-        # decode on the demo target). Scores and softmax in f32 (HF eager does the softmax in
-        # f32; computing f16 scores and upcasting failed IREE's vulkan-spirv codegen in 3.13).
+        # f32 models: attention over all S slots as broadcast-multiply + sum, not matmul. IREE's
+        # CPU data tiling would otherwise pack the whole K and V caches into its tiled layout
+        # on every step (an O(S) copy, 4 extra dispatches per layer); this form compiles to
+        # two contraction-like dispatches reading the caches in place (219 -> 141 dispatches
+        # per decode on the demo target).
+        # f16 models: f32 matmuls on the upcast operands. The reduce form with f16 inputs
+        # failed IREE 3.13's vulkan-spirv codegen ("failed to legalize memref.alloc ... xindex,
+        # Workgroup" / "arith.constant vector<8xf32>"), and so did f16 scores upcast later.
+        # Scores and softmax are f32 in both (HF eager does the softmax in f32 too).
         qg = q.view(T, self.KVH, self.G, self.Dh).permute(1, 2, 0, 3)     # (KVH, G, T, Dh)
-        kc = self.k_cache.permute(1, 0, 2)[:, None, None]                  # (KVH, 1, 1, S, Dh)
-        att = (qg[:, :, :, None, :].float() * kc.float()).sum(-1) * (self.Dh ** -0.5)  # (KVH, G, T, S)
-        att = att.masked_fill(~mask, float("-inf")).softmax(-1).to(x.dtype)
-        vc = self.v_cache.permute(1, 0, 2)[:, None, None]                  # (KVH, 1, 1, S, Dh)
-        y = (att[..., None] * vc).sum(-2)                                  # (KVH, G, T, Dh)
+        scale = self.Dh ** -0.5
+        if x.dtype == torch.float32:
+            kc = self.k_cache.permute(1, 0, 2)[:, None, None]              # (KVH, 1, 1, S, Dh)
+            att = (qg[:, :, :, None, :] * kc).sum(-1) * scale             # (KVH, G, T, S)
+            att = att.masked_fill(~mask, float("-inf")).softmax(-1)
+            vc = self.v_cache.permute(1, 0, 2)[:, None, None]              # (KVH, 1, 1, S, Dh)
+            y = (att[..., None] * vc).sum(-2)                              # (KVH, G, T, Dh)
+        else:
+            S = self.k_cache.shape[0]
+            kc = self.k_cache.permute(1, 2, 0).float()                     # (KVH, Dh, S)
+            att = (qg.reshape(self.KVH, self.G * T, self.Dh).float() @ kc) * scale  # (KVH, G*T, S)
+            att = att.view(self.KVH, self.G, T, S).masked_fill(~mask, float("-inf"))
+            att = att.softmax(-1).to(x.dtype).view(self.KVH, self.G * T, S)
+            y = (att @ self.v_cache.permute(1, 0, 2)).view(self.KVH, self.G, T, self.Dh)
         y = y.permute(2, 0, 1, 3).reshape(1, T, self.H * self.Dh)
         return self.o_proj(y)
 
@@ -196,6 +208,23 @@ def rope_and_mask(inv_freq, pos, T: int, S: int, dtype):
     return cos, sin, mask
 
 
+def argmax_rows(x: torch.Tensor) -> torch.Tensor:
+    """argmax over the last axis in two stages: the max of each chunk of W columns, then the
+    best chunk (the first maximum wins in both, so ties resolve as torch.argmax does).
+
+    Why: IREE 3.13 gets one-pass argmax over large rows wrong or fails to build it. On
+    vulkan-spirv a V = 128256 row (Llama-3) returned ids that were not the argmax of the
+    returned logits (f32 and f16); on llvm-cpu an f16 row with the f32 cast fused in exceeded
+    the 32 KB stack limit. Rows of at most ~512 per stage avoid both (validate checks it)."""
+    V = x.shape[-1]
+    W = max(d for d in range(1, min(V, 512) + 1) if V % d == 0)
+    if W == V or W == 1:
+        return x.argmax(-1)
+    vals, idx = x.reshape(*x.shape[:-1], V // W, W).max(-1)             # (..., V/W)
+    best = vals.argmax(-1, keepdim=True)                                 # (..., 1)
+    return (best * W + idx.gather(-1, best)).squeeze(-1)
+
+
 class Subgraph(nn.Module):
     """One exported module: `embed`, `layers[a:b]`, `head`, or `whole` (all of them).
 
@@ -244,8 +273,8 @@ class Subgraph(nn.Module):
         if length is not None:
             # (1, P, D) -> (1, 1, D): only the last real prompt row is needed
             h = h.index_select(1, (length.to(torch.int32) - 1).reshape(1))
-        logits = self.lm_head(self.norm(h)).float()                      # (1, T', V)
-        return logits.argmax(-1).to(torch.int32), logits
+        logits = self.lm_head(self.norm(h))                              # (1, T', V)
+        return argmax_rows(logits).to(torch.int32), logits.float()
 
     def forward(self, x, pos=None, length=None):
         if self.kind == "embed":
