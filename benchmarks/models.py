@@ -113,11 +113,46 @@ def write_random(out: Path, cfg: dict, seed: int, std: float = 0.02, shard_bytes
     return out
 
 
+def _digest(folder: Path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    for f in sorted(folder.iterdir()):
+        if f.is_file() and not f.name.startswith("."):
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def snapshot(src: Path, dst: Path) -> Path:
+    """Copy a checkpoint folder unless dst already holds the same bytes (keeps mtimes stable)."""
+    d = _digest(src)
+    if (dst / ".digest").exists() and (dst / ".digest").read_text() == d:
+        return dst
+    tmp = dst.with_name(dst.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(src, tmp)
+    if _digest(tmp) != d:
+        shutil.rmtree(tmp)
+        raise SystemExit(f"{src} changed while it was copied: run again")
+    (tmp / ".digest").write_text(d)
+    if dst.exists():
+        shutil.rmtree(dst)
+    tmp.rename(dst)
+    return dst
+
+
 def demo_pair(work: Path) -> dict:
     """{'target', 'draft', 'weights': 'trained'|'random'}."""
     pair = trained_demo_pair()
     if pair:
-        return {"target": pair[0], "draft": pair[1], "weights": "trained"}
+        # a snapshot: every system must read the same weights even if the pair is re-exported
+        # while the benchmark runs (it was, once: build_sd/llama.cpp/ExecuTorch then disagreed
+        # with transformers, which had loaded the newer files)
+        out = {"weights": "trained"}
+        for role, src in zip(("target", "draft"), pair):
+            out[role] = snapshot(src, work / f"demo-{role}")
+        return out
     sys.path.insert(0, str(ROOT))
     from build_sd.demo.train import ARCHS, MAX_POSITIONS, ROPE_THETA
     from build_sd.demo.tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE

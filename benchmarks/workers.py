@@ -69,6 +69,17 @@ def bsd(a) -> None:
     from build_sd.runtime.session import open_bundle
     from build_sd.runtime.speculative import generate
 
+    if a.driver:   # experiment: the bundle's llvm-cpu modules under another HAL driver (e.g. local-sync)
+        import build_sd.runtime.session as S
+        read = S.read_manifest
+
+        def patched(b):
+            man = read(b)
+            for p in man["presets"].values():
+                if p["driver"].startswith("local"):
+                    p["driver"] = a.driver
+            return man
+        S.read_manifest = patched
     t = time.perf_counter()
     s = open_bundle(a.bundle, load_draft=a.gamma > 0, check_hashes=False)
     load_s = time.perf_counter() - t
@@ -201,6 +212,7 @@ def main(argv=None) -> int:
     ap.add_argument("--draft")
     ap.add_argument("--dtype", default="f32")
     ap.add_argument("--attn", default="sdpa", help="transformers attn_implementation (sdpa, eager)")
+    ap.add_argument("--driver", help="bsd: run the bundle under this HAL driver instead (experiments)")
     ap.add_argument("--pte")
     ap.add_argument("--eos", default="2")
     ap.add_argument("--prefill-one", action="store_true", help="ET: the graph takes one token at a time")

@@ -1,0 +1,789 @@
+"""Decode tokens/s: build_sd against PyTorch/transformers, llama.cpp and ExecuTorch, with the roofline.
+
+    python benchmarks/bench.py            # everything (make bench): demo pair + 1B/150M shapes
+    python benchmarks/bench.py --quick    # the demo-size rows only (make bench-quick)
+
+What is measured (benchmarks/README.md has the details):
+- one worker process per system, loaded and warmed up once (every prompt generated once);
+- a run = every prompt generated once, greedy; decode tokens/s = tokens after the first /
+  time from the first token to the last (prefill and the token it yields excluded);
+- the systems of a group alternate run by run (A B C, B C A, ...), and this machine's memory
+  read bandwidth is measured just before and after every run (benchmarks/membw.c);
+- a row's figure is the median over its runs; ratios are medians of per-round ratios, over the
+  rounds whose runs saw the same bandwidth level (within --bw-tolerance);
+- roofline: bytes a decode step must read (weights + KV cache at the mean position) /
+  bandwidth measured around that run -> the fraction of that bound reached.
+Everything is built under benchmarks/.work and benchmarks/.build (git-ignored), incrementally.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+WORK = BENCH / ".work"
+BUILD = BENCH / ".build"
+RESULTS = BENCH / "results"
+PY = ROOT / ".venv" / "bin" / "python"
+BSD = ROOT / ".venv" / "bin" / "build-sd"
+ET_VENV = BENCH / ".venv-et"
+ET_PY = ET_VENV / "bin" / "python"
+LLAMA_BIN = BUILD / "llamacpp" / "bin" / "bsd-llama"
+
+LLAMA_CPP_PYTHON = "0.3.36"      # PyPI sdist whose vendored llama.cpp we build
+EXECUTORCH = "1.5.1"
+TORCH = "2.13.0"                 # the CPU wheel the project pins (also used by the ExecuTorch venv)
+TRANSFORMERS = "5.24.0"
+GGUF = "0.19.0"
+ET_NOISE = ("Failed to load", "pytree", "register_constant", "LeafSpec", "return cls", "cpuinfo_utils")
+
+sys.path.insert(0, str(BENCH))
+import models as M  # noqa: E402
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class StepFailed(Exception):
+    pass
+
+
+def sh(cmd: list, logfile: Path, cwd: Path = ROOT, env: dict | None = None, timeout: float | None = None) -> str:
+    """Run a command; its output goes to logfile; on failure raise with the last lines."""
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    e = dict(os.environ, **(env or {}))
+    with open(logfile, "a") as f:
+        f.write(f"\n$ {' '.join(map(str, cmd))}\n")
+        f.flush()
+        try:
+            p = subprocess.run([str(c) for c in cmd], cwd=cwd, env=e, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise StepFailed(f"{Path(str(cmd[0])).name} timed out after {timeout}s (log: {logfile})") from None
+        f.write(p.stdout)
+    if p.returncode != 0:
+        tail = [ln for ln in p.stdout.splitlines() if ln.strip() and not ln.startswith(ET_NOISE)][-6:]
+        raise StepFailed(f"{Path(str(cmd[0])).name} {' '.join(map(str, cmd[1:3]))} failed (rc {p.returncode}): "
+                         + " | ".join(tail)[-600:] + f" (log: {logfile})")
+    return p.stdout
+
+
+def fresh(out: Path, *inputs: Path) -> bool:
+    """out exists and is newer than every input (files, or folders by their files)."""
+    if not out.exists():
+        return False
+    t = out.stat().st_mtime
+    for i in inputs:
+        files = [i] if i.is_file() else [p for p in i.rglob("*") if p.is_file()]
+        if any(f.stat().st_mtime > t for f in files):
+            return False
+    return True
+
+
+# ---- setup ---------------------------------------------------------------------------------
+def setup_membw() -> Path:
+    exe = BUILD / "membw"
+    if not fresh(exe, BENCH / "membw.c"):
+        sh(["gcc", "-O3", "-march=native", "-fopenmp", BENCH / "membw.c", "-o", exe], BUILD / "membw.log")
+    return exe
+
+
+def setup_llamacpp(jobs: int) -> dict:
+    """llama.cpp's tools from the llama-cpp-python sdist, plus bsd-llama (benchmarks/llamacpp)."""
+    src = BUILD / f"llama_cpp_python-{LLAMA_CPP_PYTHON}"
+    if not (src / "vendor" / "llama.cpp" / "CMakeLists.txt").exists():
+        lg = BUILD / "llamacpp-download.log"
+        sh([PY, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
+            f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "-d", BUILD], lg, timeout=900)
+        with tarfile.open(BUILD / f"llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz") as t:
+            t.extractall(BUILD, filter="data")
+    bdir = BUILD / "llamacpp"
+    targets = ["bsd-llama", "llama-bench", "llama-speculative-simple", "llama-speculative", "llama-tokenize"]
+    lg = BUILD / "llamacpp-build.log"
+    if not (bdir / "build.ninja").exists():
+        sh(["cmake", "-S", BENCH / "llamacpp", "-B", bdir, "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
+            f"-DLLAMA_SRC={src / 'vendor' / 'llama.cpp'}"], lg)
+    sh(["cmake", "--build", bdir, "-j", str(jobs), "--target", *targets], lg, timeout=3600)
+    bins = {t: bdir / "bin" / t for t in targets}
+    for t, p in bins.items():
+        if not p.exists():
+            alt = next(iter(bdir.rglob(t)), None)
+            if alt is None:
+                raise StepFailed(f"built, but {t} is not in {bdir}")
+            bins[t] = alt
+    return bins
+
+
+def setup_et() -> Path:
+    """ExecuTorch in its own venv (it pins torchao and more); torch is the project's CPU wheel."""
+    stamp = ET_VENV / ".installed"
+    want = f"executorch=={EXECUTORCH} torch=={TORCH} transformers=={TRANSFORMERS}"
+    if stamp.exists() and stamp.read_text() == want:
+        return ET_PY
+    lg = BUILD / "et-install.log"
+    base = Path(sys.base_prefix) / "bin" / "python3"
+    sh([base if base.exists() else sys.executable, "-m", "venv", ET_VENV], lg)
+    sh([ET_PY, "-m", "pip", "install", "-q", "--upgrade", "pip"], lg, timeout=900)
+    sh([ET_PY, "-m", "pip", "install", "-q", f"torch=={TORCH}"], lg, timeout=1800)
+    sh([ET_PY, "-m", "pip", "install", "-q", f"executorch=={EXECUTORCH}", f"transformers=={TRANSFORMERS}",
+        "safetensors"], lg, timeout=1800)
+    sh([ET_PY, "-c", "import executorch.runtime, executorch.backends.xnnpack"], lg)
+    stamp.write_text(want)
+    return ET_PY
+
+
+def setup_gguf() -> None:
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        sh([PY, "-m", "pip", "install", "-q", f"gguf=={GGUF}"], BUILD / "gguf-install.log", timeout=600)
+
+
+# ---- build_sd artifacts ----------------------------------------------------------------------
+def _sha(p: Path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def dedupe(files: list[Path]) -> None:
+    """Hard-link byte-identical copies of a weights file (export, artifacts and bundle each hold
+    one: 5 GB apiece for the 1B f32 model). build_sd replaces files by rename, never in place,
+    so a later rebuild simply breaks the link."""
+    files = [f for f in files if f.exists()]
+    if len(files) < 2:
+        return
+    first = files[0]
+    ref = None
+    for f in files[1:]:
+        if f.stat().st_ino == first.stat().st_ino or f.stat().st_size != first.stat().st_size:
+            continue
+        ref = ref or _sha(first)
+        if _sha(f) == ref:
+            tmp = f.with_name(f".{f.name}.lnk")
+            tmp.unlink(missing_ok=True)
+            os.link(first, tmp)
+            os.replace(tmp, f)
+
+
+
+def bsd_export_compile(name: str, ckpt: Path, dtype: str, gammas: str | None, prefill: str) -> Path:
+    mlir, art = WORK / "mlir" / name, WORK / "artifacts" / name
+    lg = WORK / "logs" / f"bsd-{name}.log"
+    cmd = [BSD, "export", "--model", ckpt, "--out", mlir, "--prefill", prefill, "--max-context", "512",
+           "--dtype", dtype]
+    if gammas is not None:
+        cmd += ["--gammas", gammas]
+    t = time.perf_counter()
+    sh(cmd, lg, timeout=3600)
+    # a compile that failed for this very export fails again: remember it instead of retrying
+    stamp = WORK / "failed" / f"{name}.json"
+    key = _sha(mlir / "export.json") + " " + " ".join(sorted(p.name + str(p.stat().st_size) for p in mlir.glob("*.mlir")))
+    if stamp.exists():
+        old = json.loads(stamp.read_text())
+        if old["key"] == key:
+            raise StepFailed(old["error"] + " (cached failure: delete " + str(stamp) + " to retry)")
+    try:
+        sh([BSD, "compile", mlir, "--preset", "host", "--out", art], lg, timeout=3600)
+    except StepFailed as e:
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(json.dumps({"key": key, "error": str(e)}))
+        raise
+    stamp.unlink(missing_ok=True)
+    dedupe([mlir / "model.irpa", art / "model.irpa"])
+    log(f"  build_sd {name}: export + compile {time.perf_counter() - t:.0f}s")
+    return art
+
+
+def bsd_bundle(name: str, draft_art: Path, target_art: Path, gamma: int) -> Path:
+    out = WORK / "bundles" / name
+    man = out / "manifest.json"
+    if not (man.exists() and fresh(man, draft_art / "manifest.json", target_art / "manifest.json")):
+        sh([BSD, "bundle", "--draft", draft_art, "--target", target_art, "--place", "draft=host",
+            "--place", "target=host", "--gamma", str(gamma), "--out", out], WORK / "logs" / f"bundle-{name}.log",
+           timeout=1800)
+    dedupe([draft_art / "model.irpa", out / "draft" / "model.irpa"])
+    dedupe([target_art / "model.irpa", out / "target" / "model.irpa"])
+    return out
+
+
+def bsd_plan(bundle: Path, draft: Path, target: Path, prompts_file: Path, threads: int, n_prompts: int) -> dict:
+    """calibrate (alpha per draft position) + profile (this machine) + plan --platform host."""
+    d = WORK / "plan"
+    d.mkdir(parents=True, exist_ok=True)
+    lg = WORK / "logs" / "plan.log"
+    env = {"IREE_PY_RUNTIME_FLAGS": f"--task_topology_group_count={threads}"}
+    sh([BSD, "calibrate", bundle, "--prompts", prompts_file, "--limit", str(n_prompts), "--gamma", "8",
+        "--out", d / "calib.json"], lg, env=env, timeout=1800)
+    sh([BSD, "profile", bundle, "--devices", "cpu", "--out", d / "profile.json"], lg, env=env, timeout=1800)
+    out = sh([BSD, "plan", "--draft", draft, "--target", target, "--platform", "host", "--devices", "cpu",
+              "--calibration", d / "calib.json", "--profile", d / "profile.json", "--out", d / "plan.json"],
+             lg, env=env, timeout=600)
+    plan = json.loads((d / "plan.json").read_text())
+    cal = json.loads((d / "calib.json").read_text())
+    top = plan["configs"][0]
+    spec = next(c for c in plan["configs"] if c["gamma"] > 0)
+    return {"top_gamma": top["gamma"], "gamma": spec["gamma"], "alpha": cal["greedy"]["alpha"],
+            "per_position": cal["greedy"]["per_position"], "printed": out.strip().splitlines()[-8:],
+            "top": [{k: c[k] for k in ("gamma", "pred_tokens_per_s", "speedup")} | {
+                "target": c["target"]["label"], "draft": c["draft"]["label"] if c["draft"] else None}
+                    for c in plan["configs"][:5]]}
+
+
+def gguf_file(ckpt: Path, dtype: str) -> Path:
+    out = WORK / "gguf" / f"{ckpt.name}-{dtype}.gguf"
+    if not fresh(out, ckpt, BENCH / "gguf_export.py"):
+        sh([PY, BENCH / "gguf_export.py", ckpt, out, "--dtype", dtype], WORK / "logs" / "gguf.log", timeout=3600)
+    return out
+
+
+def pte_file(ckpt: Path, dtype: str) -> Path:
+    out = WORK / "et" / f"{ckpt.name}-{dtype}.pte"
+    if not fresh(out, ckpt, BENCH / "et_export.py"):
+        sh([ET_PY, BENCH / "et_export.py", ckpt, out, "--dtype", dtype], WORK / "logs" / "et-export.log",
+           timeout=3600)
+    return out
+
+
+# ---- measuring -------------------------------------------------------------------------------
+class Bandwidth:
+    def __init__(self, exe: Path, threads: int):
+        self.p = subprocess.Popen([str(exe), "-t", str(threads), "-p", "5"], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+
+    def __call__(self) -> float:
+        self.p.stdin.write("m\n")
+        self.p.stdin.flush()
+        return json.loads(self.p.stdout.readline())["gbs"]
+
+    def close(self):
+        try:
+            self.p.stdin.write("q\n")
+            self.p.stdin.flush()
+        except OSError:
+            pass
+        self.p.wait(timeout=10)
+
+
+class Worker:
+    """A persistent worker (workers.py or bsd-llama): load + warm up once, then 'run'."""
+
+    def __init__(self, cmd: list, logfile: Path, timeout: float):
+        logfile.parent.mkdir(parents=True, exist_ok=True)
+        self.err = open(logfile, "a")
+        self.err.write(f"\n$ {' '.join(map(str, cmd))}\n")
+        self.err.flush()
+        self.logfile = logfile
+        self.p = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=self.err, text=True)
+        self.info = self._read(timeout)
+
+    def _read(self, timeout: float) -> dict:
+        import select
+        end = time.time() + timeout
+        while True:
+            left = end - time.time()
+            if left <= 0:
+                self.close()
+                raise StepFailed(f"no answer in {timeout:.0f}s (log: {self.logfile})")
+            r, _, _ = select.select([self.p.stdout], [], [], left)
+            if not r:
+                continue
+            line = self.p.stdout.readline()
+            if not line:
+                self.p.wait()
+                tail = [ln for ln in self.logfile.read_text().splitlines() if ln.strip()
+                        and not ln.startswith(ET_NOISE)][-4:]
+                raise StepFailed(f"exited (rc {self.p.returncode}): " + " | ".join(tail)[-500:])
+            line = line.strip()
+            if line.startswith("{"):
+                return json.loads(line)
+
+    def run(self, timeout: float) -> dict:
+        self.p.stdin.write("run\n")
+        self.p.stdin.flush()
+        return self._read(timeout)
+
+    def close(self):
+        if self.p.poll() is None:
+            try:
+                self.p.stdin.write("quit\n")
+                self.p.stdin.flush()
+                self.p.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.p.kill()
+                self.p.wait()
+        self.err.close()
+
+
+class SpecSimple:
+    """llama.cpp's own llama-speculative-simple: one process per prompt, its own timer."""
+
+    def __init__(self, exe: Path, target: Path, draft: Path, texts: list[str], gamma: int, threads: int,
+                 max_new: int, kv: str, logfile: Path):
+        self.exe, self.texts, self.logfile = exe, texts, logfile
+        self.base = [exe, "-m", target, "-md", draft, "-n", max_new, "--temp", "0", "--top-k", "1",
+                     "--spec-type", "draft-simple", "--spec-draft-n-max", gamma, "--spec-draft-n-min", "0", "--spec-draft-p-min", "0",
+                     "-t", threads, "-tb", threads, "-td", threads, "-tbd", threads, "-c", "512",
+                     "-ctk", kv, "-ctv", kv, "-ctkd", kv, "-ctvd", kv, "--seed", "0", "-ngl", "0", "-ngld", "0"]
+        self.info = {"ready": True}
+
+    def run(self, timeout: float) -> dict:
+        import re
+        toks, secs, acc, drafted = 0, 0.0, 0, 0
+        for t in self.texts:
+            # its log is written by a thread; now and then the last lines are lost at exit: retry
+            for _ in range(3):
+                out = sh(self.base + ["-p", t], self.logfile, timeout=timeout)
+                m = re.search(r"decoded\s+(\d+) tokens in\s+([\d.]+) seconds", out)
+                if m:
+                    break
+            if not m:
+                raise StepFailed(f"llama-speculative-simple printed no timing 3 times (log: {self.logfile})")
+            toks += int(m.group(1))
+            secs += float(m.group(2))
+            a = re.search(r"n_accept\s*=\s*(\d+)", out)
+            dr = re.search(r"n_drafted\s*=\s*(\d+)", out)
+            acc += int(a.group(1)) if a else 0
+            drafted += int(dr.group(1)) if dr else 0
+        return {"tokens": toks, "decode_s": secs, "accepted": acc, "drafted": drafted, "outputs": []}
+
+    def close(self):
+        pass
+
+
+class LlamaBench:
+    """llama.cpp's own llama-bench (tg N from an empty context, its own warm-up): one process a run."""
+
+    def __init__(self, exe: Path, gguf: Path, n: int, threads: int, kv: str, depth: int, logfile: Path):
+        # llama-bench takes no f32 KV cache type (-ctk f32 is refused): its default f16 then
+        kvf = ["-ctk", kv, "-ctv", kv] if kv != "f32" else []
+        self.cmd = [exe, "-m", gguf, "-p", "0", "-n", n, "-d", depth, "-r", "2", "-t", threads, *kvf, "-o", "json"]
+        self.logfile = logfile
+        self.info = {"ready": True}
+
+    def run(self, timeout: float) -> dict:
+        out = sh(self.cmd, self.logfile, timeout=timeout)
+        j = json.loads(out[out.index("["):])
+        ts = float(j[0]["avg_ts"])
+        n = int(j[0]["n_gen"])
+        return {"tokens": n, "decode_s": n / ts, "build": j[0].get("build_commit")}
+
+    def close(self):
+        pass
+
+
+@dataclass
+class Row:
+    id: str
+    section: str           # "demo" | "1b" | "150m"
+    group: str             # rows of one group alternate with each other
+    system: str
+    model: str
+    dtype: str
+    mode: str              # "target only" | "speculative g=G"
+    start: object = None   # () -> Worker-like; may raise StepFailed
+    bytes_per_token: float | None = None    # roofline: weights + KV read per decode step
+    note: str = ""
+    why: str | None = None                  # set when the row could not run
+    runs: list = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+    outputs: list | None = None
+
+
+def measure(rows: list[Row], rounds: int, bw: Bandwidth, run_timeout: float, load_timeout: float) -> None:
+    """Start the group's workers, then alternate runs (rotating order) with bandwidth around each."""
+    live = []
+    for r in rows:
+        if r.why:
+            continue
+        log(f"  start {r.id}")
+        try:
+            w = r.start()
+            r.info = w.info
+            live.append((r, w))
+        except StepFailed as e:
+            r.why = f"could not start: {e}"
+            log(f"    {r.why}")
+    try:
+        for k in range(rounds):
+            order = live[k % len(live):] + live[:k % len(live)] if live else []
+            for r, w in order:
+                if r.why:
+                    continue
+                b0 = bw()
+                try:
+                    res = w.run(run_timeout)
+                except StepFailed as e:
+                    r.why = f"run failed: {e}"
+                    log(f"    {r.id}: {r.why}")
+                    continue
+                b1 = bw()
+                tps = res["tokens"] / res["decode_s"] if res["decode_s"] > 0 else float("nan")
+                r.runs.append({"round": k, "tps": tps, "tokens": res["tokens"], "decode_s": res["decode_s"],
+                               "bw_before": b0, "bw_after": b1, "accepted": res.get("accepted", 0),
+                               "rejected": res.get("rejected", 0), "drafted": res.get("drafted"),
+                               "iterations": res.get("iterations", 0)})
+                if res.get("outputs"):
+                    r.outputs = res["outputs"]
+                log(f"    round {k + 1}/{rounds} {r.id}: {tps:8.2f} tok/s  ({res['tokens']} tokens, "
+                    f"bandwidth {b0:.1f} -> {b1:.1f} GB/s)")
+    finally:
+        for r, w in live:
+            w.close()
+
+
+# ---- the benchmark -------------------------------------------------------------------------
+def read_prompts(n: int, max_tokens: int) -> tuple[list[str], list[list[int]]]:
+    """The first n English sentences of the demo test split that encode to <= max_tokens."""
+    from build_sd.demo.tokenizer import encode_prompt, load_tokenizer, prompt
+    tok = load_tokenizer(M.demo_tokenizer())
+    texts, ids = [], []
+    for line in (ROOT / "build_sd" / "demo" / "data" / "test.tsv").read_text(encoding="utf-8").splitlines()[1:]:
+        en = line.split("\t")[0]
+        p = encode_prompt(tok, en)
+        if len(p) <= max_tokens:
+            texts.append(prompt(en))
+            ids.append(p)
+        if len(ids) == n:
+            break
+    return texts, ids
+
+
+def weight_bytes(cfg: dict, elt: int) -> int:
+    """Bytes of weights one decode step reads: every layer, the final norm, the LM head (the
+    embedding table is read for one row only, unless it is also the tied head)."""
+    D, V = cfg["hidden_size"], cfg["vocab_size"]
+    total = M.n_params(cfg)
+    emb = V * D
+    return int((total - emb + (emb if cfg.get("tie_word_embeddings") else 0) + D) * elt)
+
+
+def kv_bytes(cfg: dict, elt: int, positions: float) -> float:
+    hd = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    return 2 * cfg["num_hidden_layers"] * cfg["num_key_value_heads"] * hd * positions * elt
+
+
+def versions(llama_bins: dict | None) -> dict:
+    import importlib.metadata as md
+    v = {}
+    for pkg in ("iree-base-compiler", "iree-base-runtime", "iree-turbine", "torch", "transformers", "numpy", "gguf"):
+        try:
+            v[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            v[pkg] = "not installed"
+    try:
+        v["build_sd"] = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, text=True,
+                                       capture_output=True).stdout.strip()
+    except OSError:
+        v["build_sd"] = "?"
+    v["llama.cpp"] = f"llama-cpp-python {LLAMA_CPP_PYTHON} sdist (vendored llama.cpp"
+    src = BUILD / f"llama_cpp_python-{LLAMA_CPP_PYTHON}" / "vendor" / "llama.cpp"
+    c = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], text=True, capture_output=True)
+    v["llama.cpp"] += f" {c.stdout.strip()})" if c.returncode == 0 and c.stdout.strip() else ")"
+    if ET_PY.exists():
+        r = subprocess.run([str(ET_PY), "-c", "import importlib.metadata as m;print(m.version('executorch'),"
+                            "m.version('torch'),m.version('torchao'))"], text=True, capture_output=True)
+        if r.returncode == 0 and r.stdout.strip():
+            e, t, ao = r.stdout.split()
+            v["executorch"] = f"{e} (torch {t}, torchao {ao})"
+    v["gcc"] = subprocess.run(["gcc", "-dumpfullversion"], text=True, capture_output=True).stdout.strip()
+    v["python"] = platform.python_version()
+    return v
+
+
+def machine() -> str:
+    from build_sd.targets import cpu_model_name
+    mem = 0
+    for line in open("/proc/meminfo"):
+        if line.startswith("MemTotal"):
+            mem = int(line.split()[1]) / 1024 / 1024
+    l3 = ""
+    try:
+        out = subprocess.run(["lscpu"], text=True, capture_output=True).stdout
+        l3 = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("L3")), "")
+    except OSError:
+        pass
+    return f"{cpu_model_name()}, {os.cpu_count()} cores, {mem:.0f} GiB memory" + (f", L3 {l3}" if l3 else "")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="demo-size rows only (~10 min)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for every system (default: all cores)")
+    ap.add_argument("--rounds", type=int, help="runs per row (default 5 demo, 3 large)")
+    ap.add_argument("--prompts", type=int, help="demo prompts per run (default 24, quick 12)")
+    ap.add_argument("--max-new", type=int, default=64, help="demo: max new tokens (stops at </s>)")
+    ap.add_argument("--max-new-large", type=int, default=24, help="large shapes: new tokens (EOS ignored)")
+    ap.add_argument("--prompts-large", type=int, default=4, help="large shapes: prompts per run (default 4)")
+    ap.add_argument("--bw-tolerance", type=float, default=0.15, help="same bandwidth level: within this fraction")
+    ap.add_argument("--no-et", action="store_true", help="skip ExecuTorch")
+    ap.add_argument("--no-llamacpp", action="store_true", help="skip llama.cpp")
+    ap.add_argument("--only", help="comma-separated sections: demo,demo16,1b,150m")
+    ap.add_argument("--build-only", action="store_true", help="set up and build everything, measure nothing")
+    ap.add_argument("--out", default=str(RESULTS))
+    a = ap.parse_args(argv)
+    t_start = time.perf_counter()
+    sys.path.insert(0, str(ROOT))
+    sections = set((a.only or ("demo" if a.quick else "demo,demo16,1b,150m")).split(","))
+    n_prompts = a.prompts or (12 if a.quick else 24)
+    T = a.threads
+    for d in (WORK, BUILD, WORK / "logs"):
+        d.mkdir(parents=True, exist_ok=True)
+    failures: dict[str, str] = {}
+
+    log(f"setup (threads {T}, sections {','.join(sorted(sections))})")
+    membw = setup_membw()
+    setup_gguf()
+    llama = None
+    if not a.no_llamacpp:
+        try:
+            t = time.perf_counter()
+            llama = setup_llamacpp(max(1, os.cpu_count()))
+            log(f"  llama.cpp tools ready ({time.perf_counter() - t:.0f}s)")
+        except StepFailed as e:
+            failures["llama.cpp"] = str(e)
+            log(f"  llama.cpp: {e}")
+    et_ok = False
+    if not a.no_et:
+        try:
+            setup_et()
+            et_ok = True
+        except StepFailed as e:
+            failures["executorch"] = f"install failed: {e}"
+            log(f"  executorch: {e}")
+
+    texts, ids = read_prompts(n_prompts, 16)
+    pfile = WORK / f"prompts-{n_prompts}.ids"
+    pfile.write_text("\n".join(",".join(map(str, p)) for p in ids) + "\n")
+    tfile = WORK / f"prompts-{n_prompts}.txt"
+    tfile.write_text("\n".join(texts) + "\n")
+    log(f"{len(ids)} prompts of {min(map(len, ids))}-{max(map(len, ids))} tokens")
+
+    demo = M.demo_pair(WORK / "models")
+    dcfg = json.loads((demo["target"] / "config.json").read_text())
+    common = ["--prompts", pfile, "--threads", T]       # demo rows: warm up on every prompt
+    W = [PY, BENCH / "workers.py"]
+    rows: list[Row] = []
+    plan = None
+
+    def worker(cmd, name, timeout=1800):
+        return lambda: Worker(cmd, WORK / "logs" / f"worker-{name}.log", timeout)
+
+    def add_target_rows(section, group, label, tckpt, cfg, dtype, bsd_bundle_dir, max_new, ignore_eos, positions,
+                        hf=True, et=True, split=False, pf=None, warm=0):
+        """build_sd, llama.cpp, PyTorch, ExecuTorch target-only rows of one model and dtype. split: the
+        model is too big for all four at once: build_sd + llama.cpp alternate in one group, PyTorch and
+        ExecuTorch each in their own group with llama.cpp again (the link for the ratios)."""
+        elt = 4 if dtype == "f32" else 2
+        bpt = weight_bytes(cfg, elt) + kv_bytes(cfg, elt, positions)
+        pf = pf or pfile
+        common = ["--prompts", pf, "--threads", T, "--warmup", warm]
+        eos = ["--ignore-eos"] if ignore_eos else []
+        sfx = f"{section}-{dtype}"
+        r = Row(f"bsd-{sfx}", section, group, "build_sd (IREE, host)", label, dtype, "target only",
+                bytes_per_token=bpt)
+        if isinstance(bsd_bundle_dir, str):
+            r.why = bsd_bundle_dir
+        else:
+            r.start = worker(W + ["bsd", "--bundle", bsd_bundle_dir, "--gamma", 0, "--max-new", max_new] + common + eos,
+                             r.id)
+        rows.append(r)
+        lrow = Row(f"llama-{sfx}", section, group, "llama.cpp", label, dtype, "target only", bytes_per_token=bpt)
+        if llama is None:
+            lrow.why = failures.get("llama.cpp", "skipped (--no-llamacpp)")
+        else:
+            try:
+                g = gguf_file(tckpt, dtype)
+                lrow.start = worker([llama["bsd-llama"], "-m", g, "--prompts", pf, "-t", T, "-n", max_new,
+                                     "--kv", dtype, "--warmup", warm] + eos, lrow.id)
+            except StepFailed as e:
+                lrow.why = f"GGUF: {e}"
+        rows.append(lrow)
+        if llama is not None and not lrow.why:
+            lb = Row(f"llamabench-{sfx}", section, group, "llama.cpp", label, dtype,
+                     f"target only (llama-bench tg{max_new})", bytes_per_token=bpt,
+                     note=f"llama-bench -p 0 -n {max_new} -d {int(positions)}: its own timing, random tokens"
+                     + ("; KV cache f16 (llama-bench refuses -ctk f32)" if dtype == "f32" else ""))
+            lb.start = (lambda g=g, n=max_new, d=int(positions): LlamaBench(
+                llama["llama-bench"], g, n, T, dtype, d, WORK / "logs" / "llama-bench.log"))
+            rows.append(lb)
+        others = []
+        if hf:
+            r = Row(f"hf-{sfx}", section, group, "PyTorch + transformers (eager)", label, dtype, "target only",
+                    bytes_per_token=bpt)
+            r.start = worker(W + ["hf", "--model", tckpt, "--dtype", dtype, "--max-new", max_new] + common + eos, r.id)
+            others.append(("hf", r))
+        if et:
+            r = Row(f"et-{sfx}", section, group, "ExecuTorch (XNNPACK)", label, dtype, "target only",
+                    bytes_per_token=bpt)
+            if not et_ok:
+                r.why = failures.get("executorch", "skipped (--no-et)")
+            else:
+                try:
+                    pte = pte_file(tckpt, dtype)
+                    r.start = worker([ET_PY, BENCH / "workers.py", "et", "--pte", pte, "--max-new", max_new,
+                                      "--prefill-one", "--eos", ",".join(map(str, _ids(cfg.get("eos_token_id")))),
+                                      ] + common + eos, r.id)
+                except StepFailed as e:
+                    r.why = f"export: {e}"
+            others.append(("et", r))
+        for kind, r in others:
+            if split:
+                r.group = f"{group}-{kind}"
+                ref = Row(f"llama-{sfx}-ref-{kind}", section, r.group, "llama.cpp", label, dtype, "target only",
+                          bytes_per_token=bpt, note="link run: llama.cpp again, alternating with the row above")
+                ref.start, ref.why = lrow.start, lrow.why
+                rows.extend([r, ref])
+            else:
+                rows.append(r)
+
+    # ---- demo pair ----
+    mean_prompt = statistics.mean(map(len, ids))
+    if sections & {"demo", "demo16"}:
+        log(f"demo pair ({demo['weights']} weights): build_sd export/compile/bundle")
+        try:
+            ta = bsd_export_compile("demo-target-f32", demo["target"], "f32", None, "16,64")
+            da = bsd_export_compile("demo-draft-f32", demo["draft"], "f32", None, "16,64")
+            demo_bundle = bsd_bundle("demo-f32", da, ta, 4)
+        except StepFailed as e:
+            demo_bundle = f"build_sd build failed: {e}"
+            failures["build_sd demo"] = demo_bundle
+        if not isinstance(demo_bundle, str) and not a.build_only:
+            log("  plan: calibrate + profile + plan --platform host")
+            try:
+                plan = bsd_plan(demo_bundle, demo["draft"], demo["target"], tfile, T, n_prompts)
+                log(f"  plan: top gamma {plan['top_gamma']}, speculative rows use gamma {plan['gamma']} "
+                    f"(alpha {plan['alpha']:.3f})")
+            except StepFailed as e:
+                failures["plan"] = str(e)
+                log(f"  plan failed: {e}; using gamma 4")
+        gamma = plan["gamma"] if plan else 4
+    if "demo" in sections:
+        add_target_rows("demo", "demo", "demo target (12.6M)", demo["target"], dcfg, "f32", demo_bundle, a.max_new,
+                        False, mean_prompt + a.max_new / 4)
+        spec = f"speculative g={gamma}"
+        r = Row("bsd-spec", "demo", "demo", "build_sd (IREE, host)", "demo pair", "f32", spec)
+        if isinstance(demo_bundle, str):
+            r.why = demo_bundle
+        else:
+            r.start = worker(W + ["bsd", "--bundle", demo_bundle, "--gamma", gamma, "--max-new", a.max_new] + common,
+                             r.id)
+        rows.append(r)
+        r = Row("llama-spec", "demo", "demo", "llama.cpp", "demo pair", "f32", spec,
+                note="our driver (bsd-llama): build_sd's loop on llama.cpp contexts")
+        r2 = Row("llama-spec-simple", "demo", "demo", "llama.cpp", "demo pair", "f32", f"{spec} (llama-speculative-simple)",
+                 note="llama-speculative-simple: its own timer, one process per prompt, no warm-up")
+        if llama is None:
+            r.why = r2.why = failures.get("llama.cpp", "skipped")
+        else:
+            try:
+                gt, gd = gguf_file(demo["target"], "f32"), gguf_file(demo["draft"], "f32")
+                r.start = worker([llama["bsd-llama"], "-m", gt, "-md", gd, "--gamma", gamma, "--prompts", pfile,
+                                  "-t", T, "-n", a.max_new, "--kv", "f32"], r.id)
+                r2.start = (lambda gt=gt, gd=gd: SpecSimple(llama["llama-speculative-simple"], gt, gd, texts, gamma,
+                                                            T, a.max_new, "f32", WORK / "logs" / "spec-simple.log"))
+            except StepFailed as e:
+                r.why = r2.why = f"GGUF: {e}"
+        rows += [r, r2]
+        r = Row("hf-spec", "demo", "demo", "PyTorch + transformers (eager)", "demo pair", "f32", spec,
+                note="generate(assistant_model=draft), constant num_assistant_tokens")
+        r.start = worker(W + ["hf", "--model", demo["target"], "--draft", demo["draft"], "--gamma", gamma,
+                              "--max-new", a.max_new] + common, r.id)
+        rows.append(r)
+    if "demo16" in sections:
+        try:
+            ta16 = bsd_export_compile("demo-target-f16", demo["target"], "f16", "", "16,64")
+            b16 = bsd_bundle("demo-target-f16", ta16, ta16, 0)
+        except StepFailed as e:
+            b16 = f"build_sd build failed: {e}"
+        add_target_rows("demo", "demo16", "demo target (12.6M)", demo["target"], dcfg, "f16", b16, a.max_new,
+                        False, mean_prompt + a.max_new / 4, et=True)
+
+    # ---- larger shapes (random weights) ----
+    if sections & {"1b", "150m"}:
+        log("larger shapes: random checkpoints")
+        large = M.large_models(WORK / "models")
+        n_large = a.max_new_large
+        lids = ids[:a.prompts_large]
+        pfile_l = WORK / f"prompts-large-{len(lids)}.ids"
+        pfile_l.write_text("\n".join(",".join(map(str, p)) for p in lids) + "\n")
+        pos = statistics.mean(map(len, lids)) + n_large / 2
+        for sec, key, label in (("1b", "target", "Llama-3.2-1B shape"), ("150m", "draft", "150M draft shape")):
+            if sec not in sections:
+                continue
+            ck = large[key]
+            cfg = json.loads((ck / "config.json").read_text())
+            label = f"{label} ({M.n_params(cfg) / 1e6:.0f}M)"
+            for dtype in ("f32", "f16"):
+                name = f"{sec}-{dtype}"
+                log(f"{label} {dtype}: build_sd export/compile/bundle")
+                try:
+                    art = bsd_export_compile(name, ck, dtype, "", "16")
+                    bun = bsd_bundle(name, art, art, 0)
+                except StepFailed as e:
+                    bun = f"build_sd build failed: {e}"
+                # transformers in f16 on a CPU is slow enough to eat the time budget at 1B
+                add_target_rows(sec, name, label, ck, cfg, dtype, bun, n_large, True, pos,
+                                hf=not (sec == "1b" and dtype == "f16"), split=(sec == "1b"), pf=pfile_l, warm=1)
+
+    if a.build_only:
+        for r in rows:
+            if r.why:
+                log(f"  {r.id}: {r.why}")
+        log(f"built in {(time.perf_counter() - t_start) / 60:.1f} min; nothing measured (--build-only)")
+        return 0
+
+    # ---- measure ----
+    bw = Bandwidth(membw, T)
+    try:
+        groups: dict[str, list[Row]] = {}
+        for r in rows:
+            groups.setdefault(r.group, []).append(r)
+        for g, rs in groups.items():
+            rounds = a.rounds or (5 if rs[0].section == "demo" else 3)
+            log(f"measure group {g}: {len(rs)} rows x {rounds} rounds")
+            measure(rs, rounds, bw, run_timeout=1800, load_timeout=1800)
+    finally:
+        bw.close()
+
+    # ---- report ----
+    from report import write_report
+    res = {
+        "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "machine": machine(), "versions": versions(llama), "threads": T, "quick": a.quick,
+        "prompts": {"n": len(ids), "tokens": [len(p) for p in ids], "texts": texts},
+        "max_new": {"demo": a.max_new, "large": a.max_new_large}, "demo_weights": demo["weights"],
+        "plan": plan, "failures": failures, "bw_tolerance": a.bw_tolerance,
+        "rows": [{k: v for k, v in r.__dict__.items() if k not in ("start",)} for r in rows],
+        "wall_s": round(time.perf_counter() - t_start, 1),
+    }
+    out = Path(a.out)
+    stem = "bench-quick" if a.quick else "bench"
+    write_report(res, out, stem)
+    log(f"wrote {out / (stem + '.md')}, {stem}.png, {stem}.json in {res['wall_s'] / 60:.1f} min")
+    return 0
+
+
+def _ids(x):
+    return x if isinstance(x, list) else ([] if x is None else [x])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
