@@ -532,6 +532,11 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new", type=int, default=64, help="demo: max new tokens (stops at </s>)")
     ap.add_argument("--max-new-large", type=int, default=24, help="large shapes: new tokens (EOS ignored)")
     ap.add_argument("--prompts-large", type=int, default=4, help="large shapes: prompts per run (default 4)")
+    ap.add_argument("--warmup", type=int, default=0,
+                    help="demo rows: untimed prompts each system generates once loaded, before any timed run "
+                         "(0 = every prompt, the default)")
+    ap.add_argument("--warmup-large", type=int, default=1,
+                    help="1B/150M rows: untimed warm-up prompts per system (default 1; 0 = every prompt)")
     ap.add_argument("--bw-tolerance", type=float, default=0.15, help="same bandwidth level: within this fraction")
     ap.add_argument("--no-et", action="store_true", help="skip ExecuTorch")
     ap.add_argument("--no-llamacpp", action="store_true", help="skip llama.cpp")
@@ -578,7 +583,7 @@ def main(argv=None) -> int:
 
     demo = M.demo_pair(WORK / "models")
     dcfg = json.loads((demo["target"] / "config.json").read_text())
-    common = ["--prompts", pfile, "--threads", T]       # demo rows: warm up on every prompt
+    common = ["--prompts", pfile, "--threads", T, "--warmup", a.warmup]    # demo rows: --warmup prompts
     W = [PY, BENCH / "workers.py"]
     rows: list[Row] = []
     plan = None
@@ -677,7 +682,7 @@ def main(argv=None) -> int:
         gamma = plan["gamma"] if plan else 4
     if "demo" in sections:
         add_target_rows("demo", "demo", "demo target (12.6M)", demo["target"], dcfg, "f32", demo_bundle, a.max_new,
-                        False, mean_prompt + a.max_new / 4)
+                        False, mean_prompt + a.max_new / 4, warm=a.warmup)
         spec = f"speculative g={gamma}"
         r = Row("bsd-spec", "demo", "demo", "build_sd (IREE, host)", "demo pair", "f32", spec)
         if isinstance(demo_bundle, str):
@@ -696,7 +701,7 @@ def main(argv=None) -> int:
             try:
                 gt, gd = gguf_file(demo["target"], "f32"), gguf_file(demo["draft"], "f32")
                 r.start = worker([llama["bsd-llama"], "-m", gt, "-md", gd, "--gamma", gamma, "--prompts", pfile,
-                                  "-t", T, "-n", a.max_new, "--kv", "f32"], r.id)
+                                  "-t", T, "-n", a.max_new, "--kv", "f32", "--warmup", a.warmup], r.id)
                 r2.start = (lambda gt=gt, gd=gd: SpecSimple(llama["llama-speculative-simple"], gt, gd, texts, gamma,
                                                             T, a.max_new, "f32", WORK / "logs" / "spec-simple.log"))
             except StepFailed as e:
@@ -714,7 +719,7 @@ def main(argv=None) -> int:
         except StepFailed as e:
             b16 = f"build_sd build failed: {e}"
         add_target_rows("demo", "demo16", "demo target (12.6M)", demo["target"], dcfg, "f16", b16, a.max_new,
-                        False, mean_prompt + a.max_new / 4, et=True)
+                        False, mean_prompt + a.max_new / 4, et=True, warm=a.warmup)
 
     # ---- larger shapes (random weights) ----
     if sections & {"1b", "150m"}:
@@ -741,7 +746,8 @@ def main(argv=None) -> int:
                     bun = f"build_sd build failed: {e}"
                 # transformers in f16 on a CPU is slow enough to eat the time budget at 1B
                 add_target_rows(sec, name, label, ck, cfg, dtype, bun, n_large, True, pos,
-                                hf=not (sec == "1b" and dtype == "f16"), split=(sec == "1b"), pf=pfile_l, warm=1)
+                                hf=not (sec == "1b" and dtype == "f16"), split=(sec == "1b"), pf=pfile_l,
+                                warm=a.warmup_large)
 
     if a.build_only:
         for r in rows:

@@ -37,7 +37,10 @@ def _bandwidth_gbs() -> float:
 
 def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[str], rounds: int = 4,
               max_new_tokens: int = 48, simulate_alpha: float | None = None, png: str | None = None,
-              configs: list[int] | None = None, log=print) -> dict:
+              configs: list[int] | None = None, warmup: int = 1, link: bool = True, log=print) -> dict:
+    """warmup: untimed passes over the prompts per configuration before the timed rounds (0: only
+    one call of every function); link: the per-configuration bundles hard-link the artifacts'
+    weights and modules instead of copying them (N bundles of one pair cost no extra disk)."""
     from .pipeline import build_config
     from .plan import load_plan, make_plan
     from .runtime.calibrate import calibrate
@@ -63,7 +66,7 @@ def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[s
         b = root / "bench" / f"c{i}"
         log(f"[build {i + 1}/{len(chosen)}] target {cfg['target']['label']} draft "
             f"{cfg['draft']['label'] if cfg['draft'] else '-'} gamma {cfg['gamma']}")
-        build_config(cfg, plan, root, b, validate_models=(i == 0), log=lambda m: None)
+        build_config(cfg, plan, root, b, validate_models=(i == 0), log=lambda m: None, link=link)
         bundles.append(b)
 
     # 2. profile every artifacts folder used, and calibrate alpha, now
@@ -93,6 +96,24 @@ def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[s
         s.warmup()
         sessions.append(s)
     enc = [encode_prompt(sessions[0], p) for p in prompts]
+
+    def one_pass(i: int, seed: int) -> float:
+        s, g = sessions[i], chosen[i]["gamma"]
+        toks, secs = 0, 0.0
+        for j, ids in enumerate(enc):
+            acc = (SimulatedAcceptor(simulate_alpha, np.random.default_rng(1000 * seed + j))
+                   if simulate_alpha is not None and g > 0 else GreedyAcceptor())
+            m = generate(s.target, s.draft if g else None, ids, g, acc, max_new_tokens, s.eos_ids).metrics
+            toks += m.emitted
+            secs += m.decode_s
+        return toks / secs
+
+    # untimed: page in weights, grow the allocator pools, settle the CPU's clocks
+    for w in range(warmup):
+        t = time.perf_counter()
+        for i in range(len(chosen)):
+            one_pass(i, -1 - w)
+        log(f"warm-up {w + 1}/{warmup}: {time.perf_counter() - t:.1f}s")
     tps = [[] for _ in chosen]
     bws = []
     for r in range(rounds):
@@ -100,16 +121,7 @@ def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[s
         order = list(range(len(chosen)))
         order = order[r % len(order):] + order[:r % len(order)]
         for i in order:
-            s, cfg = sessions[i], chosen[i]
-            g = cfg["gamma"]
-            toks, secs = 0, 0.0
-            for j, ids in enumerate(enc):
-                acc = (SimulatedAcceptor(simulate_alpha, np.random.default_rng(1000 * r + j))
-                       if simulate_alpha is not None and g > 0 else GreedyAcceptor())
-                m = generate(s.target, s.draft if g else None, ids, g, acc, max_new_tokens, s.eos_ids).metrics
-                toks += m.emitted
-                secs += m.decode_s
-            tps[i].append(toks / secs)
+            tps[i].append(one_pass(i, r))
         log(f"round {r + 1}/{rounds}: bandwidth {bws[-1]:.1f} GB/s")
     bws.append(_bandwidth_gbs())
 
@@ -130,7 +142,7 @@ def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[s
     pick = max(rows, key=lambda r: r["predicted_tokens_per_s"])
     result = {
         "plan": str(plan_path), "alpha": alpha, "simulate_alpha": simulate_alpha,
-        "prompts": len(prompts), "rounds": rounds, "max_new_tokens": max_new_tokens,
+        "prompts": len(prompts), "rounds": rounds, "warmup": warmup, "max_new_tokens": max_new_tokens,
         "bandwidth_gbs": {"before_profile": round(bw_before, 2), "per_round": [round(b, 2) for b in bws],
                           "drift": round(max(bws) / min(bws), 3)},
         "rows": rows,
@@ -200,7 +212,10 @@ def run_bench_cli(a) -> int:
         prompts = prompts[:a.limit]
     if a.simulate_alpha is not None and not 0 <= a.simulate_alpha <= 1:
         raise UserError("--simulate-alpha must be in [0, 1]")
-    res = run_bench(a.root, a.plan, a.top, prompts, a.rounds, a.max_new_tokens, a.simulate_alpha, a.png)
+    if a.warmup < 0 or a.rounds < 1:
+        raise UserError("--warmup must be >= 0 and --rounds >= 1")
+    res = run_bench(a.root, a.plan, a.top, prompts, a.rounds, a.max_new_tokens, a.simulate_alpha, a.png,
+                    warmup=a.warmup, link=not a.no_link)
     if a.json:
         write_json(a.json, res)
     return 0

@@ -75,7 +75,8 @@ def placement_for(role: str, want: dict, man: dict, meta: dict) -> dict[str, str
     return placement
 
 
-def _write_bundle(staging, out, srcs, loaded, placements, gamma, tok_path, t_meta, fallback, prompt_template):
+def _write_bundle(staging, out, srcs, loaded, placements, gamma, tok_path, t_meta, fallback, prompt_template,
+                  link=False):
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
@@ -84,12 +85,12 @@ def _write_bundle(staging, out, srcs, loaded, placements, gamma, tok_path, t_met
         man, meta = loaded[r]
         placement = placements[r]
         files = {"irpa": f"{r}/model.irpa", "export": f"{r}/export.json"}
-        copy_atomic(srcs[r] / "model.irpa", staging / files["irpa"])
-        copy_atomic(srcs[r] / "export.json", staging / files["export"])
+        copy_atomic(srcs[r] / "model.irpa", staging / files["irpa"], link)
+        copy_atomic(srcs[r] / "export.json", staging / files["export"], link)
         modules = {}
         for sub, preset in placement.items():
             rel = f"{r}/{preset}/{sub}.vmfb"
-            copy_atomic(srcs[r] / preset / f"{sub}.vmfb", staging / rel)
+            copy_atomic(srcs[r] / preset / f"{sub}.vmfb", staging / rel, link)
             modules[sub] = {"preset": preset, "file": rel}
             presets_used[preset] = man["presets"][preset]
         fallbacks = {}
@@ -100,7 +101,7 @@ def _write_bundle(staging, out, srcs, loaded, placements, gamma, tok_path, t_met
                     continue
                 cpu = _resolve_preset("cpu", man, r)
                 rel = f"{r}/{cpu}/{sub}.vmfb"
-                copy_atomic(srcs[r] / cpu / f"{sub}.vmfb", staging / rel)
+                copy_atomic(srcs[r] / cpu / f"{sub}.vmfb", staging / rel, link)
                 fallbacks[sub] = {"preset": cpu, "file": rel}
                 presets_used[cpu] = man["presets"][cpu]
         models[r] = {"source": str(srcs[r].resolve()), "files": files, "modules": modules,
@@ -145,7 +146,8 @@ def _runtime_version() -> str:
 
 def make_bundle(draft: str | Path, target: str | Path, places: list[str], gamma: int,
                 out: str | Path, tokenizer: str | Path | None = None,
-                prompt_template: str | None = None, fallback: str | None = None, log=print) -> dict:
+                prompt_template: str | None = None, fallback: str | None = None, link: bool = False,
+                log=print) -> dict:
     from .runtime.tokenizer import check_covers, check_pair, load_tokenizer
 
     srcs = {"draft": Path(draft), "target": Path(target)}
@@ -181,7 +183,7 @@ def make_bundle(draft: str | Path, target: str | Path, places: list[str], gamma:
     staging = out.with_name(f".{out.name}.partial")
     try:
         manifest = _write_bundle(staging, out, srcs, loaded, placements, gamma, tok_path, t_meta, fallback,
-                                 prompt_template)
+                                 prompt_template, link)
     except OSError as e:
         shutil.rmtree(staging, ignore_errors=True)     # nothing half-written stays behind
         raise UserError(f"cannot write the bundle {out}: {e.strerror or e}"

@@ -40,7 +40,7 @@ def cmd_bundle(a):
     if a.prompt_template is not None and "{prompt}" not in a.prompt_template:
         raise UserError("--prompt-template must contain {prompt}")
     make_bundle(a.draft, a.target, a.place or [], a.gamma, a.out, tokenizer=a.tokenizer,
-                prompt_template=a.prompt_template, fallback=a.fallback)
+                prompt_template=a.prompt_template, fallback=a.fallback, link=a.link)
 
 
 def cmd_run(a):
@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gamma", type=int, default=4)
     p.add_argument("--fallback", choices=["cpu"], help="also carry CPU modules for GPU-placed subgraphs")
     p.add_argument("--prompt-template", help="e.g. '<s>{prompt} => ' (default: the prompt as given)")
+    p.add_argument("--link", action="store_true",
+                   help="hard-link the weights and modules from the artifacts instead of copying them "
+                        "(same filesystem; a copy otherwise): no extra disk for a local bundle")
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_bundle)
 
@@ -217,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--simulate-alpha", type=float, help="accept/reject drawn from Bernoulli(A)")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed passes over the prompts per configuration before the timed rounds (default 1)")
+    p.add_argument("--no-link", action="store_true",
+                   help="copy the artifacts into each configuration's bundle instead of hard-linking them")
     p.add_argument("--png", help="write the predicted-vs-measured chart here")
     p.add_argument("--json", help="write all figures here")
     p.set_defaults(fn=cmd_bench)

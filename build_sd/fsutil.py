@@ -41,15 +41,30 @@ def write_json(path: str | Path, obj) -> bool:
     return write_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def copy_atomic(src: str | Path, dst: str | Path) -> bool:
-    """Copy src to dst unless dst already has the same size and bytes' hash."""
+def copy_atomic(src: str | Path, dst: str | Path, link: bool = False) -> bool:
+    """Copy src to dst unless dst already has the same size and bytes' hash.
+
+    link=True hard-links instead of copying when both sit on one filesystem (falls back to a
+    copy otherwise): a bundle then costs no disk for its weights. Safe only because build_sd
+    replaces files by rename, never in place, so a rebuild of src breaks the link and leaves dst
+    as it was; a user who edits a linked file in place edits both (hence opt-in).
+    """
     src, dst = Path(src), Path(dst)
-    if dst.exists() and dst.stat().st_size == src.stat().st_size and sha256_file(dst) == sha256_file(src):
-        return False
+    if dst.exists():
+        if link and os.path.samefile(src, dst):
+            return False
+        if not link and dst.stat().st_size == src.stat().st_size and sha256_file(dst) == sha256_file(src):
+            return False
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.tmp")
     try:
-        shutil.copyfile(src, tmp)
+        tmp.unlink(missing_ok=True)
+        try:
+            if not link:
+                raise OSError
+            os.link(src, tmp)
+        except OSError:          # not asked, other filesystem (EXDEV) or links not allowed (EPERM)
+            shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)

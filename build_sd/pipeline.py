@@ -20,7 +20,7 @@ def layout_name(split) -> str:
 
 
 def build_config(cfg: dict, plan: dict, out: Path, bundle_dir: Path, validate_models: bool = True,
-                 log=print, profile: dict | None = None) -> Path:
+                 log=print, profile: dict | None = None, link: bool = False) -> Path:
     """Export/compile/validate/bundle one plan configuration (a dict from plan['configs'])."""
     from .bundle import make_bundle
     from .compile import compile_artifacts
@@ -54,7 +54,7 @@ def build_config(cfg: dict, plan: dict, out: Path, bundle_dir: Path, validate_mo
         arts[role] = art
         for sub, dev in p["devices"].items():
             places.append(f"{role}.{_label(sub)}={devices[dev]['preset']}")
-    make_bundle(arts["draft"], arts["target"], places, cfg["gamma"], bundle_dir, log=log)
+    make_bundle(arts["draft"], arts["target"], places, cfg["gamma"], bundle_dir, link=link, log=log)
     return bundle_dir
 
 

@@ -182,6 +182,43 @@ def test_disk_full_while_bundling_keeps_previous(bundle, target_whole, draft_art
     assert cli("verify", bundle)[0] == 0
 
 
+def test_linked_bundle_shares_files_and_survives_a_rebuild(target_whole, draft_art, tmp_path):
+    # private copies of the artifacts: the test rewrites one, the shared cache must stay intact
+    t_art, d_art = tmp_path / "t", tmp_path / "d"
+    shutil.copytree(target_whole, t_art)
+    shutil.copytree(draft_art, d_art)
+    out = tmp_path / "b"
+    rc, _, err = cli("bundle", "--draft", d_art, "--target", t_art, "--place", "draft=host", "--place",
+                     "target=host", "--gamma", "2", "--link", "--out", out)
+    assert rc == 0, err
+    man = json.loads((out / "manifest.json").read_text())
+    for rel, src in (("target/model.irpa", t_art / "model.irpa"), (man["models"]["target"]["modules"]["whole"]["file"],
+                                                                  t_art / "host" / "whole.vmfb")):
+        assert os.path.samefile(out / rel, src), rel            # no second copy on disk
+    want = run_json(out, "hello world", max_new_tokens=6)["token_ids"]
+    # a rebuild replaces artifacts by rename: the link breaks, the bundle keeps its bytes
+    irpa = t_art / "model.irpa"
+    tmp = irpa.with_name(".new")
+    tmp.write_bytes(b"rebuilt" + irpa.read_bytes()[7:])
+    os.replace(tmp, irpa)
+    assert not os.path.samefile(out / "target/model.irpa", irpa)
+    assert cli("verify", out)[0] == 0
+    assert run_json(out, "hello world", max_new_tokens=6)["token_ids"] == want
+    # packing a linked bundle gives plain files, the same archive as a copied bundle's
+    copied = tmp_path / "copies" / "b"                     # same folder name: same archive root
+    shutil.copytree(out, copied)
+    a, b = tmp_path / "a.tgz", tmp_path / "c.tgz"
+    assert cli("pack", out, "--out", a)[0] == 0 and cli("pack", copied, "--out", b)[0] == 0
+    with tarfile.open(a) as t:
+        assert all(m.isfile() or m.isdir() for m in t.getmembers())
+    assert sha(a) == sha(b)
+
+
+def sha(p: Path) -> str:
+    import hashlib
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
 def test_pack_is_deterministic_and_unpacks_elsewhere(bundle, tmp_path):
     a, b = tmp_path / "a.tgz", tmp_path / "b.tgz"
     assert cli("pack", bundle, "--out", a)[0] == 0
