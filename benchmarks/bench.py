@@ -232,14 +232,16 @@ def bsd_plan(bundle: Path, draft: Path, target: Path, prompts_file: Path, thread
     sh([BSD, "calibrate", bundle, "--prompts", prompts_file, "--limit", str(n_prompts), "--gamma", "8",
         "--out", d / "calib.json"], lg, env=env, timeout=1800)
     sh([BSD, "profile", bundle, "--devices", "cpu", "--out", d / "profile.json"], lg, env=env, timeout=1800)
-    out = sh([BSD, "plan", "--draft", draft, "--target", target, "--platform", "host", "--devices", "cpu",
+    out = sh([BSD, "plan", "--draft", draft, "--target", target, "--platform", "host", "--devices", "cpu,cpu-sync",
               "--calibration", d / "calib.json", "--profile", d / "profile.json", "--out", d / "plan.json"],
              lg, env=env, timeout=600)
     plan = json.loads((d / "plan.json").read_text())
     cal = json.loads((d / "calib.json").read_text())
     top = plan["configs"][0]
     spec = next(c for c in plan["configs"] if c["gamma"] > 0)
-    return {"top_gamma": top["gamma"], "gamma": spec["gamma"], "alpha": cal["greedy"]["alpha"],
+    drivers = {role: plan["devices"][spec[role]["devices"]["whole"]]["driver"] for role in ("draft", "target")
+               if spec[role] and "whole" in spec[role]["devices"]}
+    return {"top_gamma": top["gamma"], "gamma": spec["gamma"], "alpha": cal["greedy"]["alpha"], "drivers": drivers,
             "per_position": cal["greedy"]["per_position"], "printed": out.strip().splitlines()[-8:],
             "top": [{k: c[k] for k in ("gamma", "pred_tokens_per_s", "speedup")} | {
                 "target": c["target"]["label"], "draft": c["draft"]["label"] if c["draft"] else None}
@@ -592,7 +594,7 @@ def main(argv=None) -> int:
         return lambda: Worker(cmd, WORK / "logs" / f"worker-{name}.log", timeout)
 
     def add_target_rows(section, group, label, tckpt, cfg, dtype, bsd_bundle_dir, max_new, ignore_eos, positions,
-                        hf=True, et=True, split=False, pf=None, warm=0):
+                        hf=True, et=True, split=False, pf=None, warm=0, sync_row=False):
         """build_sd, llama.cpp, PyTorch, ExecuTorch target-only rows of one model and dtype. split: the
         model is too big for all four at once: build_sd + llama.cpp alternate in one group, PyTorch and
         ExecuTorch each in their own group with llama.cpp again (the link for the ratios)."""
@@ -602,14 +604,19 @@ def main(argv=None) -> int:
         common = ["--prompts", pf, "--threads", T, "--warmup", warm]
         eos = ["--ignore-eos"] if ignore_eos else []
         sfx = f"{section}-{dtype}"
-        r = Row(f"bsd-{sfx}", section, group, "build_sd (IREE, host)", label, dtype, "target only",
-                bytes_per_token=bpt)
-        if isinstance(bsd_bundle_dir, str):
-            r.why = bsd_bundle_dir
-        else:
-            r.start = worker(W + ["bsd", "--bundle", bsd_bundle_dir, "--gamma", 0, "--max-new", max_new] + common + eos,
-                             r.id)
-        rows.append(r)
+        # build_sd under IREE's worker pool (local-task, --threads workers) and, for the small
+        # models, also on the calling thread (local-sync: the planner's `cpu-sync`, no wake-ups)
+        for drv in (["local-task", "local-sync"] if sync_row else ["local-task"]):
+            tag = "" if drv == "local-task" else "-sync"
+            r = Row(f"bsd-{sfx}{tag}", section, group, f"build_sd (IREE, host{', local-sync' if tag else ''})",
+                    label, dtype, "target only", bytes_per_token=bpt,
+                    note="local-sync: one thread, whatever --threads says" if tag else "")
+            if isinstance(bsd_bundle_dir, str):
+                r.why = bsd_bundle_dir
+            else:
+                r.start = worker(W + ["bsd", "--bundle", bsd_bundle_dir, "--gamma", 0, "--max-new", max_new,
+                                      "--cpu-driver", drv] + common + eos, r.id)
+            rows.append(r)
         lrow = Row(f"llama-{sfx}", section, group, "llama.cpp", label, dtype, "target only", bytes_per_token=bpt)
         if llama is None:
             lrow.why = failures.get("llama.cpp", "skipped (--no-llamacpp)")
@@ -682,14 +689,17 @@ def main(argv=None) -> int:
         gamma = plan["gamma"] if plan else 4
     if "demo" in sections:
         add_target_rows("demo", "demo", "demo target (12.6M)", demo["target"], dcfg, "f32", demo_bundle, a.max_new,
-                        False, mean_prompt + a.max_new / 4, warm=a.warmup)
+                        False, mean_prompt + a.max_new / 4, warm=a.warmup, sync_row=True)
         spec = f"speculative g={gamma}"
         r = Row("bsd-spec", "demo", "demo", "build_sd (IREE, host)", "demo pair", "f32", spec)
         if isinstance(demo_bundle, str):
             r.why = demo_bundle
         else:
-            r.start = worker(W + ["bsd", "--bundle", demo_bundle, "--gamma", gamma, "--max-new", a.max_new] + common,
-                             r.id)
+            drv = sum((["--cpu-driver", f"{k}={v}"] for k, v in (plan or {}).get("drivers", {}).items()), [])
+            r.start = worker(W + ["bsd", "--bundle", demo_bundle, "--gamma", gamma, "--max-new", a.max_new]
+                             + drv + common, r.id)
+            if drv:
+                r.note = "the plan's CPU drivers: " + ", ".join(drv[1::2])
         rows.append(r)
         r = Row("llama-spec", "demo", "demo", "llama.cpp", "demo pair", "f32", spec,
                 note="our driver (bsd-llama): build_sd's loop on llama.cpp contexts")
@@ -719,7 +729,7 @@ def main(argv=None) -> int:
         except StepFailed as e:
             b16 = f"build_sd build failed: {e}"
         add_target_rows("demo", "demo16", "demo target (12.6M)", demo["target"], dcfg, "f16", b16, a.max_new,
-                        False, mean_prompt + a.max_new / 4, et=True, warm=a.warmup)
+                        False, mean_prompt + a.max_new / 4, et=True, warm=a.warmup, sync_row=True)
 
     # ---- larger shapes (random weights) ----
     if sections & {"1b", "150m"}:

@@ -81,7 +81,7 @@ def bsd(a) -> None:
             return man
         S.read_manifest = patched
     t = time.perf_counter()
-    s = open_bundle(a.bundle, load_draft=a.gamma > 0, check_hashes=False)
+    s = open_bundle(a.bundle, load_draft=a.gamma > 0, check_hashes=False, cpu_driver=a.cpu_driver)
     load_s = time.perf_counter() - t
     s.warmup()
     eos = () if a.ignore_eos else s.eos_ids
@@ -213,6 +213,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="f32")
     ap.add_argument("--attn", default="sdpa", help="transformers attn_implementation (sdpa, eager)")
     ap.add_argument("--driver", help="bsd: run the bundle under this HAL driver instead (experiments)")
+    ap.add_argument("--cpu-driver", action="append", help="bsd: [ROLE=]local-sync|local-task (build-sd run's)")
     ap.add_argument("--pte")
     ap.add_argument("--eos", default="2")
     ap.add_argument("--prefill-one", action="store_true", help="ET: the graph takes one token at a time")

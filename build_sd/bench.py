@@ -35,12 +35,34 @@ def _bandwidth_gbs() -> float:
     return a.nbytes / best / 1e9
 
 
+def _presets_of(art: str) -> dict:
+    import json
+    return json.loads((Path(art) / "manifest.json").read_text())["presets"]
+
+
+def _overlay(base: dict, fresh: dict) -> dict:
+    """base with the presets, host figures and transfers that `fresh` measured replaced."""
+    import copy
+    out = copy.deepcopy(base)
+    by_name = {m["name"]: m for m in fresh["models"]}
+    for m in out["models"]:
+        f = by_name.get(m["name"])
+        if f:
+            m["latency"].update(f["latency"])
+            m["step"].update(f.get("step", {}))
+    if fresh.get("host"):
+        out["host"] = fresh["host"]
+    return out
+
+
 def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[str], rounds: int = 4,
               max_new_tokens: int = 48, simulate_alpha: float | None = None, png: str | None = None,
-              configs: list[int] | None = None, warmup: int = 1, link: bool = True, log=print) -> dict:
+              configs: list[int] | None = None, warmup: int = 1, link: bool = True,
+              prompt_template: str | None = None, reprofile: bool = True, log=print) -> dict:
     """warmup: untimed passes over the prompts per configuration before the timed rounds (0: only
     one call of every function); link: the per-configuration bundles hard-link the artifacts'
-    weights and modules instead of copying them (N bundles of one pair cost no extra disk)."""
+    weights and modules instead of copying them (N bundles of one pair cost no extra disk);
+    reprofile: profile the CPU again before every round and predict that round from it."""
     from .pipeline import build_config
     from .plan import load_plan, make_plan
     from .runtime.calibrate import calibrate
@@ -54,6 +76,8 @@ def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[s
     plan = load_plan(plan_path)
     if plan["platform"] != "host":
         raise UserError(f"the plan is for {plan['platform']}: bench measures on this machine (plan --platform host)")
+    if configs and max(configs) >= len(plan["configs"]):
+        raise UserError(f"--configs: the plan has {len(plan['configs'])} configurations")
     chosen = [plan["configs"][i] for i in (configs or range(min(top, len(plan["configs"]))))]
     # always measure the best target-only configuration too: the speedup baseline
     base = next(c for c in plan["configs"] if c["gamma"] == 0)
@@ -66,14 +90,15 @@ def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[s
         b = root / "bench" / f"c{i}"
         log(f"[build {i + 1}/{len(chosen)}] target {cfg['target']['label']} draft "
             f"{cfg['draft']['label'] if cfg['draft'] else '-'} gamma {cfg['gamma']}")
-        build_config(cfg, plan, root, b, validate_models=(i == 0), log=lambda m: None, link=link)
+        build_config(cfg, plan, root, b, validate_models=(i == 0), log=lambda m: None, link=link,
+                     prompt_template=prompt_template)
         bundles.append(b)
 
     # 2. profile every artifacts folder used, and calibrate alpha, now
     arts = sorted({str(p) for p in (root / "artifacts").iterdir() if (p / "manifest.json").exists()})
     log(f"profiling {len(arts)} artifacts folders")
     bw_before = _bandwidth_gbs()
-    prof = profile(arts, log=lambda m: None)
+    prof = profile(arts, log=lambda m: log(f"  {m}"))
     if simulate_alpha is not None:
         alpha = simulate_alpha
     else:
@@ -82,12 +107,16 @@ def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[s
         if cal_bundle is None:
             alpha = 0.0
         else:
-            cal = calibrate(str(cal_bundle), prompts, gamma=8, max_new_tokens=max_new_tokens, log=lambda m: None)
+            log(f"calibrating alpha on {len(prompts)} prompts (gamma 8)")
+            cal = calibrate(str(cal_bundle), prompts, gamma=8, max_new_tokens=max_new_tokens, log=lambda m: log(f"  {m}"))
             alpha = [x for x in cal["greedy"]["per_position"] if x is not None] or cal["greedy"]["alpha"]
-    # 3. predictions from this profile and alpha, for exactly these configurations
-    fresh = make_plan(plan["draft"]["checkpoint"], plan["target"]["checkpoint"], "host", alpha, prof,
-                      dtype=plan["dtype"], max_context=plan["max_context"], devices=list(plan["devices"]))
-    pred = {_key(c): c for c in fresh["configs"]}
+    # 3. predictions from a profile and alpha, for exactly these configurations (the cost model,
+    #    unchanged); made again each round from that round's CPU profile, see 4.
+    def predict_all(pr: dict) -> dict:
+        fresh = make_plan(plan["draft"]["checkpoint"], plan["target"]["checkpoint"], "host", alpha, pr,
+                          dtype=plan["dtype"], max_context=plan["max_context"], devices=list(plan["devices"]))
+        return {_key(c): c for c in fresh["configs"]}
+    pred0 = predict_all(prof)
 
     # 4. measure, alternating
     sessions = []
@@ -114,26 +143,51 @@ def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[s
         for i in range(len(chosen)):
             one_pass(i, -1 - w)
         log(f"warm-up {w + 1}/{warmup}: {time.perf_counter() - t:.1f}s")
+    # 4. measure, alternating. This machine's speed drifts by up to 1.5x within minutes, so each
+    #    round first re-profiles the CPU (the isolated and in-situ figures the planner reads; GPU
+    #    figures are kept from step 2, lavapipe being too slow to re-profile every round), then
+    #    predicts from it and measures every configuration: a prediction is compared with the
+    #    measurement of the same minutes.
+    cpu_arts = [a for a in arts if any(pr_["backend"] == "llvm-cpu"
+                                       for pr_ in _presets_of(a).values())]
+    used = {plan["devices"][d]["driver"] for c in chosen for p_ in (c["draft"], c["target"]) if p_
+            for d in p_["devices"].values()}
+    cpu_drivers = tuple(d for d in ("local-task", "local-sync") if d in used) or ("local-task",)
     tps = [[] for _ in chosen]
+    preds = [[] for _ in chosen]
     bws = []
     for r in range(rounds):
         bws.append(_bandwidth_gbs())
+        if reprofile and cpu_arts:
+            pr = _overlay(prof, profile(cpu_arts, devices=["cpu"], budget_s=0.15, log=lambda m: None,
+                                        cpu_drivers=cpu_drivers))
+            pr_pred = predict_all(pr)
+        else:
+            pr_pred = pred0
         order = list(range(len(chosen)))
         order = order[r % len(order):] + order[:r % len(order)]
         for i in order:
             tps[i].append(one_pass(i, r))
-        log(f"round {r + 1}/{rounds}: bandwidth {bws[-1]:.1f} GB/s")
+            preds[i].append(pr_pred[_key(chosen[i])]["pred_tokens_per_s"])
+        errs = [(preds[i][-1] - tps[i][-1]) / tps[i][-1] for i in range(len(chosen))]
+        log(f"round {r + 1}/{rounds}: bandwidth {bws[-1]:.1f} GB/s, median |error| "
+            f"{100 * statistics.median(abs(e) for e in errs):.1f}%")
     bws.append(_bandwidth_gbs())
+    pred = {_key(c): dict(pred0[_key(c)], pred_tokens_per_s=round(statistics.median(preds[i]), 2))
+            for i, c in enumerate(chosen)}
 
     rows = []
     for i, cfg in enumerate(chosen):
         p = pred[_key(cfg)]
         meas = statistics.median(tps[i])
+        # error: paired per round (prediction and measurement of the same minutes), median
+        err = statistics.median((pp - mm) / mm for pp, mm in zip(preds[i], tps[i]))
         rows.append({"rank_in_plan": plan["configs"].index(cfg) + 1 if cfg in plan["configs"] else None,
                      "draft": cfg["draft"]["label"] if cfg["draft"] else "-", "target": cfg["target"]["label"],
                      "gamma": cfg["gamma"], "predicted_tokens_per_s": p["pred_tokens_per_s"],
                      "measured_tokens_per_s": round(meas, 2), "rounds": [round(x, 2) for x in tps[i]],
-                     "error": round((p["pred_tokens_per_s"] - meas) / meas, 4),
+                     "predicted_rounds": [round(x, 2) for x in preds[i]],
+                     "error": round(err, 4),
                      "predicted_speedup": p["speedup"]})
     base_meas = next(r["measured_tokens_per_s"] for r, c in zip(rows, chosen) if _key(c) == _key(base))
     for r in rows:
@@ -204,18 +258,24 @@ def _plot(res: dict, path: str):
 
 def run_bench_cli(a) -> int:
     from .fsutil import write_json
-    p = Path(a.prompts)
-    if not p.exists():
-        raise UserError(f"prompts file not found: {p}")
-    prompts = [ln.split("\t")[0] for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    if a.limit:
-        prompts = prompts[:a.limit]
+    from .runtime.cli_run import read_prompts
+    prompts = read_prompts(a.prompts, a.limit)
     if a.simulate_alpha is not None and not 0 <= a.simulate_alpha <= 1:
         raise UserError("--simulate-alpha must be in [0, 1]")
+    from .pipeline import check_template
+    check_template(a.prompt_template)
     if a.warmup < 0 or a.rounds < 1:
         raise UserError("--warmup must be >= 0 and --rounds >= 1")
+    configs = None
+    if a.configs:
+        try:
+            configs = [int(x) - 1 for x in a.configs.split(",") if x.strip()]
+        except ValueError:
+            raise UserError(f"--configs: plan ranks like 1,2,9 expected, got {a.configs!r}") from None
+        if not configs or min(configs) < 0:
+            raise UserError("--configs: ranks start at 1")
     res = run_bench(a.root, a.plan, a.top, prompts, a.rounds, a.max_new_tokens, a.simulate_alpha, a.png,
-                    warmup=a.warmup, link=not a.no_link)
+                    configs=configs, warmup=a.warmup, link=not a.no_link, prompt_template=a.prompt_template)
     if a.json:
         write_json(a.json, res)
     return 0

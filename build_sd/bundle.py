@@ -59,6 +59,8 @@ def placement_for(role: str, want: dict, man: dict, meta: dict) -> dict[str, str
     """Subgraph name -> preset for every subgraph of the model."""
     subs = [sg["name"] for sg in meta["subgraphs"]]
     default = want.get(None)
+    if default is None and set(subs) <= set(want):      # every subgraph placed by name: no default needed
+        default = want[subs[0]]
     if default is None:
         if len(man["presets"]) != 1:
             raise UserError(f"no placement for the {role}: add --place {role}=PRESET "
@@ -76,7 +78,7 @@ def placement_for(role: str, want: dict, man: dict, meta: dict) -> dict[str, str
 
 
 def _write_bundle(staging, out, srcs, loaded, placements, gamma, tok_path, t_meta, fallback, prompt_template,
-                  link=False):
+                  link=False, cpu_driver=None):
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
@@ -119,6 +121,7 @@ def _write_bundle(staging, out, srcs, loaded, placements, gamma, tok_path, t_met
         "prompt_template": prompt_template or "{prompt}",
         "iree": {"compiler": loaded["target"][0]["compiler"]["version"], "runtime_at_build": _runtime_version()},
         "placement": {r: {sub: m["preset"] for sub, m in models[r]["modules"].items()} for r in ROLES},
+        **({"cpu_driver": cpu_driver} if cpu_driver else {}),
         "presets": presets_used,
         "models": models,
         "tokenizer": "tokenizer.json",
@@ -147,7 +150,7 @@ def _runtime_version() -> str:
 def make_bundle(draft: str | Path, target: str | Path, places: list[str], gamma: int,
                 out: str | Path, tokenizer: str | Path | None = None,
                 prompt_template: str | None = None, fallback: str | None = None, link: bool = False,
-                log=print) -> dict:
+                cpu_driver=None, log=print) -> dict:
     from .runtime.tokenizer import check_covers, check_pair, load_tokenizer
 
     srcs = {"draft": Path(draft), "target": Path(target)}
@@ -180,10 +183,12 @@ def make_bundle(draft: str | Path, target: str | Path, places: list[str], gamma:
     if fallback not in (None, "cpu"):
         raise UserError(f"--fallback: only 'cpu' is supported, got {fallback!r}")
     placements = {r: placement_for(r, want[r], *loaded[r]) for r in ROLES}   # errors before any write
+    from .runtime.session import parse_cpu_driver
+    cpu_driver = parse_cpu_driver(cpu_driver)
     staging = out.with_name(f".{out.name}.partial")
     try:
         manifest = _write_bundle(staging, out, srcs, loaded, placements, gamma, tok_path, t_meta, fallback,
-                                 prompt_template, link)
+                                 prompt_template, link, cpu_driver)
     except OSError as e:
         shutil.rmtree(staging, ignore_errors=True)     # nothing half-written stays behind
         raise UserError(f"cannot write the bundle {out}: {e.strerror or e}"

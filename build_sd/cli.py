@@ -40,7 +40,7 @@ def cmd_bundle(a):
     if a.prompt_template is not None and "{prompt}" not in a.prompt_template:
         raise UserError("--prompt-template must contain {prompt}")
     make_bundle(a.draft, a.target, a.place or [], a.gamma, a.out, tokenizer=a.tokenizer,
-                prompt_template=a.prompt_template, fallback=a.fallback, link=a.link)
+                prompt_template=a.prompt_template, fallback=a.fallback, link=a.link, cpu_driver=a.cpu_driver)
 
 
 def cmd_run(a):
@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gamma", type=int, default=4)
     p.add_argument("--fallback", choices=["cpu"], help="also carry CPU modules for GPU-placed subgraphs")
     p.add_argument("--prompt-template", help="e.g. '<s>{prompt} => ' (default: the prompt as given)")
+    p.add_argument("--cpu-driver", action="append", metavar="[ROLE=]DRIVER",
+                   help="IREE driver for the CPU modules on the board: local-task (worker pool, default) or "
+                        "local-sync (calling thread; faster for small models), e.g. draft=local-sync")
     p.add_argument("--link", action="store_true",
                    help="hard-link the weights and modules from the artifacts instead of copying them "
                         "(same filesystem; a copy otherwise): no extra disk for a local bundle")
@@ -165,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", action="store_true", help="ignore the bundle's prompt template")
     p.add_argument("--fallback", choices=["cpu"], help="run GPU-placed subgraphs on the bundle's CPU modules")
     p.add_argument("--threads", type=int, help="CPU worker threads (default: the bundle's, else one per core)")
+    p.add_argument("--cpu-driver", action="append", metavar="[ROLE=]DRIVER",
+                   help="local-sync or local-task for the CPU modules, e.g. draft=local-sync "
+                        "(default: the bundle's, else local-task)")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("profile", help="measure every subgraph function on this machine (no torch)")
@@ -208,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration")
     p.add_argument("--dtype", default="f32", choices=["f32", "f16"])
     p.add_argument("--max-context", type=int, default=512)
+    p.add_argument("--prompt-template", help="the bundle's prompt format, e.g. '<s>{prompt} => '")
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_build)
 
@@ -215,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("root", metavar="BUNDLE_OR_ARTIFACTS", help="working folder (e.g. the build --out)")
     p.add_argument("--plan", required=True)
     p.add_argument("--top", type=int, default=5)
+    p.add_argument("--configs", help="plan ranks to measure instead of the top N, e.g. 1,2,9,10")
+    p.add_argument("--prompt-template", help="the bundles' prompt format, e.g. '<s>{prompt} => ' "
+                                             "(alpha depends on it: use the one the pair was trained with)")
     p.add_argument("--prompts", required=True)
     p.add_argument("--limit", type=int, help="use the first N prompts")
     p.add_argument("--rounds", type=int, default=4)
@@ -244,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_push)
 
     p = sub.add_parser("demo", help="build the embedded English->German pair and translate")
-    p.add_argument("--gamma", type=int, default=4)
+    p.add_argument("--gamma", type=int, help="draft length (default: the planner's choice, from a profile "
+                                              "of this CPU and the pair's calibrated alpha)")
     p.add_argument("--sentences", type=int, default=6)
     p.set_defaults(fn=cmd_demo)
     return ap

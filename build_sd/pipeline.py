@@ -20,7 +20,8 @@ def layout_name(split) -> str:
 
 
 def build_config(cfg: dict, plan: dict, out: Path, bundle_dir: Path, validate_models: bool = True,
-                 log=print, profile: dict | None = None, link: bool = False) -> Path:
+                 log=print, profile: dict | None = None, link: bool = False,
+                 prompt_template: str | None = None) -> Path:
     """Export/compile/validate/bundle one plan configuration (a dict from plan['configs'])."""
     from .bundle import make_bundle
     from .compile import compile_artifacts
@@ -31,6 +32,7 @@ def build_config(cfg: dict, plan: dict, out: Path, bundle_dir: Path, validate_mo
     draft_p = cfg["draft"] or {"split": None, "devices": {"whole": next(iter(cfg["target"]["devices"].values()))}}
     arts = {}
     places = []
+    cpu_driver = {}
     for role, p in (("target", cfg["target"]), ("draft", draft_p)):
         layout = layout_name(p["split"])
         presets = sorted({devices[d]["preset"] for d in p["devices"].values()})
@@ -54,7 +56,10 @@ def build_config(cfg: dict, plan: dict, out: Path, bundle_dir: Path, validate_mo
         arts[role] = art
         for sub, dev in p["devices"].items():
             places.append(f"{role}.{_label(sub)}={devices[dev]['preset']}")
-    make_bundle(arts["draft"], arts["target"], places, cfg["gamma"], bundle_dir, link=link, log=log)
+            if devices[dev].get("driver") == "local-sync":     # the plan put this model on cpu-sync
+                cpu_driver[role] = "local-sync"
+    make_bundle(arts["draft"], arts["target"], places, cfg["gamma"], bundle_dir, link=link,
+                prompt_template=prompt_template, cpu_driver=cpu_driver or None, log=log)
     return bundle_dir
 
 
@@ -73,8 +78,14 @@ def _existing_presets(art: Path) -> set[str]:
         return set()
 
 
+def check_template(t: str | None) -> None:
+    if t is not None and "{prompt}" not in t:
+        raise UserError("--prompt-template must contain {prompt}")
+
+
 def run_build(a) -> int:
     from .plan import make_plan, print_plan, read_alpha, write_plan
+    check_template(a.prompt_template)
     prof = None
     if a.profile:
         from .runtime.profiler import load_profile
@@ -88,6 +99,6 @@ def run_build(a) -> int:
     chosen = plan["configs"][0]
     print(f"building #1: {chosen['target']['label']} / {chosen['draft']['label'] if chosen['draft'] else '-'}"
           f", gamma {chosen['gamma']}")
-    build_config(chosen, plan, out, out / "bundle", profile=prof)
+    build_config(chosen, plan, out, out / "bundle", profile=prof, prompt_template=a.prompt_template)
     print(f"bundle: {out / 'bundle'}")
     return 0

@@ -36,13 +36,15 @@ class Placement:
         return asdict(self)
 
 
-def placements(num_layers: int, devices: list[str]) -> list[Placement]:
+def placements(num_layers: int, devices: list[str], same_compute: set | None = None) -> list[Placement]:
+    """same_compute: device pairs that are one processor under two drivers (cpu, cpu-sync): a
+    model is never split across them (a transfer for nothing)."""
     out = [Placement(None, {"whole": d}, d) for d in devices]
     L = num_layers
     for k in range(1, L):
         for a in devices:
             for b in devices:
-                if a == b:
+                if a == b or frozenset((a, b)) in (same_compute or set()):
                     continue
                 for head in (a, b):
                     out.append(Placement([0, k], {"embed": a, f"layers_0_{k}": a, f"layers_{k}_{L}": b,
@@ -68,13 +70,23 @@ class Latencies:
     def __init__(self, platform: Platform, cfg: ModelConfig, dtype: str, S: int,
                  profile: dict | None, model_sha: str | None):
         self.platform, self.cfg, self.dtype, self.S = platform, cfg.to_dict(), dtype, S
+        # Every profiled export of this model (whole, split at k...) is one entry; merge them so
+        # a placement reads the module it will run (the whole module for a whole placement, not
+        # the sum of a split export's parts), preferring figures timed inside speculative loops.
         self.entry = None
         if profile:
+            merged: dict = {}
             for m in profile["models"]:
-                if m["source"]["sha256"].get("config.json") == model_sha:
-                    self.entry = m
-                    self.dtype, self.S = m["dtype"], m["max_context"]
-                    break
+                if m["source"]["sha256"].get("config.json") != model_sha:
+                    continue
+                self.dtype, self.S = m["dtype"], m["max_context"]
+                for preset, subs in m["latency"].items():
+                    for name, fns in subs.items():
+                        slot = merged.setdefault(preset, {}).setdefault(name, {})
+                        for fname, st in fns.items():
+                            if fname not in slot or ("in_situ_n" in st and "in_situ_n" not in slot[fname]):
+                                slot[fname] = st
+            self.entry = {"latency": merged} if merged else None
         self.sources: dict[str, int] = {}
 
     def _analytic(self, kind, a, b, T, dev, prefill):
@@ -90,7 +102,7 @@ class Latencies:
         return self.entry["latency"][preset].get(name, {}).get(fname, {}).get(STAT)
 
     def ms(self, kind: str, a: int, b: int, T: int, dev: str, prefill: bool = False) -> float:
-        preset = self.platform.devices[dev].preset
+        preset = self.platform.devices[dev].profile_key
         fname = self._fname(T, prefill)
         name = {"embed": "embed", "head": "head", "whole": "whole"}.get(kind, f"layers_{a}_{b}")
         got = self._measured(preset, name, fname)
@@ -138,7 +150,10 @@ def transfer_for(platform: Platform, profile: dict | None, devs: set[str]) -> Tr
     """The crossing cost between the two devices of a placement (profile when measured)."""
     if len(devs) < 2:
         return Transfer()
-    drivers = sorted(platform.devices[d].driver for d in devs)
+    # local-sync buffers are host memory like local-task's: one transfer figure for both
+    drivers = sorted(platform.devices[d].driver.replace("local-sync", "local-task") for d in devs)
+    if len(set(drivers)) < 2:
+        return Transfer()
     if profile and profile.get("transfer"):
         ts = [v for k, v in profile["transfer"].items() if sorted(k.split("->")) == drivers]
         if ts:
@@ -191,8 +206,10 @@ def make_plan(draft_ckpt: str | Path, target_ckpt: str | Path, platform_name: st
     host_ms = host_ms.get("ms_per_iteration", platform.host_ms_per_iteration)
     gammas = list(gammas)
     tTs = sorted({1} | {g + 1 for g in gammas if g > 0})
-    t_opts = [(p, model_costs(tlat, p, tcfg.num_layers, tTs)) for p in placements(tcfg.num_layers, devs)]
-    d_opts = [(p, model_costs(dlat, p, dcfg.num_layers, [1, 2])) for p in placements(dcfg.num_layers, devs)]
+    same = {frozenset((a, b)) for a in devs for b in devs
+            if a != b and platform.devices[a].preset == platform.devices[b].preset}
+    t_opts = [(p, model_costs(tlat, p, tcfg.num_layers, tTs)) for p in placements(tcfg.num_layers, devs, same)]
+    d_opts = [(p, model_costs(dlat, p, dcfg.num_layers, [1, 2])) for p in placements(dcfg.num_layers, devs, same)]
     configs: list[Config] = []
     for tp, tc in t_opts:
         tr_t = transfer_for(platform, profile, set(tp.devices.values()))

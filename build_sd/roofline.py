@@ -72,6 +72,11 @@ class DeviceSpec:
     dispatch_overhead_us: float = 5.0
     call_overhead_us: float = 20.0   # the runner's per-call host work (args, readback)
 
+    @property
+    def profile_key(self) -> str:
+        """Where a profile keeps this device's figures (runtime/profiler.py: profile_key)."""
+        return f"{self.preset}@{self.driver}" if self.driver == "local-sync" else self.preset
+
     def latency_ms(self, w: Work, dtype: str) -> float:
         peak = self.peak_gflops.get(dtype) or self.peak_gflops.get("f32")
         t_compute = w.flops / (peak * 1e9 * self.compute_efficiency) if peak else 0.0
@@ -129,7 +134,8 @@ def get_platform(name: str) -> Platform:
 
 
 def host_platform(measure: bool = True) -> Platform:
-    """This machine: its CPU, plus lavapipe when present (same cores: never concurrent).
+    """This machine: its CPU (under local-task: `cpu`, and local-sync: `cpu-sync`), plus lavapipe
+    when present (same cores: never concurrent).
 
     Bandwidth and FLOP/s are fitted by a short measurement (numpy), an upper bound on what IREE
     reaches; a profile, when given, replaces these figures for everything it covers."""
@@ -137,7 +143,13 @@ def host_platform(measure: bool = True) -> Platform:
     bw, gflops = (_measure_host() if measure else (20.0, 50.0))
     cores = os.cpu_count() or 1
     devices = {"cpu": DeviceSpec("cpu", "cpu", "host", "local-task", {"f32": gflops, "f16": gflops},
-                                 bw, 0.8, 0.5, 3.0, 20.0)}
+                                 bw, 0.8, 0.5, 3.0, 20.0),
+               # the same modules under IREE's local-sync driver: one core, but no worker wake-ups
+               # between dispatches (a few us each here, up to ms on a shared VM): small models
+               # win, big ones lose the other cores' bandwidth. A profile decides; these figures
+               # only order them without one.
+               "cpu-sync": DeviceSpec("cpu-sync", "cpu", "host", "local-sync",
+                                      {"f32": gflops / cores, "f16": gflops / cores}, bw, 0.8, 0.5, 0.5, 10.0)}
     from .runtime.devices import vulkan_device_names
     if any("llvmpipe" in n for n in vulkan_device_names()):
         # lavapipe runs SPIR-V on the same cores through LLVM, measured ~30x slower per call here

@@ -118,6 +118,23 @@ def test_profile_of_other_models_refused(pair):
         make_plan(*pair, _platform(), 0.8, prof)
 
 
+def test_whole_placement_reads_the_whole_module_not_a_split_exports_parts(pair):
+    # the same target profiled as two exports (split at 4 first, whole second), as `build-sd
+    # bench` does: the whole placement must read the whole module's figures
+    from build_sd.plan import config_sha
+    d, t = pair
+
+    def entry(subs):
+        return {"name": "t", "source": {"sha256": {"config.json": config_sha(t)}}, "dtype": "f32",
+                "max_context": 128, "latency": {"host": subs}}
+    fns = lambda ms: {f: {"mean_ms": ms} for f in ["decode"] + [f"verify_T{g + 1}" for g in range(1, 9)]}
+    split = entry({"embed": fns(0.1), "layers_0_4": fns(1.0), "layers_4_8": fns(1.0), "head": fns(0.1)})
+    whole = entry({"whole": fns(7.0)})
+    plan = make_plan(d, t, _platform(), 0.8, {"models": [split, whole]}, max_context=128, devices=["cpu"])
+    base = next(c for c in plan["configs"] if c["gamma"] == 0 and c["target"]["split"] is None)
+    assert base["pred_ms_per_token"] == pytest.approx(7.0 + _platform().host_ms_per_iteration, rel=1e-3)
+
+
 def test_plan_round_trip(pair, tmp_path):
     from build_sd.cli import main
     d, t = pair
@@ -178,3 +195,25 @@ def test_profile_artifact_mismatch_refused(target_whole, tmp_path):
         make_plan(ck, ck, _platform(), 0.8, prof, max_context=512)
     plan = make_plan(ck, ck, _platform(), 0.8, prof, max_context=96)
     assert plan["latency_sources"]["target"].get("profile", 0) > 0
+
+
+def test_cpu_drivers_are_two_devices_of_one_processor(target_whole):
+    """The profile measures the CPU modules under local-task and local-sync; the planner reads
+    each for its own device (cpu, cpu-sync) and never splits a model across the two."""
+    from build_sd.plan import make_plan, placements
+    from build_sd.roofline import host_platform
+    from build_sd.runtime.profiler import profile
+    prof = profile([target_whole], devices=["cpu"], budget_s=0.02, log=lambda m: None)
+    lat = prof["models"][0]["latency"]
+    assert {"host", "host@local-sync"} <= set(lat)
+    assert lat["host"]["whole"]["decode"]["mean_ms"] > 0 and lat["host@local-sync"]["whole"]["decode"]["mean_ms"] > 0
+    plat = host_platform(measure=False)
+    assert plat.devices["cpu-sync"].profile_key == "host@local-sync" and plat.devices["cpu"].profile_key == "host"
+    assert all(p.split is None for p in placements(4, ["cpu", "cpu-sync"], {frozenset(("cpu", "cpu-sync"))}))
+    ck = json.loads((target_whole / "export.json").read_text())["source"]["path"]
+    plan = make_plan(ck, ck, plat, 0.8, prof, max_context=96, devices=["cpu", "cpu-sync"])
+    by = {(c["draft"]["label"] if c["draft"] else "-", c["target"]["label"], c["gamma"]): c for c in plan["configs"]}
+    for dev in ("cpu", "cpu-sync"):
+        want = lat[plat.devices[dev].profile_key]["whole"]["decode"]["mean_ms"] + prof["host"]["ms_per_iteration"]
+        assert by[("-", dev, 0)]["pred_ms_per_token"] == pytest.approx(want, rel=1e-3)
+    assert plan["devices"]["cpu-sync"]["driver"] == "local-sync"

@@ -96,6 +96,34 @@ def test_placements_agree_with_each_other(bundles):
     assert len(set(map(tuple, outs.values()))) == 1, outs
 
 
+def test_cpu_driver_local_sync_gives_the_same_tokens(bundles, target_whole, draft_art, tmp_path):
+    want = run_json(bundles["cpu"], PROMPTS[0], max_new_tokens=12, gamma=3)["token_ids"]
+    for spec in ("local-sync", "draft=local-sync"):
+        assert run_json(bundles["cpu"], PROMPTS[0], max_new_tokens=12, gamma=3, cpu_driver=spec)["token_ids"] == want
+    # chosen at bundle time: recorded in the manifest and used by the runner
+    b = tmp_path / "sync"
+    rc, _, err = cli("bundle", "--draft", draft_art, "--target", target_whole, "--place", "draft=host",
+                     "--place", "target=host", "--gamma", "3", "--cpu-driver", "draft=local-sync", "--out", b)
+    assert rc == 0, err
+    assert json.loads((b / "manifest.json").read_text())["cpu_driver"] == {"draft": "local-sync"}
+    from build_sd.runtime.session import open_bundle
+    s = open_bundle(b)
+    assert {st.device.driver for st in s.draft.stages} == {"local-sync"}
+    assert {st.device.driver for st in s.target.stages} == {"local-task"}
+    assert run_json(b, PROMPTS[0], max_new_tokens=12)["token_ids"] == want
+    rc, _, err = cli("run", b, "--prompt", "hi", "--cpu-driver", "draft=cuda")
+    assert rc == 2 and "--cpu-driver" in err and "Traceback" not in err
+
+
+@needs_vulkan
+def test_every_subgraph_placed_by_name_needs_no_default(target_split, draft_art, tmp_path):
+    # what `build-sd build` writes for a split plan: a --place per subgraph, no model-wide default
+    places = [f"target.embed={VK}", f"target.layers[0:2]={VK}", "target.layers[2:3]=host", "target.head=host"]
+    b = _bundle("by-name", draft_art, target_split, "draft=host", *places)
+    man = json.loads((b / "manifest.json").read_text())
+    assert man["placement"]["target"] == {"embed": VK, "layers_0_2": VK, "layers_2_3": "host", "head": "host"}
+
+
 def test_identical_draft_gives_alpha_one(target_whole):
     b = _bundle("self", target_whole, target_whole, "draft=host", "target=host")
     r = run_json(b, PROMPTS[1], gamma=4, max_new_tokens=30)

@@ -2,8 +2,10 @@
 
 Stages (each cached by build_sd's own incremental export/compile, so a second run only loads):
 export both models -> compile for `host` (+ `vulkan-llvmpipe` when a Vulkan device exists)
--> validate the target on this machine -> bundle -> translate test sentences with gamma G and
-with gamma 0 (target only) from the same bundle, alternating, and print the speedup.
+-> validate the target on this machine -> plan (profile this CPU under both IREE CPU drivers and
+calibrate alpha, cached; the cost model picks gamma and the drivers) -> bundle -> translate test
+sentences with that gamma and with gamma 0 (target only) from the same bundle, alternating, and
+print the speedup.
 """
 from __future__ import annotations
 
@@ -27,7 +29,50 @@ def _test_sentences(n: int) -> list[str]:
     return [p[0] for p in pairs[::step][:n]]
 
 
-def run_demo(out_dir: str | Path = ROOT / "artifacts" / "demo", gamma: int = 4, sentences: int = 6,
+def _x(pick) -> str:
+    return f"{pick['pred_tokens_per_s']:.0f} tok/s, {pick['speedup']:.2f}x over target-only"
+
+
+def _plan(out_dir: Path, arts: dict, template: str, con):
+    """Profile (both CPU drivers) and calibrate once, cached while the modules are unchanged;
+    plan over the CPU (worker pool or calling thread) x gamma 0..6. Lavapipe is left out: it
+    runs on these same cores ~30x slower per call (the planner would never pick it)."""
+    from . import DRAFT_DIR, TARGET_DIR
+    from ..bundle import make_bundle
+    from ..fsutil import read_json, sha256_file, write_json
+    from ..plan import make_plan
+    from ..runtime.calibrate import calibrate
+    from ..runtime.profiler import profile
+    key = {r: sha256_file(arts[r] / "host" / "whole.vmfb") for r in arts}
+    cache = out_dir / "plan_inputs.json"
+    got = read_json(cache) if cache.exists() else {}
+    if got.get("key") != key:
+        probe = out_dir / "probe"
+        make_bundle(arts["draft"], arts["target"], ["draft=host", "target=host"], 6, probe,
+                    prompt_template=template, link=True, log=lambda m: None)
+        # calibration sentences: the test split's, not the ones the demo translates
+        texts = _test_sentences(64)[1::2][:24]
+        cal = calibrate(str(probe), texts, gamma=6, max_new_tokens=32, log=lambda m: None)
+        prof = profile([arts["draft"], arts["target"]], devices=["cpu"], budget_s=0.25, log=lambda m: None)
+        got = {"key": key, "alpha": [x for x in cal["greedy"]["per_position"] if x is not None]
+               or cal["greedy"]["alpha"], "profile": prof}
+        write_json(cache, got)
+    con.print(f"  alpha per position {', '.join(f'{a:.2f}' for a in got['alpha'])} (calibrated here)")
+    plan = make_plan(DRAFT_DIR, TARGET_DIR, "host", got["alpha"], got["profile"], max_context=256,
+                     gammas=range(0, 7), devices=["cpu", "cpu-sync"])
+    pick = plan["configs"][0]
+    drivers = {}
+    for role in ("draft", "target"):
+        p = pick[role]
+        if p and plan["devices"][p["devices"]["whole"]]["driver"] == "local-sync":
+            drivers[role] = "local-sync"
+    if pick["gamma"] == 0 and plan["devices"][pick["target"]["devices"]["whole"]]["driver"] == "local-sync":
+        drivers["draft"] = "local-sync"
+    label = f"draft {pick['draft']['label'] if pick['draft'] else '-'}, target {pick['target']['label']}"
+    return pick["gamma"], drivers, dict(pick, label=label)
+
+
+def run_demo(out_dir: str | Path = ROOT / "artifacts" / "demo", gamma: int | None = None, sentences: int = 6,
              max_new_tokens: int = 48, validate_models: bool = True) -> dict:
     from rich.console import Console
     from rich.table import Table
@@ -62,12 +107,20 @@ def run_demo(out_dir: str | Path = ROOT / "artifacts" / "demo", gamma: int = 4, 
                 con.print("\n".join(lines))
                 raise UserError("the compiled target does not match PyTorch (see the table)")
             con.print(f"  {lines[-1]}")
-        status.update("[bold]bundle[/]")
         from .tokenizer import SEPARATOR, BOS
+        template = BOS + "{prompt}" + SEPARATOR
+        if gamma is None:
+            status.update("[bold]plan[/]: profile this CPU, calibrate alpha (cached)")
+            gamma, drivers, pick = _plan(out_dir, arts, template, con)
+            how = f"the planner's pick ({pick['label']}): predicted {_x(pick)}"
+        else:
+            drivers, how = {}, "--gamma given: draft and target on the CPU's worker pool"
+        status.update("[bold]bundle[/]")
         bundle = out_dir / "bundle"
         make_bundle(arts["draft"], arts["target"], ["draft=host", "target=host"], gamma, bundle,
-                    prompt_template=BOS + "{prompt}" + SEPARATOR, log=lambda m: con.print(f"  {m}"))
-    con.print(f"built in {time.perf_counter() - t_build:.1f}s\n")
+                    prompt_template=template, cpu_driver=drivers or None, link=True,
+                    log=lambda m: con.print(f"  {m}"))
+    con.print(f"built in {time.perf_counter() - t_build:.1f}s; gamma {gamma}, {how}\n")
 
     from ..runtime.cli_run import encode_prompt
     from ..runtime.sampling import GreedyAcceptor
@@ -76,7 +129,9 @@ def run_demo(out_dir: str | Path = ROOT / "artifacts" / "demo", gamma: int = 4, 
     session = open_bundle(bundle)
     session.warmup()
     texts = _test_sentences(sentences)
-    table = Table(title=f"English -> German, greedy, gamma {gamma} (draft and target on the CPU)", show_lines=True)
+    where = {r: session.manifest.get("cpu_driver", {}).get(r, "local-task") for r in ("draft", "target")}
+    table = Table(title=f"English -> German, greedy, gamma {gamma} (on the CPU: draft {where['draft']}, "
+                        f"target {where['target']})", show_lines=True)
     table.add_column("English")
     table.add_column("German (speculative)")
     spec_tps, base_tps, totals = [], [], {"acc": 0, "rej": 0}
@@ -98,7 +153,8 @@ def run_demo(out_dir: str | Path = ROOT / "artifacts" / "demo", gamma: int = 4, 
     con.print(table)
     alpha = totals["acc"] / max(1, totals["acc"] + totals["rej"])
     s, b = statistics.median(spec_tps), statistics.median(base_tps)
-    summary = {"gamma": gamma, "sentences": len(texts), "alpha": round(alpha, 3), "tokens_per_s_speculative": round(s, 1),
+    summary = {"gamma": gamma, "cpu_driver": where, "sentences": len(texts), "alpha": round(alpha, 3),
+               "tokens_per_s_speculative": round(s, 1),
                "tokens_per_s_target_only": round(b, 1), "speedup": round(s / b, 3)}
     con.print(f"alpha {alpha:.3f}   tokens/s: speculative {s:.1f}, target only {b:.1f}   "
               f"speedup [bold]{s / b:.2f}x[/] (medians over {len(texts)} sentences, same bundle)")

@@ -60,16 +60,10 @@ def calibrate(bundle: str, prompts: list[str], gamma: int | None = None, tempera
 
 
 def run_calibrate_cli(a) -> int:
-    from pathlib import Path
-    if a.prompts:
-        p = Path(a.prompts)
-        if not p.exists():
-            raise UserError(f"prompts file not found: {p}")
-        prompts = [ln.split("\t")[0] for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    else:
+    if not a.prompts:
         raise UserError("give --prompts FILE (one prompt per line; a TSV's first column is used)")
-    if a.limit:
-        prompts = prompts[:a.limit]
+    from .cli_run import read_prompts
+    prompts = read_prompts(a.prompts, a.limit)
     cal = calibrate(a.bundle, prompts, a.gamma, a.temperature, a.max_new_tokens, a.seed)
     write_json(a.out, cal)
     print(f"wrote {a.out}")

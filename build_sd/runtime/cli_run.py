@@ -16,6 +16,25 @@ def make_acceptor(params: SamplingParams, seed: int):
     return GreedyAcceptor() if params.greedy else RejectionSampler(params, np.random.default_rng(seed))
 
 
+def read_prompts(path, limit: int | None = None) -> list[str]:
+    """One prompt per line; for a TSV its first column, without a header row such as the demo
+    test split's `en<TAB>de<TAB>catalog`."""
+    from pathlib import Path
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"prompts file not found: {p}")
+    try:
+        lines = [ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except UnicodeDecodeError as e:
+        raise UserError(f"{p}: not UTF-8 text ({e})") from None
+    if lines and "\t" in lines[0] and lines[0].split("\t")[0].strip().lower() in ("en", "prompt", "text", "source"):
+        lines = lines[1:]
+    prompts = [ln.split("\t")[0] for ln in lines][:limit or None]
+    if not prompts:
+        raise UserError(f"{p}: no prompts in it")
+    return prompts
+
+
 def encode_prompt(session, text: str, raw: bool = False) -> list[int]:
     template = "{prompt}" if raw else session.manifest.get("prompt_template", "{prompt}")
     ids = session.tokenizer.encode(template.replace("{prompt}", text), add_special_tokens=True).ids
@@ -31,7 +50,8 @@ def run_cli(a) -> int:
         raise UserError(f"--max-new-tokens must be >= 1, got {a.max_new_tokens}")
     params = SamplingParams(a.temperature, a.top_k, a.top_p)
     session = open_bundle(a.bundle, load_draft=(a.gamma is None or a.gamma > 0),
-                          fallback=getattr(a, "fallback", None), threads=getattr(a, "threads", None))
+                          fallback=getattr(a, "fallback", None), threads=getattr(a, "threads", None),
+                          cpu_driver=getattr(a, "cpu_driver", None))
     gamma = session.gamma if a.gamma is None else a.gamma
     if gamma < 0 or gamma > session.max_gamma():
         raise UserError(f"--gamma {gamma}: this bundle verifies up to gamma {session.max_gamma()}")

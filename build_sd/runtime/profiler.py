@@ -64,8 +64,14 @@ def load_model_source(path: Path) -> list[dict]:
              "only": None}]
 
 
+def profile_key(preset: str, driver: str) -> str:
+    """Where a profile files a preset's figures: PRESET for its own driver, PRESET@local-sync for
+    llvm-cpu modules run on the calling thread."""
+    return f"{preset}@{driver}" if driver == "local-sync" else preset
+
+
 def profile(paths: list[str | Path], devices: list[str] | None = None, budget_s: float = 0.4,
-            log=print) -> dict:
+            log=print, cpu_drivers: tuple[str, ...] = ("local-task", "local-sync")) -> dict:
     from ..fsutil import sha256_file
     import iree.runtime as rt
 
@@ -88,16 +94,23 @@ def profile(paths: list[str | Path], devices: list[str] | None = None, budget_s:
                 if not ok:
                     entry["skipped"][preset] = why
                     continue
-                placed = []
-                for sg in meta["subgraphs"]:
-                    rel = src["module_file"](preset, sg["name"])
-                    entry["modules"][rel] = sha256_file(src["dir"] / rel)
-                    placed.append(PlacedSubgraph(sg, src["dir"] / rel, info["driver"], preset))
-                chain = ModelChain(pool, meta, src["irpa"], placed)
-                chain.warmup()
-                log(f"profiling {src['name']} on {preset} ({pool.get(info['driver']).name}): isolated calls")
-                entry["latency"][preset], entry["step"][preset] = _profile_chain(chain, budget_s)
-                chains_by_preset.setdefault(preset, []).append((entry, chain))
+                # a CPU preset is measured under each CPU driver asked for: local-task (IREE's
+                # worker pool, the preset's own) keyed by the preset, local-sync (the calling
+                # thread) keyed PRESET@local-sync; the planner treats them as two devices
+                variants = [(preset, info["driver"])]
+                if cls == "cpu":
+                    variants = [(profile_key(preset, d), d) for d in cpu_drivers]
+                for key, driver in variants:
+                    placed = []
+                    for sg in meta["subgraphs"]:
+                        rel = src["module_file"](preset, sg["name"])
+                        entry["modules"][rel] = sha256_file(src["dir"] / rel)
+                        placed.append(PlacedSubgraph(sg, src["dir"] / rel, driver, preset))
+                    chain = ModelChain(pool, meta, src["irpa"], placed)
+                    chain.warmup()
+                    log(f"profiling {src['name']} on {key} ({pool.get(driver).name}): isolated calls")
+                    entry["latency"][key], entry["step"][key] = _profile_chain(chain, budget_s)
+                    chains_by_preset.setdefault(key, []).append((entry, chain))
             models.append(entry)
     if not any(m["latency"] for m in models):
         raise UserError("nothing in these artifacts can run on this machine")
@@ -158,7 +171,8 @@ def _in_situ(target: ModelChain, draft: ModelChain, budget_s: float):
     host = []
     t_end = time.perf_counter() + budget_s * len(gammas) * max(1, len(prompts))
     rounds = 0
-    while rounds < 2 or (time.perf_counter() < t_end and rounds < 8):
+    # one round at least (a slow device, e.g. lavapipe, gets no more), then up to the budget
+    while rounds < 1 or (time.perf_counter() < t_end and rounds < 8):
         for prompt in prompts:
             for g in gammas:
                 n = min(24, min(target.max_context, draft.max_context) - len(prompt) - g - 2)

@@ -126,12 +126,37 @@ class Session:
         return max([T - 1 for T in self.target.verify_T] + [0])
 
 
+CPU_DRIVERS = ("local-task", "local-sync")
+
+
+def parse_cpu_driver(spec) -> dict[str, str]:
+    """'local-sync' (both models) or ['draft=local-sync', ...] -> {role: driver}."""
+    if spec is None:
+        return {}
+    if isinstance(spec, dict):
+        spec = [f"{r}={d}" for r, d in spec.items()]
+    items = [spec] if isinstance(spec, str) else list(spec)
+    out = {}
+    for it in items:
+        role, _, drv = it.rpartition("=")
+        roles = [role] if role else ["draft", "target"]
+        if drv not in CPU_DRIVERS or any(r not in ("draft", "target") for r in roles):
+            raise UserError(f"--cpu-driver {it!r}: expected [draft=|target=]{'|'.join(CPU_DRIVERS)}")
+        out.update({r: drv for r in roles})
+    return out
+
+
 def open_bundle(path: str | Path, load_draft: bool = True, check_hashes: bool = True,
-                fallback: str | None = None, threads: int | None = None) -> Session:
+                fallback: str | None = None, threads: int | None = None,
+                cpu_driver: str | list | dict | None = None) -> Session:
     """Check the bundle (files, schema, this machine: `build-sd verify`), then load it.
 
     fallback="cpu": subgraphs placed on a device this machine lacks run on the CPU modules the
-    bundle carries for them (bundles made with `bundle --fallback cpu`)."""
+    bundle carries for them (bundles made with `bundle --fallback cpu`).
+    cpu_driver: run a model's llvm-cpu modules under local-sync (every dispatch on the calling
+    thread) instead of local-task (a worker pool): for a small model, such as most drafts, the
+    pool's wake-ups cost more than the second core gives (benchmarks/FINDINGS.md, section 1).
+    Same executables, either driver; default: the bundle's `cpu_driver`, else local-task."""
     from .verify import problems
     bundle = Path(path)
     recover_interrupted_swap(bundle)
@@ -140,6 +165,12 @@ def open_bundle(path: str | Path, load_draft: bool = True, check_hashes: bool = 
     if found:
         raise UserError(f"{bundle}: {found[0]}" + (f" (+{len(found) - 1} more: build-sd verify)" if len(found) > 1 else ""))
     pool = DevicePool(threads if threads is not None else man.get("threads"))
+    drivers = man.get("cpu_driver") or {}
+    if not isinstance(drivers, dict) or any(k not in ("draft", "target") or v not in CPU_DRIVERS
+                                            for k, v in drivers.items()):
+        raise UserError(f"{bundle}: manifest cpu_driver {drivers!r} is not {{role: {'|'.join(CPU_DRIVERS)}}}")
+    drivers = dict(drivers)
+    drivers.update(cpu_driver if isinstance(cpu_driver, dict) else parse_cpu_driver(cpu_driver))
     chains = {}
     for role in ("target", "draft"):
         if role == "draft" and not load_draft:
@@ -154,6 +185,8 @@ def open_bundle(path: str | Path, load_draft: bool = True, check_hashes: bool = 
                 if fallback == "cpu" and not can_run(man["presets"][mod["preset"]])[0]:
                     mod = m["fallback"][sg["name"]]
                 driver = man["presets"][mod["preset"]]["driver"]
+                if driver in CPU_DRIVERS and role in drivers:
+                    driver = drivers[role]
                 placed.append(PlacedSubgraph(sg, bundle / mod["file"], driver, mod["preset"]))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise UserError(f"{bundle}: the {role}'s export.json does not match its modules "
