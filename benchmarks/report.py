@@ -83,6 +83,11 @@ def comparisons(res: dict) -> tuple[dict, list[str]]:
             base = "bsd-spec"
         else:
             base = f"bsd-{r['section']}-{r['dtype']}"
+            # the small models also ran under local-sync (the planner's cpu-sync): compare with
+            # that, build_sd as its planner configures it; the local-task ratio stays beside it
+            if rows.get(base + "-sync", {}).get("runs"):
+                vs[r["id"] + "@task"] = ratio(rows, base, r["id"], tol)
+                base += "-sync"
         # PyTorch / ExecuTorch rows of a big model run in their own group beside a llama.cpp link row
         kind = r["id"].split("-")[0]
         link = (f"llama-{r['section']}-{r['dtype']}", f"llama-{r['section']}-{r['dtype']}-ref-{kind}")
@@ -96,6 +101,7 @@ def comparisons(res: dict) -> tuple[dict, list[str]]:
     goal("build_sd / llama.cpp, 1B shape f32", vs.get("llama-1b-f32", (None,))[0], 1.0)
     goal("build_sd / llama.cpp, 1B shape f16", vs.get("llama-1b-f16", (None,))[0], 1.0)
     goal("build_sd / llama.cpp, demo target f32", vs.get("llama-demo-f32", (None,))[0], 0.9)
+    goal("  (build_sd under local-task instead)", vs.get("llama-demo-f32@task", (None,))[0], 0.9)
     goal("build_sd / PyTorch eager, demo target f32", vs.get("hf-demo-f32", (None,))[0], 2.5)
     goal("build_sd / PyTorch eager, 1B shape f32", vs.get("hf-1b-f32", (None,))[0], 2.5)
     goal("build_sd speculative / HF assisted generation, demo pair", vs.get("hf-spec", (None,))[0], 3.0)
@@ -126,9 +132,9 @@ def markdown(res: dict) -> str:
                  "shapes** (acceptance, hence the speculative rows, are then meaningless).\n")
     if res.get("plan"):
         p = res["plan"]
-        L.append(f"Plan (`build-sd plan --platform host --devices cpu`, calibrated alpha {p['alpha']:.3f}, "
+        L.append(f"Plan (`build-sd plan --platform host --devices cpu,cpu-sync`, calibrated alpha {p['alpha']:.3f}, "
                  f"profiled here): top configuration gamma {p['top_gamma']}; speculative rows use gamma "
-                 f"{p['gamma']}.\n")
+                 f"{p['gamma']}" + (f" with CPU drivers {p['drivers']}" if p.get("drivers") else "") + ".\n")
     for sec in ("demo", "1b", "150m"):
         rs = [r for r in rows if r["section"] == sec]
         if not rs:
