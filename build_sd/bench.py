@@ -141,7 +141,7 @@ def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[s
     for w in range(warmup):
         t = time.perf_counter()
         for i in range(len(chosen)):
-            one_pass(i, -1 - w)
+            one_pass(i, 10_000 + w)     # seeds apart from the timed rounds
         log(f"warm-up {w + 1}/{warmup}: {time.perf_counter() - t:.1f}s")
     # 4. measure, alternating. This machine's speed drifts by up to 1.5x within minutes, so each
     #    round first re-profiles the CPU (the isolated and in-situ figures the planner reads; GPU

@@ -1,5 +1,6 @@
 """The cost model and the planner (pure: no IREE, no torch)."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -217,3 +218,35 @@ def test_cpu_drivers_are_two_devices_of_one_processor(target_whole):
         want = lat[plat.devices[dev].profile_key]["whole"]["decode"]["mean_ms"] + prof["host"]["ms_per_iteration"]
         assert by[("-", dev, 0)]["pred_ms_per_token"] == pytest.approx(want, rel=1e-3)
     assert plan["devices"]["cpu-sync"]["driver"] == "local-sync"
+
+
+@pytest.mark.slow
+def test_bench_measures_the_plans_configurations(draft_ckpt, target_ckpt, tmp_path):
+    """`build-sd bench` end to end on the tiny pair: builds the chosen configurations (bundles
+    hard-linked to the artifacts), profiles, predicts and measures every round, writes the JSON."""
+    import os
+    from helpers import cli
+    plan = tmp_path / "plan.json"
+    rc, _, err = cli("plan", "--draft", draft_ckpt, "--target", target_ckpt, "--platform", "host",
+                     "--devices", "cpu,cpu-sync", "--alpha", "0.6", "--max-context", "128", "--out", plan)
+    assert rc == 0, err
+    prompts = tmp_path / "prompts.tsv"
+    prompts.write_text("en\tde\nthe quick brown fox\tx\nhello world\ty\n")     # header row skipped
+    out = tmp_path / "bench.json"
+    rc, so, err = cli("bench", tmp_path / "work", "--plan", plan, "--configs", "1,2", "--prompts", prompts,
+                      "--rounds", "2", "--warmup", "1", "--max-new-tokens", "8", "--simulate-alpha", "0.6",
+                      "--json", out)
+    assert rc == 0, err
+    res = json.loads(out.read_text())
+    assert res["prompts"] == 2 and res["rounds"] == 2 and res["warmup"] == 1
+    assert len(res["rows"]) >= 2 and any(r["gamma"] == 0 for r in res["rows"])    # the baseline is added
+    for r in res["rows"]:
+        assert r["measured_tokens_per_s"] > 0 and r["predicted_tokens_per_s"] > 0
+        assert len(r["rounds"]) == len(r["predicted_rounds"]) == 2
+    assert 0 <= res["median_abs_error"] < 10 and "gap_to_measured_best" in res["pick"]
+    assert "median |error|" in so
+    work = tmp_path / "work"
+    arts = {p.name: p for p in (work / "artifacts").iterdir()}
+    man = json.loads((work / "bench" / "c0" / "manifest.json").read_text())
+    src = arts[Path(man["models"]["target"]["source"]).name]
+    assert os.path.samefile(work / "bench" / "c0" / "target" / "model.irpa", src / "model.irpa")
