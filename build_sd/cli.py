@@ -198,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", help="profile.json from `build-sd profile` (replaces what it covers)")
     p.add_argument("--alpha", type=float, help="Leviathan's alpha of the pair")
     p.add_argument("--calibration", help="calib.json from `build-sd calibrate` (per-position alpha)")
-    p.add_argument("--devices", help="restrict to these platform devices, e.g. cpu")
+    p.add_argument("--devices", help="restrict to these platform devices, e.g. cpu,cpu-sync (host: cpu = "
+                                     "IREE local-task, cpu-sync = local-sync, vulkan = lavapipe/GPU)")
     p.add_argument("--dtype", default="f32", choices=["f32", "f16"])
     p.add_argument("--max-context", type=int, default=512)
     p.add_argument("--top", type=int, default=10)
