@@ -95,6 +95,22 @@ def test_newer_schema_refused(bundle):
         _one_line_error(*cli(*cmd), "schema 99")
 
 
+@pytest.mark.parametrize("path, value, needle", [
+    (("models", "draft", "files", "irpa"), [], "models.draft.files.irpa"),     # found by hypothesis
+    (("tokenizer",), {"a": 1}, "tokenizer"),
+    (("cpu_driver",), {"draft": "cuda"}, "cpu_driver"),
+])
+def test_malformed_manifest_fields_are_one_line_errors(bundle, path, value, needle):
+    man = json.loads((bundle / "manifest.json").read_text())
+    d = man
+    for k in path[:-1]:
+        d = d[k]
+    d[path[-1]] = value
+    (bundle / "manifest.json").write_text(json.dumps(man))
+    for cmd in (["verify", bundle], ["run", bundle, "--prompt", "x"]):
+        _one_line_error(*cli(*cmd), needle)
+
+
 def test_arm_and_mali_bundle_refused_on_x86(tmp_path):
     if os.uname().machine != "x86_64":
         pytest.skip("checks an x86 host")

@@ -74,18 +74,28 @@ def manifest_shape_problem(man: dict) -> str | None:
         if not isinstance(m, dict) or not isinstance(m.get("files"), dict) or not isinstance(m.get("modules"), dict):
             return bad(f"models.{role}", "{files, modules}")
         for key in ("irpa", "export"):
-            if m["files"].get(key) not in files:
+            if not _listed(m["files"].get(key), files):
                 return f"models.{role}.files.{key} is not a listed file"
         fb = m.get("fallback", {})
         if not isinstance(fb, dict):
             return bad(f"models.{role}.fallback", "an object")
         for kind, group in (("modules", m["modules"]), ("fallback", fb)):
             for sub, info in group.items():
-                if not isinstance(info, dict) or info.get("preset") not in presets or info.get("file") not in files:
+                if not isinstance(info, dict) or not _listed(info.get("preset"), presets) \
+                        or not _listed(info.get("file"), files):
                     return f"models.{role}.{kind}.{sub} names an unknown preset or file"
-    if man["tokenizer"] not in files:
+    if not _listed(man["tokenizer"], files):
         return "the tokenizer is not a listed file"
+    cpu_driver = man.get("cpu_driver", {})
+    if not isinstance(cpu_driver, dict) or any(k not in ("draft", "target") or v not in CPU_DRIVERS
+                                               for k, v in cpu_driver.items()):
+        return bad("cpu_driver", f"{{role: {'|'.join(CPU_DRIVERS)}}}")
     return None
+
+
+def _listed(name, table: dict) -> bool:
+    """name is a string key of table (a mutated manifest may hold lists or objects there)."""
+    return isinstance(name, str) and name in table
 
 
 def check_files(bundle: Path, man: dict) -> list[str]:
