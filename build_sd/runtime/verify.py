@@ -39,7 +39,8 @@ def problems(bundle: Path, man: dict, check_hashes: bool = True, fallback: str |
     # compiler / runtime compatibility (vmfb format follows the release)
     rv = runtime_version()
     for role, m in man.get("models", {}).items():
-        cv = (m.get("compiler") or {}).get("version", "")
+        comp = m.get("compiler")
+        cv = comp.get("version", "") if isinstance(comp, dict) else ""
         if _major_minor(cv) and _major_minor(rv) and _major_minor(cv) != _major_minor(rv):
             out.append(f"{role}: compiled by IREE {'.'.join(map(str, _major_minor(cv)))}, this runtime is "
                        f"iree-base-runtime {rv}: install the matching 3.x release")
