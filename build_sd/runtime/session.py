@@ -177,12 +177,8 @@ def open_bundle(path: str | Path, load_draft: bool = True, check_hashes: bool = 
     if found:
         raise UserError(f"{bundle}: {found[0]}" + (f" (+{len(found) - 1} more: build-sd verify)" if len(found) > 1 else ""))
     pool = DevicePool(threads if threads is not None else man.get("threads"))
-    drivers = man.get("cpu_driver") or {}
-    if not isinstance(drivers, dict) or any(k not in ("draft", "target") or v not in CPU_DRIVERS
-                                            for k, v in drivers.items()):
-        raise UserError(f"{bundle}: manifest cpu_driver {drivers!r} is not {{role: {'|'.join(CPU_DRIVERS)}}}")
-    drivers = dict(drivers)
-    drivers.update(cpu_driver if isinstance(cpu_driver, dict) else parse_cpu_driver(cpu_driver))
+    # the manifest's cpu_driver was checked by read_manifest (manifest_shape_problem)
+    drivers = {**man.get("cpu_driver", {}), **parse_cpu_driver(cpu_driver)}
     chains = {}
     for role in ("target", "draft"):
         if role == "draft" and not load_draft:
