@@ -25,6 +25,34 @@ def _key(cfg: dict) -> tuple:
     return (cfg["draft"]["label"] if cfg["draft"] else None, cfg["target"]["label"], cfg["gamma"])
 
 
+def _check_runnable_here(plan: dict) -> None:
+    """Every device of the plan must be here: bench measures on this machine."""
+    from .runtime.compat import can_run
+    from .targets import PRESETS
+    for name, d in plan["devices"].items():
+        pr = PRESETS.get(d["preset"])
+        if pr is None:
+            continue     # a preset from a newer build_sd: opening its bundle will say more
+        info = {"backend": pr.backend, "arch": pr.arch, "needs_cpu_flags": list(pr.needs_cpu_flags),
+                "vulkan_device": pr.vulkan_device}
+        ok, why = can_run(info)
+        if not ok:
+            raise UserError(f"the plan is for {plan['platform']}, whose device {name!r} ({d['preset']}) "
+                            f"this machine cannot run ({why}): bench measures here")
+
+
+def _ckpt(plan: dict, role: str, root: Path) -> str:
+    """The plan's checkpoint folder, else ROOT/checkpoints/ROLE (a copy of its config.json is
+    enough to predict: bench --no-build on a machine the weights did not travel to)."""
+    p = Path(plan[role]["checkpoint"])
+    if (p / "config.json").exists():
+        return str(p)
+    alt = root / "checkpoints" / role
+    if (alt / "config.json").exists():
+        return str(alt)
+    raise UserError(f"the plan's {role} checkpoint {p} is not here (nor {alt}/config.json)")
+
+
 def _bandwidth_gbs() -> float:
     a = np.ones(32 * 1024 * 1024 // 8)
     best = 1e9
@@ -58,11 +86,15 @@ def _overlay(base: dict, fresh: dict) -> dict:
 def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[str], rounds: int = 4,
               max_new_tokens: int = 48, simulate_alpha: float | None = None, png: str | None = None,
               configs: list[int] | None = None, warmup: int = 1, link: bool = True,
-              prompt_template: str | None = None, reprofile: bool = True, log=print) -> dict:
+              prompt_template: str | None = None, reprofile: bool = True, build: str = "yes",
+              log=print) -> dict:
     """warmup: untimed passes over the prompts per configuration before the timed rounds (0: only
     one call of every function); link: the per-configuration bundles hard-link the artifacts'
     weights and modules instead of copying them (N bundles of one pair cost no extra disk);
-    reprofile: profile the CPU again before every round and predict that round from it."""
+    reprofile: profile the CPU again before every round and predict that round from it.
+    build: "yes" (build what is missing, then measure), "only" (build the bundles and stop: for a
+    machine without the compiler, e.g. the GPU box), "no" (measure the bundles an earlier "only"
+    left in ROOT/bench; needs neither torch nor iree-compile)."""
     from .pipeline import build_config
     from .plan import load_plan, make_plan
     from .runtime.calibrate import calibrate
@@ -72,10 +104,13 @@ def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[s
     from .runtime.session import open_bundle
     from .runtime.speculative import generate
 
+    from .runtime import chain as chain_mod
     root = Path(root)
     plan = load_plan(plan_path)
-    if plan["platform"] != "host":
-        raise UserError(f"the plan is for {plan['platform']}: bench measures on this machine (plan --platform host)")
+    if build != "only":
+        _check_runnable_here(plan)
+    if chain_mod.RANDOM_WEIGHTS is not None and simulate_alpha is None:
+        raise UserError("--random-weights makes the tokens noise: give --simulate-alpha A too")
     if configs and max(configs) >= len(plan["configs"]):
         raise UserError(f"--configs: the plan has {len(plan['configs'])} configurations")
     chosen = [plan["configs"][i] for i in (configs or range(min(top, len(plan["configs"]))))]
@@ -84,21 +119,43 @@ def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[s
     if all(_key(c) != _key(base) for c in chosen):
         chosen.append(base)
 
-    # 1. bundles
-    bundles = []
-    for i, cfg in enumerate(chosen):
-        b = root / "bench" / f"c{i}"
-        log(f"[build {i + 1}/{len(chosen)}] target {cfg['target']['label']} draft "
-            f"{cfg['draft']['label'] if cfg['draft'] else '-'} gamma {cfg['gamma']}")
-        build_config(cfg, plan, root, b, validate_models=(i == 0), log=lambda m: None, link=link,
-                     prompt_template=prompt_template)
-        bundles.append(b)
+    # 1. bundles (bench/configs.json records which configuration each bench/cI holds, so that
+    #    `--no-build` on another machine measures exactly what was built)
+    import json
+    keys = [list(_key(c)) for c in chosen]
+    built = root / "bench" / "configs.json"
+    bundles = [root / "bench" / f"c{i}" for i in range(len(chosen))]
+    if build == "no":
+        try:
+            have = json.loads(built.read_text())
+        except (OSError, ValueError):
+            raise UserError(f"--no-build: {built} not found: run `bench --build-only` with the same "
+                            "plan and --top/--configs first") from None
+        if have != keys:
+            raise UserError(f"--no-build: {root / 'bench'} holds other configurations than these "
+                            "(same plan and --top/--configs as the --build-only run?)")
+    else:
+        for i, (cfg, b) in enumerate(zip(chosen, bundles)):
+            log(f"[build {i + 1}/{len(chosen)}] target {cfg['target']['label']} draft "
+                f"{cfg['draft']['label'] if cfg['draft'] else '-'} gamma {cfg['gamma']}")
+            build_config(cfg, plan, root, b, validate_models=(i == 0), log=lambda m: None, link=link,
+                         prompt_template=prompt_template)
+        from .fsutil import write_json
+        write_json(built, keys)
+        if build == "only":
+            log(f"built {len(bundles)} bundles under {root / 'bench'}")
+            return {"built": [str(b) for b in bundles], "configs": keys}
 
     # 2. profile every artifacts folder used, and calibrate alpha, now
     arts = sorted({str(p) for p in (root / "artifacts").iterdir() if (p / "manifest.json").exists()})
+    # the CPU drivers the measured configurations use (a 1B model under local-sync on a 16-core
+    # box would only spend minutes profiling a device no configuration runs on)
+    used = {plan["devices"][d]["driver"] for c in chosen for p_ in (c["draft"], c["target"]) if p_
+            for d in p_["devices"].values()}
+    cpu_drivers = tuple(d for d in ("local-task", "local-sync") if d in used) or ("local-task",)
     log(f"profiling {len(arts)} artifacts folders")
     bw_before = _bandwidth_gbs()
-    prof = profile(arts, log=lambda m: log(f"  {m}"))
+    prof = profile(arts, log=lambda m: log(f"  {m}"), cpu_drivers=cpu_drivers)
     if simulate_alpha is not None:
         alpha = simulate_alpha
     else:
@@ -113,8 +170,9 @@ def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[s
     # 3. predictions from a profile and alpha, for exactly these configurations (the cost model,
     #    unchanged); made again each round from that round's CPU profile, see 4.
     def predict_all(pr: dict) -> dict:
-        fresh = make_plan(plan["draft"]["checkpoint"], plan["target"]["checkpoint"], "host", alpha, pr,
-                          dtype=plan["dtype"], max_context=plan["max_context"], devices=list(plan["devices"]))
+        fresh = make_plan(_ckpt(plan, "draft", root), _ckpt(plan, "target", root), plan["platform"], alpha, pr,
+                          dtype=plan["dtype"], max_context=plan["max_context"], devices=list(plan["devices"]),
+                          split=plan.get("split", True))
         return {_key(c): c for c in fresh["configs"]}
     pred0 = predict_all(prof)
 
@@ -150,9 +208,6 @@ def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[s
     #    measurement of the same minutes.
     cpu_arts = [a for a in arts if any(pr_["backend"] == "llvm-cpu"
                                        for pr_ in _presets_of(a).values())]
-    used = {plan["devices"][d]["driver"] for c in chosen for p_ in (c["draft"], c["target"]) if p_
-            for d in p_["devices"].values()}
-    cpu_drivers = tuple(d for d in ("local-task", "local-sync") if d in used) or ("local-task",)
     tps = [[] for _ in chosen]
     preds = [[] for _ in chosen]
     bws = []
@@ -274,8 +329,12 @@ def run_bench_cli(a) -> int:
             raise UserError(f"--configs: plan ranks like 1,2,9 expected, got {a.configs!r}") from None
         if not configs or min(configs) < 0:
             raise UserError("--configs: ranks start at 1")
+    if a.build_only and a.no_build:
+        raise UserError("--build-only and --no-build exclude each other")
     res = run_bench(a.root, a.plan, a.top, prompts, a.rounds, a.max_new_tokens, a.simulate_alpha, a.png,
-                    configs=configs, warmup=a.warmup, link=not a.no_link, prompt_template=a.prompt_template)
+                    configs=configs, warmup=a.warmup, link=not a.no_link, prompt_template=a.prompt_template,
+                    reprofile=not a.no_reprofile,
+                    build="only" if a.build_only else "no" if a.no_build else "yes")
     if a.json:
         write_json(a.json, res)
     return 0

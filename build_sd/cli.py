@@ -71,7 +71,7 @@ def cmd_plan(a):
     alpha = read_alpha(a.alpha, a.calibration)
     devices = [d.strip() for d in a.devices.split(",")] if a.devices else None
     plan = make_plan(a.draft, a.target, a.platform, alpha, prof, dtype=a.dtype,
-                     max_context=a.max_context, devices=devices)
+                     max_context=a.max_context, devices=devices, split=not a.no_split)
     print_plan(plan, a.top)
     write_plan(plan, a.out)
     print(f"wrote {a.out}")
@@ -171,12 +171,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu-driver", action="append", metavar="[ROLE=]DRIVER",
                    help="local-sync or local-task for the CPU modules, e.g. draft=local-sync "
                         "(default: the bundle's, else local-task)")
+    p.add_argument("--random-weights", type=int, metavar="SEED",
+                   help="latency studies: draw the weights at run time (seeded) instead of reading the "
+                        ".irpa, which may then be absent; tokens are noise (pair with --simulate-alpha)")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("profile", help="measure every subgraph function on this machine (no torch)")
     p.add_argument("paths", nargs="+", metavar="ARTIFACTS_OR_BUNDLE")
     p.add_argument("--devices", help="device classes to profile, e.g. cpu,vulkan (default: all here)")
     p.add_argument("--budget", type=float, default=0.4, help="seconds per function (default 0.4)")
+    p.add_argument("--random-weights", type=int, metavar="SEED",
+                   help="latency studies: draw the weights at run time (seeded) instead of reading the "
+                        ".irpa, which may then be absent; tokens are noise (pair with --simulate-alpha)")
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_profile)
 
@@ -202,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "IREE local-task, cpu-sync = local-sync, vulkan = lavapipe/GPU)")
     p.add_argument("--dtype", default="f32", choices=["f32", "f16"])
     p.add_argument("--max-context", type=int, default=512)
+    p.add_argument("--no-split", action="store_true",
+                   help="whole models only (no placement split at a layer boundary)")
     p.add_argument("--top", type=int, default=10)
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_plan)
@@ -236,6 +244,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-link", action="store_true",
                    help="copy the artifacts into each configuration's bundle instead of hard-linking them")
     p.add_argument("--png", help="write the predicted-vs-measured chart here")
+    p.add_argument("--random-weights", type=int, metavar="SEED",
+                   help="latency studies: draw the weights at run time (seeded) instead of reading the "
+                        ".irpa, which may then be absent; tokens are noise (pair with --simulate-alpha)")
+    p.add_argument("--no-reprofile", action="store_true",
+                   help="predict every round from the first profile (default: profile the CPU again "
+                        "before each round, for machines whose speed drifts)")
+    p.add_argument("--build-only", action="store_true",
+                   help="build the configurations' bundles (under ROOT/bench/) and stop: for measuring "
+                        "on a machine without iree-compile (then `bench --no-build` there)")
+    p.add_argument("--no-build", action="store_true",
+                   help="measure the bundles an earlier `bench --build-only` left under ROOT/bench/; "
+                        "neither torch nor iree-compile is needed")
     p.add_argument("--json", help="write all figures here")
     p.set_defaults(fn=cmd_bench)
 
@@ -269,6 +289,9 @@ def main(argv=None) -> int:
     except SystemExit as e:       # argparse: usage errors exit 2 already
         return int(e.code or 0)
     try:
+        if getattr(a, "random_weights", None) is not None:
+            from .runtime.chain import set_random_weights
+            set_random_weights(a.random_weights)
         rc = a.fn(a)
         return int(rc or 0)
     except (UserError, BuildError) as e:

@@ -145,6 +145,11 @@ def externalize(full) -> None:
             ExternalTensorTrait(external_scope=PARAM_SCOPE, external_name=kv_param_name(i, kv)).set(buf)
 
 
+def _dtype_name(dt) -> str:
+    import torch
+    return {torch.float32: "f32", torch.float16: "f16"}[dt]
+
+
 def kv_param_name(layer: int, kv: str) -> str:
     return f"kvcache.{layer}.{kv}"
 
@@ -255,7 +260,11 @@ def export_model(ckpt: str | Path, out: str | Path, split: list[int] | None = No
         "prefill": prefill,
         "subgraphs": subgraphs,
         "parameters": {"file": "model.irpa", "scope": PARAM_SCOPE,
-                       "sha256": sha256_file(out / "model.irpa")},
+                       "sha256": sha256_file(out / "model.irpa"),
+                       # names and shapes of what the .irpa holds: the runtime's --random-weights
+                       # draws these instead of reading the archive (latency studies)
+                       "tensors": {n: {"shape": list(t.shape), "dtype": _dtype_name(t.dtype)}
+                                   for n, t in full.named_parameters()}},
         "tokenizer": tokenizer,
         "versions": _versions(),
     }

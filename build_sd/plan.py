@@ -36,12 +36,13 @@ class Placement:
         return asdict(self)
 
 
-def placements(num_layers: int, devices: list[str], same_compute: set | None = None) -> list[Placement]:
+def placements(num_layers: int, devices: list[str], same_compute: set | None = None,
+               split: bool = True) -> list[Placement]:
     """same_compute: device pairs that are one processor under two drivers (cpu, cpu-sync): a
-    model is never split across them (a transfer for nothing)."""
+    model is never split across them (a transfer for nothing). split=False: whole models only."""
     out = [Placement(None, {"whole": d}, d) for d in devices]
     L = num_layers
-    for k in range(1, L):
+    for k in range(1, L if split else 1):
         for a in devices:
             for b in devices:
                 if a == b or frozenset((a, b)) in (same_compute or set()):
@@ -181,7 +182,9 @@ class Config:
 
 def make_plan(draft_ckpt: str | Path, target_ckpt: str | Path, platform_name: str | Platform,
               alpha: float | list[float], profile: dict | None = None, dtype: str = "f32",
-              max_context: int = 512, gammas=GAMMAS, devices: list[str] | None = None) -> dict:
+              max_context: int = 512, gammas=GAMMAS, devices: list[str] | None = None,
+              split: bool = True) -> dict:
+    """split=False: every model whole on one device (no split exports to build)."""
     platform = platform_name if isinstance(platform_name, Platform) else get_platform(platform_name)
     platform_name = platform.name
     dcfg, tcfg = ModelConfig.from_hf(draft_ckpt), ModelConfig.from_hf(target_ckpt)
@@ -208,8 +211,10 @@ def make_plan(draft_ckpt: str | Path, target_ckpt: str | Path, platform_name: st
     tTs = sorted({1} | {g + 1 for g in gammas if g > 0})
     same = {frozenset((a, b)) for a in devs for b in devs
             if a != b and platform.devices[a].preset == platform.devices[b].preset}
-    t_opts = [(p, model_costs(tlat, p, tcfg.num_layers, tTs)) for p in placements(tcfg.num_layers, devs, same)]
-    d_opts = [(p, model_costs(dlat, p, dcfg.num_layers, [1, 2])) for p in placements(dcfg.num_layers, devs, same)]
+    t_opts = [(p, model_costs(tlat, p, tcfg.num_layers, tTs))
+              for p in placements(tcfg.num_layers, devs, same, split)]
+    d_opts = [(p, model_costs(dlat, p, dcfg.num_layers, [1, 2]))
+              for p in placements(dcfg.num_layers, devs, same, split)]
     configs: list[Config] = []
     for tp, tc in t_opts:
         tr_t = transfer_for(platform, profile, set(tp.devices.values()))
@@ -234,7 +239,7 @@ def make_plan(draft_ckpt: str | Path, target_ckpt: str | Path, platform_name: st
                   "num_layers": dcfg.num_layers, "parameters": dcfg.num_parameters()},
         "target": {"checkpoint": str(Path(target_ckpt).resolve()), "config_sha256": config_sha(target_ckpt),
                    "num_layers": tcfg.num_layers, "parameters": tcfg.num_parameters()},
-        "alpha": alpha, "dtype": tlat.dtype, "max_context": tlat.S,
+        "alpha": alpha, "dtype": tlat.dtype, "max_context": tlat.S, "split": split,
         "latency_sources": {"draft": dlat.sources, "target": tlat.sources},
         "profile": bool(profile),
         "target_only_best_ms_per_token": round(best_ar, 5),

@@ -250,3 +250,48 @@ def test_bench_measures_the_plans_configurations(draft_ckpt, target_ckpt, tmp_pa
     man = json.loads((work / "bench" / "c0" / "manifest.json").read_text())
     src = arts[Path(man["models"]["target"]["source"]).name]
     assert os.path.samefile(work / "bench" / "c0" / "target" / "model.irpa", src / "model.irpa")
+
+
+@pytest.mark.slow
+def test_bench_build_here_measure_elsewhere(draft_ckpt, target_ckpt, tmp_path):
+    """The GPU-box flow (benchmarks/gpubox/): `bench --build-only` here; what travels has no
+    .irpa and no checkpoint weights (only the configs at ROOT/checkpoints/ROLE); `bench
+    --no-build --random-weights` there measures exactly those bundles."""
+    import shutil
+    from helpers import cli
+    plan = tmp_path / "plan.json"
+    rc, _, err = cli("plan", "--draft", draft_ckpt, "--target", target_ckpt, "--platform", "host",
+                     "--devices", "cpu", "--alpha", "0.6", "--max-context", "128", "--no-split", "--out", plan)
+    assert rc == 0, err
+    p = json.loads(plan.read_text())
+    assert p["split"] is False and all(c["target"]["split"] is None for c in p["configs"])
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("the quick brown fox\nhello world\n")
+    work = tmp_path / "work"
+    rc, so, err = cli("bench", work, "--plan", plan, "--configs", "1", "--prompts", prompts, "--build-only")
+    assert rc == 0, err
+    assert (work / "bench" / "configs.json").exists() and "built 2 bundles" in so    # + the g0 baseline
+    # the carry: no weights, no MLIR; the plan's checkpoint paths do not exist there
+    there = tmp_path / "there"
+    shutil.copytree(work, there, ignore=shutil.ignore_patterns("*.irpa", "mlir", "*.safetensors"))
+    for role, ck in (("draft", draft_ckpt), ("target", target_ckpt)):
+        (there / "checkpoints" / role).mkdir(parents=True)
+        shutil.copy(Path(ck) / "config.json", there / "checkpoints" / role)
+        p[role]["checkpoint"] = str(tmp_path / "gone" / role)
+    (there / "plan.json").write_text(json.dumps(p))
+    assert not list(there.rglob("*.irpa"))
+    args = ["bench", there, "--plan", there / "plan.json", "--configs", "1", "--prompts", prompts,
+            "--rounds", "2", "--warmup", "0", "--max-new-tokens", "6", "--no-reprofile", "--no-build"]
+    rc, _, err = cli(*args, "--simulate-alpha", "0.6")
+    assert rc != 0 and "model.irpa" in err                    # without --random-weights: the weights
+    rc, _, err = cli(*args, "--random-weights", "3")
+    assert rc != 0 and "--simulate-alpha" in err              # random weights make noise tokens
+    out = tmp_path / "bench.json"
+    rc, so, err = cli(*args, "--random-weights", "3", "--simulate-alpha", "0.6", "--json", out)
+    assert rc == 0, err
+    res = json.loads(out.read_text())
+    assert len(res["rows"]) == 2 and all(r["measured_tokens_per_s"] > 0 for r in res["rows"])
+    # --no-build measures only what was built: other configurations are refused
+    rc, _, err = cli("bench", there, "--plan", there / "plan.json", "--configs", "2", "--prompts", prompts,
+                     "--no-build", "--random-weights", "3", "--simulate-alpha", "0.6")
+    assert rc != 0 and "other configurations" in err

@@ -268,3 +268,34 @@ def test_bundle_refuses_tokenizer_beyond_vocab(target_whole, draft_art, tmp_path
     rc, _, err = cli("bundle", "--draft", draft_art, "--target", target_whole, "--place", "draft=host",
                      "--place", "target=host", "--tokenizer", big, "--out", tmp_path / "b")
     assert rc == 2 and "does not cover" in err
+
+
+def test_random_weights_need_no_irpa(draft_art, target_whole, tmp_path):
+    """--random-weights: the chain draws the parameters export.json lists (seeded) instead of
+    reading the .irpa; same seed -> same weights -> same tokens, whatever process or placement."""
+    import shutil
+    from build_sd.errors import UserError
+    from build_sd.runtime import chain
+    from build_sd.runtime.sampling import GreedyAcceptor
+    from build_sd.runtime.session import open_bundle
+    from build_sd.runtime.speculative import generate
+    b = _bundle("rw", draft_art, target_whole, "draft=host", "target=host")
+    moved = tmp_path / "rw"
+    shutil.copytree(b, moved)
+    for f in moved.rglob("*.irpa"):
+        f.unlink()
+    with pytest.raises(UserError, match="irpa"):
+        open_bundle(moved)
+    try:
+        runs = []
+        for seed in (5, 5, 6):
+            chain.set_random_weights(seed)
+            s = open_bundle(moved)
+            runs.append(generate(s.target, None, [3, 4, 5], 0, GreedyAcceptor(), 8, []).token_ids)
+            meta = s.target.meta["parameters"]["tensors"]
+            assert meta and all(set(t) == {"shape", "dtype"} for t in meta.values())
+        assert runs[0] == runs[1] and runs[0] != runs[2]
+        assert len(runs[0]) == 8
+    finally:
+        chain.set_random_weights(None)
+        chain._random_cache.clear()

@@ -22,6 +22,38 @@ from ..errors import UserError
 from .devices import DTYPES, Device, DevicePool
 
 
+# Latency studies of shapes whose weights cannot travel (a 1B f32 .irpa is 5 GB; the GPU box
+# takes 64 MiB): `--random-weights SEED` makes every chain draw its parameters here instead of
+# reading the .irpa (N(0, 0.02), norms 1, as benchmarks/models.py writes them). Every kernel
+# runs as usual, so timings are real; the tokens are noise, so pair it with --simulate-alpha.
+RANDOM_WEIGHTS: int | None = None
+_random_cache: dict = {}       # (seed, name, shape, dtype) -> array, shared by all chains
+
+
+def set_random_weights(seed: int | None) -> None:
+    global RANDOM_WEIGHTS
+    RANDOM_WEIGHTS = seed
+
+
+def _add_random_weights(idx, export_meta: dict, seed: int) -> None:
+    tensors = (export_meta.get("parameters") or {}).get("tensors")
+    if not tensors:
+        raise UserError(f"{export_meta.get('name')}: export.json lists no parameter shapes (exported "
+                        "before build_sd recorded them): export again to use --random-weights")
+    for i, (name, t) in enumerate(sorted(tensors.items())):
+        key = (seed, name, tuple(t["shape"]), t["dtype"])
+        a = _random_cache.get(key)
+        if a is None:
+            if name.endswith("norm.weight"):
+                a = np.ones(t["shape"], DTYPES[t["dtype"]])
+            else:
+                # one stream per tensor: the same seed gives the same weights whatever the placement
+                rng = np.random.default_rng([seed, i])
+                a = (rng.standard_normal(t["shape"], dtype=np.float32) * 0.02).astype(DTYPES[t["dtype"]], copy=False)
+            _random_cache[key] = a
+        idx.add_buffer(name, a)
+
+
 @dataclass
 class PlacedSubgraph:
     meta: dict            # the export contract of the subgraph (kind, functions, kv_params)
@@ -78,10 +110,13 @@ class ModelChain:
         for driver, group in by_driver.items():
             dev = pool.get(driver)
             idx = rt.ParameterIndex()
-            try:
-                idx.load(str(irpa))
-            except Exception as e:  # noqa: BLE001 - a corrupt archive is bad input
-                raise UserError(f"{irpa}: not a readable .irpa archive ({str(e).splitlines()[0]})") from None
+            if RANDOM_WEIGHTS is not None:
+                _add_random_weights(idx, export_meta, RANDOM_WEIGHTS)
+            else:
+                try:
+                    idx.load(str(irpa))
+                except Exception as e:  # noqa: BLE001 - a corrupt archive is bad input
+                    raise UserError(f"{irpa}: not a readable .irpa archive ({str(e).splitlines()[0]})") from None
             pattern = np.zeros(1, self.dtype)
             for ps in group:
                 for kv in ps.meta["kv_params"]:

@@ -1,0 +1,27 @@
+#!/bin/bash
+# On the lent GPU box (NVIDIA H100/H200, 16 Xeon cores, no network, no IREE): check the numbers,
+# then `build-sd bench --no-build` the configurations prepare.sh built, with weights drawn at run
+# time and acceptance drawn from Bernoulli(ALPHA). Results go to $OUT (bench.json, bench.png,
+# log.txt). Carry: .gl .whl .gpubox (benchmarks/gpubox/README.md).
+set -uo pipefail
+ALPHA=${ALPHA:-0.8}
+CONFIGS=$(cat .gpubox/configs)
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+exec > >(tee "$OUT/log.txt") 2>&1
+for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+lscpu | grep -E "Model name|^CPU\(s\)"
+python3 -c "from build_sd.runtime.devices import vulkan_device_names as v; print('vulkan devices:', v())"
+# 1. link the bundles' files to the artifacts (the carry holds each vmfb once)
+python3 benchmarks/gpubox/relink.py .gpubox/root || exit 1
+# 2. numbers: GPU module vs CPU module, speculative == target-only
+timeout 150 python3 benchmarks/gpubox/check.py .gpubox/root 0
+# 3. predicted vs measured
+timeout 420 python3 -m build_sd.cli bench .gpubox/root --plan .gpubox/root/plan.json --configs "$CONFIGS" \
+  --no-build --random-weights 0 --simulate-alpha "$ALPHA" --prompts build_sd/demo/data/test.tsv \
+  --limit 3 --max-new-tokens 32 --rounds 3 --warmup 1 --no-reprofile \
+  --json "$OUT/bench.json" --png "$OUT/bench.png"
+echo "bench exit $?"
