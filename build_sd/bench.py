@@ -184,7 +184,11 @@ def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[s
         sessions.append(s)
     enc = [encode_prompt(sessions[0], p) for p in prompts]
 
-    def one_pass(i: int, seed: int) -> float:
+    # per configuration, over the timed rounds: iterations, tokens and seconds by part, to say
+    # which term of the cost model an error comes from
+    split = [{"iterations": 0, "emitted": 0, "draft_s": 0.0, "verify_s": 0.0, "host_s": 0.0} for _ in chosen]
+
+    def one_pass(i: int, seed: int, record: bool = False) -> float:
         s, g = sessions[i], chosen[i]["gamma"]
         toks, secs = 0, 0.0
         for j, ids in enumerate(enc):
@@ -193,6 +197,13 @@ def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[s
             m = generate(s.target, s.draft if g else None, ids, g, acc, max_new_tokens, s.eos_ids).metrics
             toks += m.emitted
             secs += m.decode_s
+            if record:
+                sp = split[i]
+                sp["iterations"] += m.iterations
+                sp["emitted"] += m.emitted
+                sp["draft_s"] += m.draft_s
+                sp["verify_s"] += m.verify_s
+                sp["host_s"] += m.host_s
         return toks / secs
 
     # untimed: page in weights, grow the allocator pools, settle the CPU's clocks
@@ -222,7 +233,7 @@ def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[s
         order = list(range(len(chosen)))
         order = order[r % len(order):] + order[:r % len(order)]
         for i in order:
-            tps[i].append(one_pass(i, r))
+            tps[i].append(one_pass(i, r, record=True))
             preds[i].append(pr_pred[_key(chosen[i])]["pred_tokens_per_s"])
         errs = [(preds[i][-1] - tps[i][-1]) / tps[i][-1] for i in range(len(chosen))]
         log(f"round {r + 1}/{rounds}: bandwidth {bws[-1]:.1f} GB/s, median |error| "
@@ -243,7 +254,13 @@ def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[s
                      "measured_tokens_per_s": round(meas, 2), "rounds": [round(x, 2) for x in tps[i]],
                      "predicted_rounds": [round(x, 2) for x in preds[i]],
                      "error": round(err, 4),
-                     "predicted_speedup": p["speedup"]})
+                     "predicted_speedup": p["speedup"],
+                     # the cost model's terms, predicted (last round's profile) and measured, ms
+                     # per iteration, and tokens per iteration (E[N] vs what the loop emitted)
+                     "predicted_parts_ms": pr_pred[_key(cfg)]["parts_ms"],
+                     "predicted_tokens_per_iteration": pr_pred[_key(cfg)]["expected_tokens"],
+                     "measured_parts_ms": _parts(split[i]),
+                     "measured_tokens_per_iteration": round(split[i]["emitted"] / max(1, split[i]["iterations"]), 4)})
     base_meas = next(r["measured_tokens_per_s"] for r, c in zip(rows, chosen) if _key(c) == _key(base))
     for r in rows:
         r["measured_speedup"] = round(r["measured_tokens_per_s"] / base_meas, 4)
@@ -268,6 +285,11 @@ def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[s
     return result
 
 
+def _parts(sp: dict) -> dict:
+    n = max(1, sp["iterations"])
+    return {k: round(sp[f"{k}_s"] * 1e3 / n, 5) for k in ("draft", "verify", "host")}
+
+
 def _print(res: dict, log):
     log(f"{'draft':<26} {'target':<34} {'g':>2} {'pred tok/s':>10} {'meas tok/s':>10} {'error':>7} "
         f"{'pred x':>7} {'meas x':>7}")
@@ -275,6 +297,14 @@ def _print(res: dict, log):
         log(f"{r['draft']:<26} {r['target']:<34} {r['gamma']:>2} {r['predicted_tokens_per_s']:>10.1f} "
             f"{r['measured_tokens_per_s']:>10.1f} {100 * r['error']:>6.1f}% {r['predicted_speedup']:>6.2f}x "
             f"{r['measured_speedup']:>6.2f}x")
+    log("where it comes from (ms per iteration, predicted / measured; tokens per iteration):")
+    for r in res["rows"]:
+        pp, mp = r.get("predicted_parts_ms"), r.get("measured_parts_ms")
+        if not pp or not mp:
+            continue
+        log(f"  {r['draft']:<24} {r['target']:<24} g{r['gamma']}: draft {pp['draft']:.3f}/{mp['draft']:.3f}  "
+            f"verify {pp['verify']:.3f}/{mp['verify']:.3f}  host {pp['host']:.3f}/{mp['host']:.3f}  "
+            f"tokens {r['predicted_tokens_per_iteration']:.2f}/{r['measured_tokens_per_iteration']:.2f}")
     bw = res["bandwidth_gbs"]
     log(f"median |error| {100 * res['median_abs_error']:.1f}%; planner's pick is "
         f"{100 * res['pick']['gap_to_measured_best']:.1f}% behind the measured best; bandwidth "

@@ -291,6 +291,11 @@ def test_bench_build_here_measure_elsewhere(draft_ckpt, target_ckpt, tmp_path):
     assert rc == 0, err
     res = json.loads(out.read_text())
     assert len(res["rows"]) == 2 and all(r["measured_tokens_per_s"] > 0 for r in res["rows"])
+    for r in res["rows"]:       # the model's terms, predicted and measured, side by side
+        assert set(r["measured_parts_ms"]) == {"draft", "verify", "host"} == set(r["predicted_parts_ms"])
+        assert r["measured_parts_ms"]["verify"] > 0 and (r["measured_parts_ms"]["draft"] > 0) == (r["gamma"] > 0)
+        assert r["measured_tokens_per_iteration"] >= 1
+    assert "where it comes from" in so
     # --no-build measures only what was built: other configurations are refused
     rc, _, err = cli("bench", there, "--plan", there / "plan.json", "--configs", "2", "--prompts", prompts,
                      "--no-build", "--random-weights", "3", "--simulate-alpha", "0.6")
