@@ -11,6 +11,7 @@ their device. Functions are invoked through VmContext.invoke with prebuilt argum
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 import iree.runtime as rt
 
 from ..errors import UserError
-from .devices import DTYPES, Device, DevicePool
+from .devices import DTYPES, Device, DevicePool, device_lost
 
 
 # Latency studies of shapes whose weights cannot travel (a 1B f32 .irpa is 5 GB; the GPU box
@@ -88,6 +89,19 @@ class StepOutput:
         return out
 
 
+class _LoadFailed(Exception):
+    """A module that would not register on its device (kept apart to tell a lost device)."""
+
+    def __init__(self, vmfb: Path, driver: str, err: Exception):
+        self.vmfb, self.driver, self.err = vmfb, driver, err
+
+    def first_line(self) -> str:
+        return str(self.err).splitlines()[0][:200]
+
+    def user_error(self) -> UserError:
+        return UserError(f"{self.vmfb}: cannot load module on {self.driver} ({self.first_line()})")
+
+
 class ModelChain:
     def __init__(self, pool: DevicePool, export_meta: dict, irpa: Path, placed: list[PlacedSubgraph]):
         self.meta = export_meta
@@ -109,28 +123,24 @@ class ModelChain:
         contexts = {}
         for driver, group in by_driver.items():
             dev = pool.get(driver)
-            idx = rt.ParameterIndex()
-            if RANDOM_WEIGHTS is not None:
-                _add_random_weights(idx, export_meta, RANDOM_WEIGHTS)
-            else:
+            try:
+                ctx = self._load(dev, irpa, group)
+            except _LoadFailed as f:
+                # lavapipe sometimes loses its VkDevice while a module's initializers run (the
+                # parameter upload, the KV-cache fills): a lost device stays lost, so retry once
+                # on a new one, and only where no chain of this pool already uses the lost one
+                # (docs/FINDINGS.md, "lavapipe DEVICE_LOST")
+                if not device_lost(driver, f.err) or driver in pool.loaded:
+                    raise f.user_error() from None
+                print(f"build-sd: the {driver} device was lost loading {f.vmfb.name} "
+                      f"({f.first_line()}); retrying once on a new device", file=sys.stderr)
+                dev = pool.renew(driver)
                 try:
-                    idx.load(str(irpa))
-                except Exception as e:  # noqa: BLE001 - a corrupt archive is bad input
-                    raise UserError(f"{irpa}: not a readable .irpa archive ({str(e).splitlines()[0]})") from None
-            pattern = np.zeros(1, self.dtype)
-            for ps in group:
-                for kv in ps.meta["kv_params"]:
-                    idx.add_splat(kv["name"], pattern, int(kv["bytes"]))
-            ctx = rt.SystemContext(config=dev.config)
-            ctx.add_vm_module(rt.create_io_parameters_module(dev.instance, idx.create_provider(scope="model")))
-            for ps in group:
-                try:
-                    mod = rt.VmModule.copy_buffer(dev.instance, ps.vmfb.read_bytes())
-                    ctx.add_vm_module(mod)
-                except Exception as e:  # noqa: BLE001
-                    raise UserError(f"{ps.vmfb}: cannot load module on {driver} "
-                                    f"({str(e).splitlines()[0][:200]})") from None
+                    ctx = self._load(dev, irpa, group)
+                except _LoadFailed as f2:
+                    raise f2.user_error() from None
             contexts[driver] = (dev, ctx)
+        pool.loaded.update(contexts)
         for ps in placed:   # keep the model's order: embed, layers..., head
             dev, ctx = contexts[ps.driver]
             mod = getattr(ctx.modules, ps.meta["name"])
@@ -141,6 +151,30 @@ class ModelChain:
         kinds = [s.meta["kind"] for s in self.stages]
         if kinds[0] not in ("embed", "whole") or kinds[-1] not in ("head", "whole"):
             raise UserError(f"incomplete placement: subgraphs {kinds}")
+
+    def _load(self, dev: Device, irpa: Path, group: list[PlacedSubgraph]):
+        """One VM context on `dev`: the parameters (weights + KV-cache splats), then the modules."""
+        idx = rt.ParameterIndex()
+        if RANDOM_WEIGHTS is not None:
+            _add_random_weights(idx, self.meta, RANDOM_WEIGHTS)
+        else:
+            try:
+                idx.load(str(irpa))
+            except Exception as e:  # noqa: BLE001 - a corrupt archive is bad input
+                raise UserError(f"{irpa}: not a readable .irpa archive ({str(e).splitlines()[0]})") from None
+        pattern = np.zeros(1, self.dtype)
+        for ps in group:
+            for kv in ps.meta["kv_params"]:
+                idx.add_splat(kv["name"], pattern, int(kv["bytes"]))
+        ctx = rt.SystemContext(config=dev.config)
+        ctx.add_vm_module(rt.create_io_parameters_module(dev.instance, idx.create_provider(scope="model")))
+        for ps in group:
+            try:
+                mod = rt.VmModule.copy_buffer(dev.instance, ps.vmfb.read_bytes())
+                ctx.add_vm_module(mod)
+            except Exception as e:  # noqa: BLE001
+                raise _LoadFailed(ps.vmfb, dev.driver, e) from None
+        return ctx
 
     # ---- function choice ------------------------------------------------------------------
     def prefill_bucket(self, n: int) -> int:

@@ -38,10 +38,34 @@ class Counters:
         self.transfer_s = 0.0
 
 
+# One HAL device per driver for the whole process, as rt.Config(driver) keeps, but held here so
+# that a lost Vulkan device can be replaced (renew_hal_device).
+_HAL_DEVICES: dict[str, object] = {}
+
+
+def _hal_device(driver: str):
+    if driver not in _HAL_DEVICES:
+        _HAL_DEVICES[driver] = rt.get_device(driver, cache=False)
+    return _HAL_DEVICES[driver]
+
+
+def renew_hal_device(driver: str) -> None:
+    """Forget the process's device for `driver`: the next Device made for it gets a new one."""
+    _HAL_DEVICES.pop(driver, None)
+
+
+def device_lost(driver: str, err: Exception) -> bool:
+    """A load failed because lavapipe lost its VkDevice (VK_ERROR_DEVICE_LOST, which IREE reports
+    as DATA_LOSS, also through a failed fence). Mesa keeps such a device lost for good: every
+    later call on it fails (docs/FINDINGS.md, "lavapipe DEVICE_LOST")."""
+    msg = str(err)
+    return driver == "vulkan" and ("VK_ERROR_DEVICE_LOST" in msg or "DATA_LOSS" in msg)
+
+
 class Device:
     def __init__(self, driver: str, counters: Counters | None = None):
         self.driver = driver
-        self.config = rt.Config(driver)
+        self.config = rt.Config(device=_hal_device(driver))
         self.hal = self.config.device
         self.allocator = self.hal.allocator
         self.instance = self.config.vm_instance
@@ -128,6 +152,7 @@ class DevicePool:
         self.counters = Counters()
         self._devices: dict[str, Device] = {}
         self.threads = threads
+        self.loaded: set[str] = set()   # drivers a model chain of this pool has loaded onto
 
     def get(self, driver: str) -> Device:
         if driver not in self._devices:
@@ -135,6 +160,13 @@ class DevicePool:
                 rt.flags.parse_flags(f"--task_topology_group_count={int(self.threads)}")
             self._devices[driver] = Device(driver, self.counters)
         return self._devices[driver]
+
+    def renew(self, driver: str) -> Device:
+        """A new device for `driver` in place of a lost one that nothing here has loaded onto."""
+        assert driver not in self.loaded, driver
+        renew_hal_device(driver)
+        self._devices.pop(driver, None)
+        return self.get(driver)
 
     @property
     def devices(self) -> dict[str, Device]:
