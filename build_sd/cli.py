@@ -288,10 +288,11 @@ def main(argv=None) -> int:
         a = ap.parse_args(argv)
     except SystemExit as e:       # argparse: usage errors exit 2 already
         return int(e.code or 0)
+    from .runtime.chain import set_random_weights
     try:
-        if getattr(a, "random_weights", None) is not None:
-            from .runtime.chain import set_random_weights
-            set_random_weights(a.random_weights)
+        # for this command only: main() also runs in-process (tests, scripts), where a setting
+        # left behind would make every later load draw random weights
+        set_random_weights(getattr(a, "random_weights", None))
         rc = a.fn(a)
         return int(rc or 0)
     except (UserError, BuildError) as e:
@@ -305,6 +306,8 @@ def main(argv=None) -> int:
         where = f": {e.filename}" if getattr(e, "filename", None) else ""
         print(f"error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
+    finally:
+        set_random_weights(None)
 
 
 if __name__ == "__main__":

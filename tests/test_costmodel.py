@@ -300,3 +300,13 @@ def test_bench_build_here_measure_elsewhere(draft_ckpt, target_ckpt, tmp_path):
     rc, _, err = cli("bench", there, "--plan", there / "plan.json", "--configs", "2", "--prompts", prompts,
                      "--no-build", "--random-weights", "3", "--simulate-alpha", "0.6")
     assert rc != 0 and "other configurations" in err
+
+
+def test_random_weights_last_one_command():
+    """`main()` runs in-process in the tests and in scripts: --random-weights must not outlive
+    its command (it once did, and the next test's validation compared noise with PyTorch)."""
+    from build_sd.cli import main
+    from build_sd.runtime import chain
+    assert main(["bench", "/nonexistent", "--plan", "/nonexistent/plan.json", "--prompts", "/nonexistent",
+                 "--random-weights", "7"]) != 0
+    assert chain.RANDOM_WEIGHTS is None
