@@ -213,11 +213,16 @@ def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[s
             one_pass(i, 10_000 + w)     # seeds apart from the timed rounds
         log(f"warm-up {w + 1}/{warmup}: {time.perf_counter() - t:.1f}s")
     # 4. measure, alternating. This machine's speed drifts by up to 1.5x within minutes, so each
-    #    round first re-profiles the CPU (the isolated and in-situ figures the planner reads; GPU
-    #    figures are kept from step 2, lavapipe being too slow to re-profile every round), then
-    #    predicts from it and measures every configuration: a prediction is compared with the
+    #    round first re-profiles the CPU (the isolated and in-situ figures the planner reads), and
+    #    lavapipe too when a configuration uses it (it runs on the same cores, so it drifts with
+    #    them: its figures from step 2 were 29 ms for a layer the loop later took 47 ms for,
+    #    docs/FINDINGS.md); a discrete GPU keeps its step-2 figures. Then it predicts from that
+    #    profile and measures every configuration: a prediction is compared with the
     #    measurement of the same minutes.
-    cpu_arts = [a for a in arts if any(pr_["backend"] == "llvm-cpu"
+    lavapipe = any(plan["devices"][d]["preset"] == "vulkan-llvmpipe" for c in chosen
+                   for p_ in (c["draft"], c["target"]) if p_ for d in p_["devices"].values())
+    reprofile_devices = ["cpu", "vulkan"] if lavapipe else ["cpu"]
+    cpu_arts = [a for a in arts if any(pr_["backend"] == "llvm-cpu" or (lavapipe and pr_["backend"] == "vulkan-spirv")
                                        for pr_ in _presets_of(a).values())]
     tps = [[] for _ in chosen]
     preds = [[] for _ in chosen]
@@ -225,7 +230,7 @@ def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[s
     for r in range(rounds):
         bws.append(_bandwidth_gbs())
         if reprofile and cpu_arts:
-            pr = _overlay(prof, profile(cpu_arts, devices=["cpu"], budget_s=0.15, log=lambda m: None,
+            pr = _overlay(prof, profile(cpu_arts, devices=reprofile_devices, budget_s=0.15, log=lambda m: None,
                                         cpu_drivers=cpu_drivers))
             pr_pred = predict_all(pr)
         else:
