@@ -167,6 +167,8 @@ def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[s
             log(f"calibrating alpha on {len(prompts)} prompts (gamma 8)")
             cal = calibrate(str(cal_bundle), prompts, gamma=8, max_new_tokens=max_new_tokens, log=lambda m: log(f"  {m}"))
             alpha = [x for x in cal["greedy"]["per_position"] if x is not None] or cal["greedy"]["alpha"]
+            from .runtime.devices import release_vulkan
+            release_vulkan()        # in case that bundle used lavapipe (see step 4)
     # 3. predictions from a profile and alpha, for exactly these configurations (the cost model,
     #    unchanged); made again each round from that round's CPU profile, see 4.
     def predict_all(pr: dict) -> dict:
@@ -176,13 +178,22 @@ def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[s
         return {_key(c): c for c in fresh["configs"]}
     pred0 = predict_all(prof)
 
-    # 4. measure, alternating
+    # 4. measure, alternating. A configuration with a module on lavapipe opens its session for
+    #    its own passes only: an idle lavapipe device spins two threads for as long as it lives
+    #    and slowed the CPU configurations measured beside it by 20-50 % (docs/FINDINGS.md).
+    from .runtime.devices import release_vulkan
+    on_lavapipe = [any(plan["devices"][d]["preset"] == "vulkan-llvmpipe" for p_ in (c["draft"], c["target"])
+                       if p_ for d in p_["devices"].values()) for c in chosen]
     sessions = []
-    for b in bundles:
-        s = open_bundle(b)
-        s.warmup()
+    for b, lvp in zip(bundles, on_lavapipe):
+        s = None if lvp else open_bundle(b)
+        if s:
+            s.warmup()
         sessions.append(s)
-    enc = [encode_prompt(sessions[0], p) for p in prompts]
+    enc_session = next((s for s in sessions if s), None) or open_bundle(bundles[0])
+    enc = [encode_prompt(enc_session, p) for p in prompts]
+    del enc_session
+    release_vulkan()
 
     # per configuration, over the timed rounds: iterations, tokens and seconds by part, to say
     # which term of the cost model an error comes from
@@ -190,6 +201,17 @@ def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[s
 
     def one_pass(i: int, seed: int, record: bool = False) -> float:
         s, g = sessions[i], chosen[i]["gamma"]
+        if s is None:                   # lavapipe: load for this pass, let the device go after
+            s = open_bundle(bundles[i])
+            s.warmup()
+        try:
+            return _pass(i, s, g, seed, record)
+        finally:
+            if sessions[i] is None:
+                del s
+                release_vulkan()
+
+    def _pass(i: int, s, g: int, seed: int, record: bool) -> float:
         toks, secs = 0, 0.0
         for j, ids in enumerate(enc):
             acc = (SimulatedAcceptor(simulate_alpha, np.random.default_rng(1000 * seed + j))

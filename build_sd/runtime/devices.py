@@ -54,6 +54,15 @@ def renew_hal_device(driver: str) -> None:
     _HAL_DEVICES.pop(driver, None)
 
 
+def release_vulkan() -> None:
+    """Let the process's Vulkan device go once nothing uses it any more: on lavapipe an idle
+    device keeps two threads spinning (two cores on a 2-core machine) until it is destroyed
+    (docs/FINDINGS.md). Chains still holding it keep working; the next one gets a new device."""
+    import gc
+    renew_hal_device("vulkan")
+    gc.collect()
+
+
 def device_lost(driver: str, err: Exception) -> bool:
     """A load failed because lavapipe lost its VkDevice (VK_ERROR_DEVICE_LOST, which IREE reports
     as DATA_LOSS, also through a failed fence). Mesa keeps such a device lost for good: every

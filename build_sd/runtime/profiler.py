@@ -25,7 +25,7 @@ from ..fsutil import write_json
 from ..targets import cpu_model_name
 from .chain import ModelChain, PlacedSubgraph
 from .compat import can_run
-from .devices import DTYPES, DevicePool
+from .devices import DTYPES, DevicePool, release_vulkan
 
 PROFILE_SCHEMA = 1
 
@@ -72,23 +72,38 @@ def profile_key(preset: str, driver: str) -> str:
 
 def profile(paths: list[str | Path], devices: list[str] | None = None, budget_s: float = 0.4,
             log=print, cpu_drivers: tuple[str, ...] = ("local-task", "local-sync")) -> dict:
+    try:
+        return _profile(paths, devices, budget_s, log, cpu_drivers)
+    finally:
+        release_vulkan()        # every chain of the profile is gone: lavapipe spins while its device lives
+
+
+def _profile(paths, devices, budget_s, log, cpu_drivers) -> dict:
     from ..fsutil import sha256_file
     import iree.runtime as rt
 
     pool = DevicePool()
+    sources = [src for p in paths for src in load_model_source(Path(p))]
     models = []
-    chains_by_preset: dict[str, list[tuple[dict, ModelChain]]] = {}
-    for p in paths:
-        for src in load_model_source(Path(p)):
+    for src in sources:
+        meta = src["meta"]
+        models.append({"name": src["name"], "source": meta["source"], "fingerprint": meta.get("fingerprint"),
+                       "dtype": meta["dtype"], "max_context": meta["max_context"],
+                       "config": meta["config"], "subgraphs": [
+                           {k: sg[k] for k in ("name", "label", "kind", "start", "end")} for sg in meta["subgraphs"]],
+                       "modules": {}, "latency": {}, "step": {}, "skipped": {}})
+    host_ms = []
+    # One device class after the other, the CPU first: an idle lavapipe device keeps two threads
+    # spinning for as long as it lives (docs/FINDINGS.md), so the CPU is timed before one exists.
+    for cls_now in ("cpu", "vulkan"):
+        if devices and cls_now not in devices:
+            continue
+        chains_by_preset: dict[str, list[tuple[dict, ModelChain]]] = {}
+        for src, entry in zip(sources, models):
             meta = src["meta"]
-            entry = {"name": src["name"], "source": meta["source"], "fingerprint": meta.get("fingerprint"),
-                     "dtype": meta["dtype"], "max_context": meta["max_context"],
-                     "config": meta["config"], "subgraphs": [
-                         {k: sg[k] for k in ("name", "label", "kind", "start", "end")} for sg in meta["subgraphs"]],
-                     "modules": {}, "latency": {}, "step": {}, "skipped": {}}
             for preset, info in src["presets"].items():
                 cls = "cpu" if info["backend"] == "llvm-cpu" else "vulkan"
-                if devices and cls not in devices:
+                if cls != cls_now:
                     continue
                 ok, why = can_run(info)
                 if not ok:
@@ -111,38 +126,36 @@ def profile(paths: list[str | Path], devices: list[str] | None = None, budget_s:
                     log(f"profiling {src['name']} on {key} ({pool.get(driver).name}): isolated calls")
                     entry["latency"][key], entry["step"][key] = _profile_chain(chain, budget_s)
                     chains_by_preset.setdefault(key, []).append((entry, chain))
-            models.append(entry)
+        # In situ: the same functions timed inside real speculative loops (draft and target taking
+        # turns, the runner's host work between calls): what a generation pays. These replace the
+        # isolated means the planner reads; the isolated figures stay beside them.
+        for preset, group in chains_by_preset.items():
+            group = sorted(group, key=lambda ec: ec[1].meta["config"]["hidden_size"] * ec[1].meta["config"]["num_layers"])
+            draft_e, draft = group[0]
+            target_e, target = group[-1]
+            if target is draft:                  # one model: its second instance drafts (own caches)
+                draft = ModelChain(pool, target.meta, target.irpa, target.placed)
+                draft.warmup()
+            log(f"profiling on {preset}: in situ (speculative loops, gamma 0..{max(target.verify_T) - 1})")
+            times, host = _in_situ(target, draft, budget_s)
+            host_ms += host
+            for e, c in ((target_e, target), (draft_e, draft)):
+                for (stage, fname), (sec, n) in times[id(c)].items():
+                    slot = e["latency"][preset].setdefault(stage, {}).setdefault(fname, {})
+                    slot["isolated_mean_ms"] = slot.get("mean_ms")
+                    slot["mean_ms"] = round(sec / n * 1e3, 5)
+                    slot["in_situ_n"] = n
     if not any(m["latency"] for m in models):
         raise UserError("nothing in these artifacts can run on this machine")
-
-    # In situ: the same functions timed inside real speculative loops (draft and target taking
-    # turns, the runner's host work between calls): what a generation pays. These replace the
-    # isolated means the planner reads; the isolated figures stay beside them.
-    host_ms = []
-    for preset, group in chains_by_preset.items():
-        group = sorted(group, key=lambda ec: ec[1].meta["config"]["hidden_size"] * ec[1].meta["config"]["num_layers"])
-        draft_e, draft = group[0]
-        target_e, target = group[-1]
-        if target is draft:                  # one model: its second instance drafts (own caches)
-            draft = ModelChain(pool, target.meta, target.irpa, target.placed)
-            draft.warmup()
-        log(f"profiling on {preset}: in situ (speculative loops, gamma 0..{max(target.verify_T) - 1})")
-        times, host = _in_situ(target, draft, budget_s)
-        host_ms += host
-        for e, c in ((target_e, target), (draft_e, draft)):
-            for (stage, fname), (sec, n) in times[id(c)].items():
-                slot = e["latency"][preset].setdefault(stage, {}).setdefault(fname, {})
-                slot["isolated_mean_ms"] = slot.get("mean_ms")
-                slot["mean_ms"] = round(sec / n * 1e3, 5)
-                slot["in_situ_n"] = n
     transfer = _profile_transfers(pool, models, log)
+    machine_devices = {drv: d.name for drv, d in pool.devices.items()}
     host = {"ms_per_iteration": round(float(np.median(host_ms)), 5)} if host_ms else None
     return {
         "schema": PROFILE_SCHEMA,
         "kind": "build_sd.profile",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpu": cpu_model_name(), "arch": platform.machine(), "node": platform.node(),
-                    "devices": {drv: d.name for drv, d in pool.devices.items()}},
+                    "devices": machine_devices},
         "iree_runtime": _runtime_version(rt),
         "models": models,
         "transfer": transfer,
