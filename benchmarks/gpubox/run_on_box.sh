@@ -15,6 +15,9 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 lscpu | grep -E "Model name|^CPU\(s\)"
 python3 -c "from build_sd.runtime.devices import vulkan_device_names as v; print('vulkan devices:', v())"
+# does an idle Vulkan device cost CPU there? (on lavapipe it spins two threads: docs/FINDINGS.md;
+# bench keeps GPU sessions open beside the CPU configurations)
+python3 -c "import iree.runtime as rt, os, time; d = rt.get_device('vulkan', cache=False); t = os.times(); time.sleep(2); u = os.times(); print('idle CPU seconds in 2 s with a Vulkan device alive:', round(u.user - t.user + u.system - t.system, 2))"
 # 1. link the bundles' files to the artifacts (the carry holds each vmfb once)
 python3 benchmarks/gpubox/relink.py .gpubox/root || exit 1
 # 2. numbers: GPU module vs CPU module, speculative == target-only
