@@ -33,12 +33,15 @@ def _check_runnable_here(plan: dict) -> None:
         pr = PRESETS.get(d["preset"])
         if pr is None:
             continue     # a preset from a newer build_sd: opening its bundle will say more
-        info = {"backend": pr.backend, "arch": pr.arch, "needs_cpu_flags": list(pr.needs_cpu_flags),
-                "vulkan_device": pr.vulkan_device}
-        ok, why = can_run(info)
+        ok, why = can_run(pr.record())
         if not ok:
             raise UserError(f"the plan is for {plan['platform']}, whose device {name!r} ({d['preset']}) "
                             f"this machine cannot run ({why}): bench measures here")
+
+
+def _devices_of(plan: dict, cfg: dict) -> list[dict]:
+    """The plan's device records ({preset, driver}) a configuration's models run on."""
+    return [plan["devices"][d] for p in (cfg["draft"], cfg["target"]) if p for d in p["devices"].values()]
 
 
 def _ckpt(plan: dict, role: str, root: Path) -> str:
@@ -101,6 +104,7 @@ def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[s
     from .runtime.cli_run import encode_prompt
     from .runtime.profiler import profile
     from .runtime.sampling import GreedyAcceptor, SimulatedAcceptor
+    from .runtime.devices import release_vulkan
     from .runtime.session import open_bundle
     from .runtime.speculative import generate
 
@@ -150,8 +154,9 @@ def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[s
     arts = sorted({str(p) for p in (root / "artifacts").iterdir() if (p / "manifest.json").exists()})
     # the CPU drivers the measured configurations use (a 1B model under local-sync on a 16-core
     # box would only spend minutes profiling a device no configuration runs on)
-    used = {plan["devices"][d]["driver"] for c in chosen for p_ in (c["draft"], c["target"]) if p_
-            for d in p_["devices"].values()}
+    used = {d["driver"] for c in chosen for d in _devices_of(plan, c)}
+    # an idle lavapipe device spins two threads for as long as it lives (docs/FINDINGS.md)
+    on_lavapipe = [any(d["preset"] == "vulkan-llvmpipe" for d in _devices_of(plan, c)) for c in chosen]
     cpu_drivers = tuple(d for d in ("local-task", "local-sync") if d in used) or ("local-task",)
     log(f"profiling {len(arts)} artifacts folders")
     bw_before = _bandwidth_gbs()
@@ -167,7 +172,6 @@ def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[s
             log(f"calibrating alpha on {len(prompts)} prompts (gamma 8)")
             cal = calibrate(str(cal_bundle), prompts, gamma=8, max_new_tokens=max_new_tokens, log=lambda m: log(f"  {m}"))
             alpha = [x for x in cal["greedy"]["per_position"] if x is not None] or cal["greedy"]["alpha"]
-            from .runtime.devices import release_vulkan
             release_vulkan()        # in case that bundle used lavapipe (see step 4)
     # 3. predictions from a profile and alpha, for exactly these configurations (the cost model,
     #    unchanged); made again each round from that round's CPU profile, see 4.
@@ -181,9 +185,6 @@ def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[s
     # 4. measure, alternating. A configuration with a module on lavapipe opens its session for
     #    its own passes only: an idle lavapipe device spins two threads for as long as it lives
     #    and slowed the CPU configurations measured beside it by 20-50 % (docs/FINDINGS.md).
-    from .runtime.devices import release_vulkan
-    on_lavapipe = [any(plan["devices"][d]["preset"] == "vulkan-llvmpipe" for p_ in (c["draft"], c["target"])
-                       if p_ for d in p_["devices"].values()) for c in chosen]
     sessions = []
     for b, lvp in zip(bundles, on_lavapipe):
         s = None if lvp else open_bundle(b)
@@ -241,18 +242,17 @@ def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[s
     #    docs/FINDINGS.md); a discrete GPU keeps its step-2 figures. Then it predicts from that
     #    profile and measures every configuration: a prediction is compared with the
     #    measurement of the same minutes.
-    lavapipe = any(plan["devices"][d]["preset"] == "vulkan-llvmpipe" for c in chosen
-                   for p_ in (c["draft"], c["target"]) if p_ for d in p_["devices"].values())
+    lavapipe = any(on_lavapipe)
     reprofile_devices = ["cpu", "vulkan"] if lavapipe else ["cpu"]
-    cpu_arts = [a for a in arts if any(pr_["backend"] == "llvm-cpu" or (lavapipe and pr_["backend"] == "vulkan-spirv")
-                                       for pr_ in _presets_of(a).values())]
+    reprofile_arts = [a for a in arts if any(pr_["backend"] == "llvm-cpu" or (lavapipe and pr_["backend"] == "vulkan-spirv")
+                                             for pr_ in _presets_of(a).values())]
     tps = [[] for _ in chosen]
     preds = [[] for _ in chosen]
     bws = []
     for r in range(rounds):
         bws.append(_bandwidth_gbs())
-        if reprofile and cpu_arts:
-            pr = _overlay(prof, profile(cpu_arts, devices=reprofile_devices, budget_s=0.15, log=lambda m: None,
+        if reprofile and reprofile_arts:
+            pr = _overlay(prof, profile(reprofile_arts, devices=reprofile_devices, budget_s=0.15, log=lambda m: None,
                                         cpu_drivers=cpu_drivers))
             pr_pred = predict_all(pr)
         else:

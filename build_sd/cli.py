@@ -107,6 +107,12 @@ def cmd_demo(a):
     run_demo(gamma=a.gamma, sentences=a.sentences)
 
 
+def _random_weights_option(p) -> None:
+    p.add_argument("--random-weights", type=int, metavar="SEED",
+                   help="latency studies: draw the weights at run time (seeded) instead of reading the "
+                        ".irpa, which may then be absent; tokens are noise (pair with --simulate-alpha)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="build-sd", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -171,18 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu-driver", action="append", metavar="[ROLE=]DRIVER",
                    help="local-sync or local-task for the CPU modules, e.g. draft=local-sync "
                         "(default: the bundle's, else local-task)")
-    p.add_argument("--random-weights", type=int, metavar="SEED",
-                   help="latency studies: draw the weights at run time (seeded) instead of reading the "
-                        ".irpa, which may then be absent; tokens are noise (pair with --simulate-alpha)")
+    _random_weights_option(p)
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("profile", help="measure every subgraph function on this machine (no torch)")
     p.add_argument("paths", nargs="+", metavar="ARTIFACTS_OR_BUNDLE")
     p.add_argument("--devices", help="device classes to profile, e.g. cpu,vulkan (default: all here)")
     p.add_argument("--budget", type=float, default=0.4, help="seconds per function (default 0.4)")
-    p.add_argument("--random-weights", type=int, metavar="SEED",
-                   help="latency studies: draw the weights at run time (seeded) instead of reading the "
-                        ".irpa, which may then be absent; tokens are noise (pair with --simulate-alpha)")
+    _random_weights_option(p)
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_profile)
 
@@ -244,9 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-link", action="store_true",
                    help="copy the artifacts into each configuration's bundle instead of hard-linking them")
     p.add_argument("--png", help="write the predicted-vs-measured chart here")
-    p.add_argument("--random-weights", type=int, metavar="SEED",
-                   help="latency studies: draw the weights at run time (seeded) instead of reading the "
-                        ".irpa, which may then be absent; tokens are noise (pair with --simulate-alpha)")
+    _random_weights_option(p)
     p.add_argument("--no-reprofile", action="store_true",
                    help="predict every round from the first profile (default: profile the CPU again "
                         "before each round, for machines whose speed drifts)")

@@ -25,7 +25,7 @@ from pathlib import Path
 from .errors import BuildError, UserError
 from .export import load_export
 from .fsutil import sha256_file, write_atomic, write_json
-from .targets import Preset, cpu_model_name, get_preset
+from .targets import Preset, get_preset
 
 MANIFEST_SCHEMA = 1
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -191,13 +191,7 @@ def compile_artifacts(mlir_dir: str | Path, presets: list[str], out: str | Path,
         "kind": "build_sd.artifacts",
         "name": meta["name"],
         "compiler": {"version": version, "iree_compile": iree},
-        "presets": {p.name: {"backend": p.backend, "arch": p.arch, "driver": p.driver,
-                             "flags": list(p.flags), "description": p.description,
-                             "needs_cpu_flags": list(p.needs_cpu_flags),
-                             "vulkan_device": p.vulkan_device, "host_specific": p.host_specific,
-                             # -mcpu=host code runs only on the CPU it was built on
-                             "built_on_cpu": cpu_model_name() if p.host_specific else None}
-                    for p in resolved},
+        "presets": {p.name: p.record() for p in resolved},
         "inputs": {sg["mlir"]: sg["sha256"] for sg in meta["subgraphs"]},
         "modules": modules,
         "files": files,

@@ -46,6 +46,15 @@ class Preset:
     def driver(self) -> str:
         return "local-task" if self.backend == "llvm-cpu" else "vulkan"
 
+    def record(self) -> dict:
+        """The manifest's record of this preset: what `runtime.compat.can_run` reads back."""
+        return {"backend": self.backend, "arch": self.arch, "driver": self.driver,
+                "flags": list(self.flags), "description": self.description,
+                "needs_cpu_flags": list(self.needs_cpu_flags),
+                "vulkan_device": self.vulkan_device, "host_specific": self.host_specific,
+                # -mcpu=host code runs only on the CPU it was built on
+                "built_on_cpu": cpu_model_name() if self.host_specific else None}
+
     @property
     def device_class(self) -> str:
         return "cpu" if self.backend == "llvm-cpu" else "vulkan"
