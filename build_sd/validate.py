@@ -85,7 +85,7 @@ def validate(artifacts: str | Path, ckpt: str | Path, presets: list[str] | None 
     from .model.loader import load_checkpoint
     from .runtime.chain import ModelChain, PlacedSubgraph
     from .runtime.compat import can_run
-    from .runtime.devices import DevicePool
+    from .runtime.devices import DevicePool, retry_if_lost
 
     artifacts = Path(artifacts)
     man, meta = load_artifacts(artifacts)
@@ -116,7 +116,7 @@ def validate(artifacts: str | Path, ckpt: str | Path, presets: list[str] | None 
         driver = man["presets"][preset]["driver"]
         placed = [PlacedSubgraph(sg, artifacts / preset / f"{sg['name']}.vmfb", driver, preset)
                   for sg in meta["subgraphs"]]
-        chain = ModelChain(pool, meta, artifacts / "model.irpa", placed)
+        chain = retry_if_lost(lambda: ModelChain(pool, meta, artifacts / "model.irpa", placed), preset)
         dev_name = pool.get(driver).name
         rows: dict[tuple[str, str], Row] = {}
         ref_model.reset_cache()

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from build_sd.costmodel import (ModelCosts, Transfer, expected_tokens, expected_tokens_positional,
+from build_sd.costmodel import (ModelCosts, expected_tokens, expected_tokens_positional,
                                 leviathan_speedup, predict)
 from build_sd.errors import UserError
 from build_sd.plan import make_plan, placements

@@ -12,7 +12,6 @@ from build_sd.demo import corpus
 from build_sd.demo.corpus import (
     Pair,
     clean_pair,
-    load_pairs,
     load_pairs_with_stats,
     parse_mo_raw,
     read_catalog,

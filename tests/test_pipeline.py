@@ -5,9 +5,7 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import pytest
 
 from conftest import BUILD, HAS_VULKAN, _build
 from helpers import cli, make_checkpoint

@@ -11,7 +11,6 @@ their device. Functions are invoked through VmContext.invoke with prebuilt argum
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import iree.runtime as rt
 
 from ..errors import UserError
-from .devices import DTYPES, Device, DevicePool, device_lost
+from .devices import DTYPES, Device, DeviceLost, DevicePool, device_lost
 
 
 # Latency studies of shapes whose weights cannot travel (a 1B f32 .irpa is 5 GB; the GPU box
@@ -126,21 +125,10 @@ class ModelChain:
             try:
                 ctx = self._load(dev, irpa, group)
             except _LoadFailed as f:
-                # lavapipe sometimes loses its VkDevice while a module's initializers run (the
-                # parameter upload, the KV-cache fills): a lost device stays lost, so retry once
-                # on a new one, and only where no chain of this pool already uses the lost one
-                # (docs/FINDINGS.md, "lavapipe DEVICE_LOST")
-                if not device_lost(driver, f.err) or driver in pool.loaded:
-                    raise f.user_error() from None
-                print(f"build-sd: the {driver} device was lost loading {f.vmfb.name} "
-                      f"({f.first_line()}); retrying once on a new device", file=sys.stderr)
-                dev = pool.renew(driver)
-                try:
-                    ctx = self._load(dev, irpa, group)
-                except _LoadFailed as f2:
-                    raise f2.user_error() from None
+                if device_lost(driver, f.err):      # the caller may retry: retry_if_lost
+                    raise DeviceLost(driver, f.vmfb.name, f.first_line()) from None
+                raise f.user_error() from None
             contexts[driver] = (dev, ctx)
-        pool.loaded.update(contexts)
         for ps in placed:   # keep the model's order: embed, layers..., head
             dev, ctx = contexts[ps.driver]
             mod = getattr(ctx.modules, ps.meta["name"])

@@ -12,11 +12,14 @@ Every crossing is counted (calls, bytes each way) for the metrics.
 """
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
 import iree.runtime as rt
 from iree.runtime import BufferUsage, HalElementType, HalFence, MemoryType
+
+from ..errors import UserError
 
 _ELT = {
     np.dtype(np.float32): HalElementType.FLOAT_32,
@@ -71,10 +74,34 @@ def device_lost(driver: str, err: Exception) -> bool:
     return driver == "vulkan" and ("VK_ERROR_DEVICE_LOST" in msg or "DATA_LOSS" in msg)
 
 
+class DeviceLost(UserError):
+    """A model could not load because its Vulkan device was lost (see device_lost)."""
+
+    def __init__(self, driver: str, what: str, detail: str):
+        super().__init__(f"the {driver} device was lost loading {what} ({detail})")
+        self.driver = driver
+
+
+def retry_if_lost(load, what: str):
+    """load(), and once more on a new device if it lost its Vulkan device.
+
+    lavapipe once in a while loses its VkDevice while a module's initializers run (the parameter
+    upload, the KV-cache fills); a lost device stays lost but a new one works (docs/FINDINGS.md).
+    Every chain on the lost device is broken, so `load` must rebuild all of them: a new
+    DevicePool, whose get() then makes a new device. A second loss is the user's error."""
+    try:
+        return load()
+    except DeviceLost as e:
+        print(f"build-sd: {e}; loading {what} again on a new device", file=sys.stderr)
+        release_vulkan()
+        return load()
+
+
 class Device:
     def __init__(self, driver: str, counters: Counters | None = None):
         self.driver = driver
-        self.config = rt.Config(device=_hal_device(driver))
+        self.hal_owner = _hal_device(driver)   # the process's device when this one was made
+        self.config = rt.Config(device=self.hal_owner)
         self.hal = self.config.device
         self.allocator = self.hal.allocator
         self.instance = self.config.vm_instance
@@ -161,21 +188,15 @@ class DevicePool:
         self.counters = Counters()
         self._devices: dict[str, Device] = {}
         self.threads = threads
-        self.loaded: set[str] = set()   # drivers a model chain of this pool has loaded onto
 
     def get(self, driver: str) -> Device:
-        if driver not in self._devices:
+        d = self._devices.get(driver)
+        # after release_vulkan() the process's device is a new one: so is the pool's
+        if d is None or d.hal_owner is not _HAL_DEVICES.get(driver):
             if driver.startswith("local") and self.threads:
                 rt.flags.parse_flags(f"--task_topology_group_count={int(self.threads)}")
-            self._devices[driver] = Device(driver, self.counters)
-        return self._devices[driver]
-
-    def renew(self, driver: str) -> Device:
-        """A new device for `driver` in place of a lost one that nothing here has loaded onto."""
-        assert driver not in self.loaded, driver
-        renew_hal_device(driver)
-        self._devices.pop(driver, None)
-        return self.get(driver)
+            self._devices[driver] = d = Device(driver, self.counters)
+        return d
 
     @property
     def devices(self) -> dict[str, Device]:

@@ -25,7 +25,7 @@ from ..fsutil import write_json
 from ..targets import cpu_model_name
 from .chain import ModelChain, PlacedSubgraph
 from .compat import can_run
-from .devices import DTYPES, DevicePool, release_vulkan
+from .devices import DTYPES, DevicePool, release_vulkan, retry_if_lost
 
 PROFILE_SCHEMA = 1
 
@@ -73,7 +73,8 @@ def profile_key(preset: str, driver: str) -> str:
 def profile(paths: list[str | Path], devices: list[str] | None = None, budget_s: float = 0.4,
             log=print, cpu_drivers: tuple[str, ...] = ("local-task", "local-sync")) -> dict:
     try:
-        return _profile(paths, devices, budget_s, log, cpu_drivers)
+        # a lost lavapipe device breaks every chain on it: the whole profile runs again
+        return retry_if_lost(lambda: _profile(paths, devices, budget_s, log, cpu_drivers), "the profile")
     finally:
         release_vulkan()        # every chain of the profile is gone: lavapipe spins while its device lives
 

@@ -9,7 +9,7 @@ from ..errors import UserError
 from ..fsutil import sha256_file
 from .chain import ModelChain, PlacedSubgraph
 from .compat import can_run
-from .devices import DevicePool
+from .devices import DevicePool, retry_if_lost
 from .tokenizer import load_tokenizer
 
 BUNDLE_SCHEMA = 1
@@ -182,32 +182,40 @@ def open_bundle(path: str | Path, load_draft: bool = True, check_hashes: bool = 
     found = problems(bundle, man, check_hashes=check_hashes, fallback=fallback)
     if found:
         raise UserError(f"{bundle}: {found[0]}" + (f" (+{len(found) - 1} more: build-sd verify)" if len(found) > 1 else ""))
-    pool = DevicePool(threads if threads is not None else man.get("threads"))
     # the manifest's cpu_driver was checked by read_manifest (manifest_shape_problem)
     drivers = {**man.get("cpu_driver", {}), **parse_cpu_driver(cpu_driver)}
-    chains = {}
-    for role in ("target", "draft"):
-        if role == "draft" and not load_draft:
-            chains[role] = None
-            continue
-        m = man["models"][role]
-        try:
-            meta = json.loads((bundle / m["files"]["export"]).read_text())
-            placed = []
-            for sg in meta["subgraphs"]:
-                mod = m["modules"][sg["name"]]
-                if fallback == "cpu" and not can_run(man["presets"][mod["preset"]])[0]:
-                    mod = m["fallback"][sg["name"]]
-                driver = man["presets"][mod["preset"]]["driver"]
-                if driver in CPU_DRIVERS and role in drivers:
-                    driver = drivers[role]
-                placed.append(PlacedSubgraph(sg, bundle / mod["file"], driver, mod["preset"]))
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise UserError(f"{bundle}: the {role}'s export.json does not match its modules "
-                            f"({type(e).__name__}: {e})") from None
-        chains[role] = ModelChain(pool, meta, bundle / m["files"]["irpa"], placed)
+    placement = {role: _placement(bundle, man, role, fallback, drivers)
+                 for role in ("target", "draft") if role == "target" or load_draft}
+
+    def load():
+        pool = DevicePool(threads if threads is not None else man.get("threads"))
+        chains = {role: ModelChain(pool, meta, bundle / man["models"][role]["files"]["irpa"], placed)
+                  for role, (meta, placed) in placement.items()}
+        return pool, chains
+    pool, chains = retry_if_lost(load, f"{bundle.name}")
     tok = load_tokenizer(bundle / man["tokenizer"])
-    return Session(bundle, man, chains["target"], chains["draft"], tok, pool)
+    return Session(bundle, man, chains["target"], chains.get("draft"), tok, pool)
+
+
+def _placement(bundle: Path, man: dict, role: str, fallback: str | None,
+               drivers: dict[str, str]) -> tuple[dict, list[PlacedSubgraph]]:
+    """A model's export.json and where each of its subgraphs runs (module file, driver)."""
+    m = man["models"][role]
+    try:
+        meta = json.loads((bundle / m["files"]["export"]).read_text())
+        placed = []
+        for sg in meta["subgraphs"]:
+            mod = m["modules"][sg["name"]]
+            if fallback == "cpu" and not can_run(man["presets"][mod["preset"]])[0]:
+                mod = m["fallback"][sg["name"]]
+            driver = man["presets"][mod["preset"]]["driver"]
+            if driver in CPU_DRIVERS and role in drivers:
+                driver = drivers[role]
+            placed.append(PlacedSubgraph(sg, bundle / mod["file"], driver, mod["preset"]))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"{bundle}: the {role}'s export.json does not match its modules "
+                        f"({type(e).__name__}: {e})") from None
+    return meta, placed
 
 
 def recover_interrupted_swap(bundle: Path) -> None:
