@@ -205,8 +205,11 @@ def make_plan(draft_ckpt: str | Path, target_ckpt: str | Path, platform_name: st
             raise UserError(f"platform {platform_name} has no device {d!r} ({', '.join(platform.devices)})")
     dlat = Latencies(platform, dcfg, dtype, max_context, profile, config_sha(draft_ckpt))
     tlat = Latencies(platform, tcfg, dtype, max_context, profile, config_sha(target_ckpt))
-    host_ms = (profile or {}).get("host", {}) or {}
-    host_ms = host_ms.get("ms_per_iteration", platform.host_ms_per_iteration)
+    host = (profile or {}).get("host", {}) or {}
+
+    def host_ms(g: int) -> float:
+        """The runner's own work per iteration at this gamma (profiled per gamma where known)."""
+        return host.get("by_gamma", {}).get(str(g), host.get("ms_per_iteration", platform.host_ms_per_iteration))
     gammas = list(gammas)
     tTs = sorted({1} | {g + 1 for g in gammas if g > 0})
     same = {frozenset((a, b)) for a in devs for b in devs
@@ -218,14 +221,14 @@ def make_plan(draft_ckpt: str | Path, target_ckpt: str | Path, platform_name: st
     configs: list[Config] = []
     for tp, tc in t_opts:
         tr_t = transfer_for(platform, profile, set(tp.devices.values()))
-        base = predict(tc, None, 0, alpha, tr_t, host_ms)
+        base = predict(tc, None, 0, alpha, tr_t, host_ms(0))
         configs.append(Config(None, tp, 0, base.ms_per_token, 1.0, base.parts))
         for dp, dc in d_opts:
             tr = transfer_for(platform, profile, set(tp.devices.values()) | set(dp.devices.values()))
             for g in gammas:
                 if g == 0:
                     continue
-                pr = predict(tc, dc, g, alpha, tr, host_ms)
+                pr = predict(tc, dc, g, alpha, tr, host_ms(g))
                 configs.append(Config(dp, tp, g, pr.ms_per_token, pr.expected_tokens, pr.parts))
     best_ar = min(c.pred_ms_per_token for c in configs if c.gamma == 0)
     for c in configs:

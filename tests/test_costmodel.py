@@ -215,7 +215,7 @@ def test_cpu_drivers_are_two_devices_of_one_processor(target_whole):
     plan = make_plan(ck, ck, plat, 0.8, prof, max_context=96, devices=["cpu", "cpu-sync"])
     by = {(c["draft"]["label"] if c["draft"] else "-", c["target"]["label"], c["gamma"]): c for c in plan["configs"]}
     for dev in ("cpu", "cpu-sync"):
-        want = lat[plat.devices[dev].profile_key]["whole"]["decode"]["mean_ms"] + prof["host"]["ms_per_iteration"]
+        want = lat[plat.devices[dev].profile_key]["whole"]["decode"]["mean_ms"] + prof["host"]["by_gamma"]["0"]
         assert by[("-", dev, 0)]["pred_ms_per_token"] == pytest.approx(want, rel=1e-3)
     assert plan["devices"]["cpu-sync"]["driver"] == "local-sync"
 
