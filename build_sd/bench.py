@@ -78,9 +78,13 @@ def _overlay(base: dict, fresh: dict) -> dict:
     by_name = {m["name"]: m for m in fresh["models"]}
     for m in out["models"]:
         f = by_name.get(m["name"])
-        if f:
-            m["latency"].update(f["latency"])
-            m["step"].update(f.get("step", {}))
+        if f:      # function by function: an in-situ-only profile leaves the prefills to base
+            for key, stages in f["latency"].items():
+                for stage, fns in stages.items():
+                    for fname, slot in fns.items():
+                        m["latency"].setdefault(key, {}).setdefault(stage, {}).setdefault(fname, {}).update(
+                            {k: v for k, v in slot.items() if v is not None})
+            m["step"].update({k: v for k, v in f.get("step", {}).items() if v})
     if fresh.get("host"):
         out["host"] = fresh["host"]
     return out
@@ -94,7 +98,8 @@ def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[s
     """warmup: untimed passes over the prompts per configuration before the timed rounds (0: only
     one call of every function); link: the per-configuration bundles hard-link the artifacts'
     weights and modules instead of copying them (N bundles of one pair cost no extra disk);
-    reprofile: profile the CPU again before every round and predict that round from it.
+    reprofile: profile the CPU again (in-situ loops only) before every round and after the last,
+    and predict each round from the mean of the two profiles around it.
     build: "yes" (build what is missing, then measure), "only" (build the bundles and stop: for a
     machine without the compiler, e.g. the GPU box), "no" (measure the bundles an earlier "only"
     left in ROOT/bench; needs neither torch nor iree-compile)."""
@@ -249,18 +254,30 @@ def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[s
     tps = [[] for _ in chosen]
     preds = [[] for _ in chosen]
     bws = []
+
+    def round_profile() -> dict:
+        """Predictions from an in-situ re-profile now (the isolated figures stay those of step 2)."""
+        if not (reprofile and reprofile_arts):
+            return pred0
+        return predict_all(_overlay(prof, profile(reprofile_arts, devices=reprofile_devices, budget_s=0.15,
+                                                  log=lambda m: None, cpu_drivers=cpu_drivers,
+                                                  isolated=False)))
+    # Each round is bracketed by two profiles (the one after round r opens round r + 1) and
+    # predicted from their mean: a drift that is linear over the round cancels.
+    pr_next = round_profile()
     for r in range(rounds):
         bws.append(_bandwidth_gbs())
-        if reprofile and reprofile_arts:
-            pr = _overlay(prof, profile(reprofile_arts, devices=reprofile_devices, budget_s=0.15, log=lambda m: None,
-                                        cpu_drivers=cpu_drivers))
-            pr_pred = predict_all(pr)
-        else:
-            pr_pred = pred0
+        pr_start = pr_next
         order = list(range(len(chosen)))
         order = order[r % len(order):] + order[:r % len(order)]
         for i in order:
             tps[i].append(one_pass(i, r, record=True))
+        pr_next = round_profile()
+        pr_pred = pr_start if pr_next is pr_start else {
+            k: dict(v, pred_tokens_per_s=(v["pred_tokens_per_s"] + pr_next[k]["pred_tokens_per_s"]) / 2,
+                    parts_ms={p: (ms + pr_next[k]["parts_ms"][p]) / 2 for p, ms in v["parts_ms"].items()})
+            for k, v in pr_start.items()}
+        for i in range(len(chosen)):
             preds[i].append(pr_pred[_key(chosen[i])]["pred_tokens_per_s"])
         errs = [(preds[i][-1] - tps[i][-1]) / tps[i][-1] for i in range(len(chosen))]
         log(f"round {r + 1}/{rounds}: bandwidth {bws[-1]:.1f} GB/s, median |error| "

@@ -248,8 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", help="write the predicted-vs-measured chart here")
     _random_weights_option(p)
     p.add_argument("--no-reprofile", action="store_true",
-                   help="predict every round from the first profile (default: profile the CPU again "
-                        "before each round, for machines whose speed drifts)")
+                   help="predict every round from the first profile (default: re-profile the CPU in situ "
+                        "before each round and after the last, and predict each round from the two "
+                        "profiles around it, for machines whose speed drifts)")
     p.add_argument("--build-only", action="store_true",
                    help="build the configurations' bundles (under ROOT/bench/) and stop: for measuring "
                         "on a machine without iree-compile (then `bench --no-build` there)")

@@ -71,15 +71,19 @@ def profile_key(preset: str, driver: str) -> str:
 
 
 def profile(paths: list[str | Path], devices: list[str] | None = None, budget_s: float = 0.4,
-            log=print, cpu_drivers: tuple[str, ...] = ("local-task", "local-sync")) -> dict:
+            log=print, cpu_drivers: tuple[str, ...] = ("local-task", "local-sync"),
+            isolated: bool = True) -> dict:
+    """isolated=False: only the in-situ loops (and the host, transfers), for a quick re-profile
+    laid over a full one (bench): the isolated calls take most of a profile's time."""
     try:
         # a lost lavapipe device breaks every chain on it: the whole profile runs again
-        return retry_if_lost(lambda: _profile(paths, devices, budget_s, log, cpu_drivers), "the profile")
+        return retry_if_lost(lambda: _profile(paths, devices, budget_s, log, cpu_drivers, isolated),
+                             "the profile")
     finally:
         release_vulkan()        # every chain of the profile is gone: lavapipe spins while its device lives
 
 
-def _profile(paths, devices, budget_s, log, cpu_drivers) -> dict:
+def _profile(paths, devices, budget_s, log, cpu_drivers, isolated=True) -> dict:
     from ..fsutil import sha256_file
     import iree.runtime as rt
 
@@ -124,8 +128,11 @@ def _profile(paths, devices, budget_s, log, cpu_drivers) -> dict:
                         placed.append(PlacedSubgraph(sg, src["dir"] / rel, driver, preset))
                     chain = ModelChain(pool, meta, src["irpa"], placed)
                     chain.warmup()
-                    log(f"profiling {src['name']} on {key} ({pool.get(driver).name}): isolated calls")
-                    entry["latency"][key], entry["step"][key] = _profile_chain(chain, budget_s)
+                    if isolated:
+                        log(f"profiling {src['name']} on {key} ({pool.get(driver).name}): isolated calls")
+                        entry["latency"][key], entry["step"][key] = _profile_chain(chain, budget_s)
+                    else:
+                        entry["latency"][key], entry["step"][key] = {}, {}
                     chains_by_preset.setdefault(key, []).append((entry, chain))
         # In situ: the same functions timed inside real speculative loops (draft and target taking
         # turns, the runner's host work between calls): what a generation pays. These replace the
