@@ -165,7 +165,8 @@ def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[s
     cpu_drivers = tuple(d for d in ("local-task", "local-sync") if d in used) or ("local-task",)
     log(f"profiling {len(arts)} artifacts folders")
     bw_before = _bandwidth_gbs()
-    prof = profile(arts, log=lambda m: log(f"  {m}"), cpu_drivers=cpu_drivers)
+    # in-situ loops as long as the measured generations (the calls after a prefill cost more)
+    prof = profile(arts, log=lambda m: log(f"  {m}"), cpu_drivers=cpu_drivers, in_situ_tokens=max_new_tokens)
     if simulate_alpha is not None:
         alpha = simulate_alpha
     else:
@@ -261,7 +262,7 @@ def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[s
             return pred0
         return predict_all(_overlay(prof, profile(reprofile_arts, devices=reprofile_devices, budget_s=0.15,
                                                   log=lambda m: None, cpu_drivers=cpu_drivers,
-                                                  isolated=False)))
+                                                  isolated=False, in_situ_tokens=max_new_tokens)))
     # Each round is bracketed by two profiles (the one after round r opens round r + 1) and
     # predicted from their mean: a drift that is linear over the round cancels.
     pr_next = round_profile()

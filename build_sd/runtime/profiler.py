@@ -72,18 +72,22 @@ def profile_key(preset: str, driver: str) -> str:
 
 def profile(paths: list[str | Path], devices: list[str] | None = None, budget_s: float = 0.4,
             log=print, cpu_drivers: tuple[str, ...] = ("local-task", "local-sync"),
-            isolated: bool = True) -> dict:
+            isolated: bool = True, in_situ_tokens: int = 64) -> dict:
     """isolated=False: only the in-situ loops (and the host, transfers), for a quick re-profile
-    laid over a full one (bench): the isolated calls take most of a profile's time."""
+    laid over a full one (bench): the isolated calls take most of a profile's time.
+    in_situ_tokens: tokens each in-situ loop generates. The first calls after a prefill cost
+    more (demo pair: loops of 24 tokens timed verify_T2 4 % and decode 2.5 % above loops of 64),
+    so the loops should be as long as the workload's generations; 64 by default."""
     try:
         # a lost lavapipe device breaks every chain on it: the whole profile runs again
-        return retry_if_lost(lambda: _profile(paths, devices, budget_s, log, cpu_drivers, isolated),
+        return retry_if_lost(lambda: _profile(paths, devices, budget_s, log, cpu_drivers, isolated,
+                                              in_situ_tokens),
                              "the profile")
     finally:
         release_vulkan()        # every chain of the profile is gone: lavapipe spins while its device lives
 
 
-def _profile(paths, devices, budget_s, log, cpu_drivers, isolated=True) -> dict:
+def _profile(paths, devices, budget_s, log, cpu_drivers, isolated=True, in_situ_tokens=64) -> dict:
     from ..fsutil import sha256_file
     import iree.runtime as rt
 
@@ -145,7 +149,7 @@ def _profile(paths, devices, budget_s, log, cpu_drivers, isolated=True) -> dict:
                 draft = ModelChain(pool, target.meta, target.irpa, target.placed)
                 draft.warmup()
             log(f"profiling on {preset}: in situ (speculative loops, gamma 0..{max(target.verify_T) - 1})")
-            times, host = _in_situ(target, draft, budget_s)
+            times, host = _in_situ(target, draft, budget_s, in_situ_tokens)
             host_ms += host
             for e, c in ((target_e, target), (draft_e, draft)):
                 for (stage, fname), (sec, n) in times[id(c)].items():
@@ -185,7 +189,7 @@ def _runtime_version(rt) -> str:
         return getattr(rt, "__version__", "unknown")
 
 
-def _in_situ(target: ModelChain, draft: ModelChain, budget_s: float):
+def _in_situ(target: ModelChain, draft: ModelChain, budget_s: float, tokens: int = 64):
     """Run speculative loops for every gamma and prompt bucket; per-stage mean times."""
     from .sampling import GreedyAcceptor, SimulatedAcceptor
     from .speculative import generate
@@ -202,7 +206,7 @@ def _in_situ(target: ModelChain, draft: ModelChain, budget_s: float):
     while rounds < 1 or (time.perf_counter() < t_end and rounds < 8):
         for prompt in prompts:
             for g in gammas:
-                n = min(24, min(target.max_context, draft.max_context) - len(prompt) - g - 2)
+                n = min(tokens, min(target.max_context, draft.max_context) - len(prompt) - g - 2)
                 if n < 2:
                     continue
                 acc = SimulatedAcceptor(0.7, rng) if g else GreedyAcceptor()
