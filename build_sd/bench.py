@@ -90,6 +90,13 @@ def _overlay(base: dict, fresh: dict) -> dict:
     return out
 
 
+def _mean_predictions(a: dict, b: dict) -> dict:
+    """Per configuration, the mean of two predictions (tokens/s and the cost model's terms)."""
+    return {k: dict(v, pred_tokens_per_s=(v["pred_tokens_per_s"] + b[k]["pred_tokens_per_s"]) / 2,
+                    parts_ms={p: (ms + b[k]["parts_ms"][p]) / 2 for p, ms in v["parts_ms"].items()})
+            for k, v in a.items()}
+
+
 def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[str], rounds: int = 4,
               max_new_tokens: int = 48, simulate_alpha: float | None = None, png: str | None = None,
               configs: list[int] | None = None, warmup: int = 1, link: bool = True,
@@ -274,10 +281,7 @@ def run_bench(root: str | Path, plan_path: str | Path, top: int, prompts: list[s
         for i in order:
             tps[i].append(one_pass(i, r, record=True))
         pr_next = round_profile()
-        pr_pred = pr_start if pr_next is pr_start else {
-            k: dict(v, pred_tokens_per_s=(v["pred_tokens_per_s"] + pr_next[k]["pred_tokens_per_s"]) / 2,
-                    parts_ms={p: (ms + pr_next[k]["parts_ms"][p]) / 2 for p, ms in v["parts_ms"].items()})
-            for k, v in pr_start.items()}
+        pr_pred = pr_start if pr_next is pr_start else _mean_predictions(pr_start, pr_next)
         for i in range(len(chosen)):
             preds[i].append(pr_pred[_key(chosen[i])]["pred_tokens_per_s"])
         errs = [(preds[i][-1] - tps[i][-1]) / tps[i][-1] for i in range(len(chosen))]

@@ -326,7 +326,7 @@ def test_a_lost_vulkan_device_reloads_the_bundle_once_on_a_new_one(bundles, monk
     devices = []
 
     def flaky(self, dev, irpa, group):
-        devices.append(dev.hal_owner)
+        devices.append(dev.hal)
         if len(devices) == lost_at:
             raise chain_mod._LoadFailed(group[0].vmfb, dev.driver,
                                         RuntimeError("DATA_LOSS; while invoking native function hal.fence.await"))

@@ -100,9 +100,8 @@ def retry_if_lost(load, what: str):
 class Device:
     def __init__(self, driver: str, counters: Counters | None = None):
         self.driver = driver
-        self.hal_owner = _hal_device(driver)   # the process's device when this one was made
-        self.config = rt.Config(device=self.hal_owner)
-        self.hal = self.config.device
+        self.hal = _hal_device(driver)   # the process's device when this one was made
+        self.config = rt.Config(device=self.hal)
         self.allocator = self.hal.allocator
         self.instance = self.config.vm_instance
         self.mappable = driver.startswith("local")
@@ -192,7 +191,7 @@ class DevicePool:
     def get(self, driver: str) -> Device:
         d = self._devices.get(driver)
         # after release_vulkan() the process's device is a new one: so is the pool's
-        if d is None or d.hal_owner is not _HAL_DEVICES.get(driver):
+        if d is None or d.hal is not _HAL_DEVICES.get(driver):
             if driver.startswith("local") and self.threads:
                 rt.flags.parse_flags(f"--task_topology_group_count={int(self.threads)}")
             self._devices[driver] = d = Device(driver, self.counters)

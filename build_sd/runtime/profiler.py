@@ -160,7 +160,6 @@ def _profile(paths, devices, budget_s, log, cpu_drivers, isolated=True, in_situ_
     if not any(m["latency"] for m in models):
         raise UserError("nothing in these artifacts can run on this machine")
     transfer = _profile_transfers(pool, models, log)
-    machine_devices = {drv: d.name for drv, d in pool.devices.items()}
     # the host's work per iteration grows with gamma (one acceptance test per drafted token):
     # 0.015 ms at gamma 0 against 0.06 at gamma 4 for the demo pair, 3 % of a token there
     host = None
@@ -173,7 +172,7 @@ def _profile(paths, devices, budget_s, log, cpu_drivers, isolated=True, in_situ_
         "kind": "build_sd.profile",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpu": cpu_model_name(), "arch": platform.machine(), "node": platform.node(),
-                    "devices": machine_devices},
+                    "devices": {drv: d.name for drv, d in pool.devices.items()}},
         "iree_runtime": _runtime_version(rt),
         "models": models,
         "transfer": transfer,

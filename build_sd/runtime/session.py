@@ -192,7 +192,7 @@ def open_bundle(path: str | Path, load_draft: bool = True, check_hashes: bool = 
         chains = {role: ModelChain(pool, meta, bundle / man["models"][role]["files"]["irpa"], placed)
                   for role, (meta, placed) in placement.items()}
         return pool, chains
-    pool, chains = retry_if_lost(load, f"{bundle.name}")
+    pool, chains = retry_if_lost(load, bundle.name)
     tok = load_tokenizer(bundle / man["tokenizer"])
     return Session(bundle, man, chains["target"], chains.get("draft"), tok, pool)
 
