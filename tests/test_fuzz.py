@@ -76,6 +76,17 @@ def test_manifest_mutations_never_crash(good_bundle, tmp_path_factory, data):
     assert _paths(work) == before         # reading a bundle writes nothing into it
 
 
+def test_a_non_string_compiler_version_is_a_clear_error(good_bundle, tmp_path):
+    """The case the fuzzer found (2026-11-28): compiler.version = true crashed `verify`."""
+    work = tmp_path / "b"
+    shutil.copytree(good_bundle, work)
+    man = json.loads((work / "manifest.json").read_text())
+    man["models"]["draft"]["compiler"]["version"] = True
+    (work / "manifest.json").write_text(json.dumps(man))
+    rc, out, err = cli("verify", work)
+    assert rc == 2 and "models.draft.compiler.version" in err, (rc, err)
+
+
 ARGS = st.lists(st.sampled_from(["--gamma", "--temperature", "--top-k", "--top-p", "--max-new-tokens",
                                  "--seed", "--json", "--raw", "--prompt", "-1", "0", "1", "2.5", "99",
                                  "nan", "inf", "x", "", "--place", "draft=host", "target.head=vulkan",

@@ -73,8 +73,11 @@ def manifest_shape_problem(man: dict) -> str | None:
     for role, m in models.items():
         if not isinstance(m, dict) or not isinstance(m.get("files"), dict) or not isinstance(m.get("modules"), dict):
             return bad(f"models.{role}", "{files, modules}")
-        if not isinstance(m.get("compiler", {}), dict):
+        comp = m.get("compiler", {})
+        if not isinstance(comp, dict):
             return bad(f"models.{role}.compiler", "an object")
+        if not isinstance(comp.get("version", ""), str):
+            return bad(f"models.{role}.compiler.version", "a string")
         for key in ("irpa", "export"):
             if not _listed(m["files"].get(key), files):
                 return f"models.{role}.files.{key} is not a listed file"
