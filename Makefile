@@ -14,7 +14,7 @@ setup: $(STAMP) vulkan
 $(STAMP): pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q -e '.[test,bench]'
+	$(VPY) -m pip install -q -e '.[build,test,bench]'
 	touch $@
 
 # lavapipe (Mesa's software Vulkan) so the vulkan modules can be validated on any machine.

@@ -22,7 +22,6 @@ import datetime as dt
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -235,17 +234,18 @@ def bsd_plan(bundle: Path, draft: Path, target: Path, prompts_file: Path, thread
     out = sh([BSD, "plan", "--draft", draft, "--target", target, "--platform", "host", "--devices", "cpu,cpu-sync",
               "--calibration", d / "calib.json", "--profile", d / "profile.json", "--out", d / "plan.json"],
              lg, env=env, timeout=600)
-    plan = json.loads((d / "plan.json").read_text())
-    cal = json.loads((d / "calib.json").read_text())
-    top = plan["configs"][0]
-    spec = next(c for c in plan["configs"] if c["gamma"] > 0)
-    drivers = {role: plan["devices"][spec[role]["devices"]["whole"]]["driver"] for role in ("draft", "target")
-               if spec[role] and "whole" in spec[role]["devices"]}
-    return {"top_gamma": top["gamma"], "gamma": spec["gamma"], "alpha": cal["greedy"]["alpha"], "drivers": drivers,
-            "per_position": cal["greedy"]["per_position"], "printed": out.strip().splitlines()[-8:],
-            "top": [{k: c[k] for k in ("gamma", "pred_tokens_per_s", "speedup")} | {
-                "target": c["target"]["label"], "draft": c["draft"]["label"] if c["draft"] else None}
-                    for c in plan["configs"][:5]]}
+    from build_sd.contract import Calibration, Plan
+    plan = Plan.read(d / "plan.json")
+    greedy = Calibration.read(d / "calib.json").greedy
+    spec = next(c for c in plan.configs if c.gamma > 0)
+    placed = {"draft": spec.draft, "target": spec.target}
+    drivers = {role: plan.devices[p.devices["whole"]].driver for role, p in placed.items()
+               if p and "whole" in p.devices}
+    return {"top_gamma": plan.configs[0].gamma, "gamma": spec.gamma, "alpha": greedy.alpha, "drivers": drivers,
+            "per_position": greedy.per_position, "printed": out.strip().splitlines()[-8:],
+            "top": [{"gamma": c.gamma, "pred_tokens_per_s": c.pred_tokens_per_s, "speedup": c.speedup,
+                     "target": c.target.label, "draft": c.draft.label if c.draft else None}
+                    for c in plan.configs[:5]]}
 
 
 def gguf_file(ckpt: Path, dtype: str) -> Path:
@@ -511,7 +511,7 @@ def versions(llama_bins: dict | None) -> dict:
 
 
 def machine() -> str:
-    from build_sd.targets import cpu_model_name
+    from build_sd.runtime.hostinfo import cpu_model_name
     mem = 0
     for line in open("/proc/meminfo"):
         if line.startswith("MemTotal"):
@@ -525,7 +525,12 @@ def machine() -> str:
     return f"{cpu_model_name()}, {os.cpu_count()} cores, {mem:.0f} GiB memory" + (f", L3 {l3}" if l3 else "")
 
 
-def main(argv=None) -> int:
+# ---- the steps of main -----------------------------------------------------------------------
+WORKERS = [PY, BENCH / "workers.py"]
+DEMO_LABEL = "demo target (12.6M)"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="demo-size rows only (~10 min)")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for every system (default: all cores)")
@@ -545,255 +550,370 @@ def main(argv=None) -> int:
     ap.add_argument("--only", help="comma-separated sections: demo,demo16,1b,150m")
     ap.add_argument("--build-only", action="store_true", help="set up and build everything, measure nothing")
     ap.add_argument("--out", default=str(RESULTS))
-    a = ap.parse_args(argv)
-    t_start = time.perf_counter()
-    sys.path.insert(0, str(ROOT))
-    sections = set((a.only or ("demo" if a.quick else "demo,demo16,1b,150m")).split(","))
-    n_prompts = a.prompts or (12 if a.quick else 24)
-    T = a.threads
-    for d in (WORK, BUILD, WORK / "logs"):
-        d.mkdir(parents=True, exist_ok=True)
-    failures: dict[str, str] = {}
+    return ap.parse_args(argv)
 
-    log(f"setup (threads {T}, sections {','.join(sorted(sections))})")
+
+@dataclass
+class Ctx:
+    """What the steps of main share: the options, the tools set up, the prompts, the rows so far."""
+    a: argparse.Namespace
+    sections: set[str]
+    n_prompts: int
+    failures: dict[str, str] = field(default_factory=dict)
+    llama: dict | None = None              # llama.cpp's tools; None: skipped or failed
+    et_ok: bool = False
+    texts: list[str] = field(default_factory=list)
+    ids: list[list[int]] = field(default_factory=list)
+    pfile: Path | None = None              # the prompts as token ids, one a line
+    tfile: Path | None = None              # ... and as text
+    demo: dict = field(default_factory=dict)
+    dcfg: dict = field(default_factory=dict)
+    rows: list[Row] = field(default_factory=list)
+    plan: dict | None = None
+
+    @property
+    def T(self) -> int:
+        return self.a.threads
+
+    def common(self, pf: Path | None = None, warm: int | None = None) -> list:
+        """Worker options: the prompts file (default: the demo's), threads, warm-up prompts."""
+        return ["--prompts", pf or self.pfile, "--threads", self.T, "--warmup",
+                self.a.warmup if warm is None else warm]
+
+
+def worker(cmd: list, name: str, timeout: float = 1800):
+    return lambda: Worker(cmd, WORK / "logs" / f"worker-{name}.log", timeout)
+
+
+def write_ids(path: Path, ids: list[list[int]]) -> Path:
+    path.write_text("\n".join(",".join(map(str, p)) for p in ids) + "\n")
+    return path
+
+
+def setup_tools(ctx: Ctx) -> Path:
+    """membw, gguf, llama.cpp and ExecuTorch; a tool that fails is noted in ctx.failures."""
+    a = ctx.a
+    log(f"setup (threads {ctx.T}, sections {','.join(sorted(ctx.sections))})")
     membw = setup_membw()
     setup_gguf()
-    llama = None
     if not a.no_llamacpp:
         try:
             t = time.perf_counter()
-            llama = setup_llamacpp(max(1, os.cpu_count()))
+            ctx.llama = setup_llamacpp(max(1, os.cpu_count()))
             log(f"  llama.cpp tools ready ({time.perf_counter() - t:.0f}s)")
         except StepFailed as e:
-            failures["llama.cpp"] = str(e)
+            ctx.failures["llama.cpp"] = str(e)
             log(f"  llama.cpp: {e}")
-    et_ok = False
     if not a.no_et:
         try:
             setup_et()
-            et_ok = True
+            ctx.et_ok = True
         except StepFailed as e:
-            failures["executorch"] = f"install failed: {e}"
+            ctx.failures["executorch"] = f"install failed: {e}"
             log(f"  executorch: {e}")
+    return membw
 
-    texts, ids = read_prompts(n_prompts, 16)
-    pfile = WORK / f"prompts-{n_prompts}.ids"
-    pfile.write_text("\n".join(",".join(map(str, p)) for p in ids) + "\n")
-    tfile = WORK / f"prompts-{n_prompts}.txt"
-    tfile.write_text("\n".join(texts) + "\n")
-    log(f"{len(ids)} prompts of {min(map(len, ids))}-{max(map(len, ids))} tokens")
 
-    demo = M.demo_pair(WORK / "models")
-    dcfg = json.loads((demo["target"] / "config.json").read_text())
-    common = ["--prompts", pfile, "--threads", T, "--warmup", a.warmup]    # demo rows: --warmup prompts
-    W = [PY, BENCH / "workers.py"]
-    rows: list[Row] = []
-    plan = None
+def write_prompts(ctx: Ctx) -> None:
+    ctx.texts, ctx.ids = read_prompts(ctx.n_prompts, 16)
+    ctx.pfile = write_ids(WORK / f"prompts-{ctx.n_prompts}.ids", ctx.ids)
+    ctx.tfile = WORK / f"prompts-{ctx.n_prompts}.txt"
+    ctx.tfile.write_text("\n".join(ctx.texts) + "\n")
+    log(f"{len(ctx.ids)} prompts of {min(map(len, ctx.ids))}-{max(map(len, ctx.ids))} tokens")
 
-    def worker(cmd, name, timeout=1800):
-        return lambda: Worker(cmd, WORK / "logs" / f"worker-{name}.log", timeout)
 
-    def add_target_rows(section, group, label, tckpt, cfg, dtype, bsd_bundle_dir, max_new, ignore_eos, positions,
-                        hf=True, et=True, split=False, pf=None, warm=0, sync_row=False):
-        """build_sd, llama.cpp, PyTorch, ExecuTorch target-only rows of one model and dtype. split: the
-        model is too big for all four at once: build_sd + llama.cpp alternate in one group, PyTorch and
-        ExecuTorch each in their own group with llama.cpp again (the link for the ratios)."""
-        elt = 4 if dtype == "f32" else 2
-        bpt = weight_bytes(cfg, elt) + kv_bytes(cfg, elt, positions)
-        pf = pf or pfile
-        common = ["--prompts", pf, "--threads", T, "--warmup", warm]
-        eos = ["--ignore-eos"] if ignore_eos else []
-        sfx = f"{section}-{dtype}"
-        # build_sd under IREE's worker pool (local-task, --threads workers) and, for the small
-        # models, also on the calling thread (local-sync: the planner's `cpu-sync`, no wake-ups)
-        for drv in (["local-task", "local-sync"] if sync_row else ["local-task"]):
-            tag = "" if drv == "local-task" else "-sync"
-            r = Row(f"bsd-{sfx}{tag}", section, group, f"build_sd (IREE, host{', local-sync' if tag else ''})",
-                    label, dtype, "target only", bytes_per_token=bpt,
-                    note="local-sync: one thread, whatever --threads says" if tag else "")
-            if isinstance(bsd_bundle_dir, str):
-                r.why = bsd_bundle_dir
-            else:
-                r.start = worker(W + ["bsd", "--bundle", bsd_bundle_dir, "--gamma", 0, "--max-new", max_new,
-                                      "--cpu-driver", drv] + common + eos, r.id)
-            rows.append(r)
-        lrow = Row(f"llama-{sfx}", section, group, "llama.cpp", label, dtype, "target only", bytes_per_token=bpt)
-        if llama is None:
-            lrow.why = failures.get("llama.cpp", "skipped (--no-llamacpp)")
+@dataclass
+class Target:
+    """One model in one dtype that every system runs target-only (add_target_rows)."""
+    section: str
+    group: str
+    label: str
+    ckpt: Path
+    cfg: dict
+    dtype: str
+    bundle: Path | str         # a str: why build_sd has no bundle for it
+    max_new: int
+    ignore_eos: bool
+    positions: float           # mean KV-cache position of a decode step (roofline)
+    pf: Path                   # prompts file
+    warm: int                  # untimed warm-up prompts
+
+    @property
+    def sfx(self) -> str:
+        return f"{self.section}-{self.dtype}"
+
+    @property
+    def eos(self) -> list:
+        return ["--ignore-eos"] if self.ignore_eos else []
+
+    def row(self, rid: str, system: str, mode: str = "target only", group: str | None = None, **kw) -> Row:
+        elt = 4 if self.dtype == "f32" else 2
+        bpt = weight_bytes(self.cfg, elt) + kv_bytes(self.cfg, elt, self.positions)
+        return Row(rid, self.section, group or self.group, system, self.label, self.dtype, mode,
+                   bytes_per_token=bpt, **kw)
+
+
+def add_target_rows(ctx: Ctx, t: Target, hf: bool = True, et: bool = True, split: bool = False,
+                    sync_row: bool = False) -> None:
+    """build_sd, llama.cpp, PyTorch, ExecuTorch target-only rows of one model and dtype. split: the
+    model is too big for all four at once: build_sd + llama.cpp alternate in one group, PyTorch and
+    ExecuTorch each in their own group with llama.cpp again (the link for the ratios)."""
+    bsd_target_rows(ctx, t, sync_row)
+    lrow = llama_target_rows(ctx, t)
+    others = ([("hf", hf_target_row(ctx, t))] if hf else []) + ([("et", et_target_row(ctx, t))] if et else [])
+    for kind, r in others:
+        if split:
+            r.group = f"{t.group}-{kind}"
+            ref = t.row(f"llama-{t.sfx}-ref-{kind}", "llama.cpp", group=r.group,
+                        note="link run: llama.cpp again, alternating with the row above")
+            ref.start, ref.why = lrow.start, lrow.why
+            ctx.rows.extend([r, ref])
         else:
-            try:
-                g = gguf_file(tckpt, dtype)
-                lrow.start = worker([llama["bsd-llama"], "-m", g, "--prompts", pf, "-t", T, "-n", max_new,
-                                     "--kv", dtype, "--warmup", warm] + eos, lrow.id)
-            except StepFailed as e:
-                lrow.why = f"GGUF: {e}"
-        rows.append(lrow)
-        if llama is not None and not lrow.why:
-            lb = Row(f"llamabench-{sfx}", section, group, "llama.cpp", label, dtype,
-                     f"target only (llama-bench tg{max_new})", bytes_per_token=bpt,
-                     note=f"llama-bench -p 0 -n {max_new} -d {int(positions)}: its own timing, random tokens"
-                     + ("; KV cache f16 (llama-bench refuses -ctk f32)" if dtype == "f32" else ""))
-            lb.start = (lambda g=g, n=max_new, d=int(positions): LlamaBench(
-                llama["llama-bench"], g, n, T, dtype, d, WORK / "logs" / "llama-bench.log"))
-            rows.append(lb)
-        others = []
-        if hf:
-            r = Row(f"hf-{sfx}", section, group, "PyTorch + transformers (eager)", label, dtype, "target only",
-                    bytes_per_token=bpt)
-            r.start = worker(W + ["hf", "--model", tckpt, "--dtype", dtype, "--max-new", max_new] + common + eos, r.id)
-            others.append(("hf", r))
-        if et:
-            r = Row(f"et-{sfx}", section, group, "ExecuTorch (XNNPACK)", label, dtype, "target only",
-                    bytes_per_token=bpt)
-            if not et_ok:
-                r.why = failures.get("executorch", "skipped (--no-et)")
-            else:
-                try:
-                    pte = pte_file(tckpt, dtype)
-                    r.start = worker([ET_PY, BENCH / "workers.py", "et", "--pte", pte, "--max-new", max_new,
-                                      "--prefill-one", "--eos", ",".join(map(str, _ids(cfg.get("eos_token_id")))),
-                                      ] + common + eos, r.id)
-                except StepFailed as e:
-                    r.why = f"export: {e}"
-            others.append(("et", r))
-        for kind, r in others:
-            if split:
-                r.group = f"{group}-{kind}"
-                ref = Row(f"llama-{sfx}-ref-{kind}", section, r.group, "llama.cpp", label, dtype, "target only",
-                          bytes_per_token=bpt, note="link run: llama.cpp again, alternating with the row above")
-                ref.start, ref.why = lrow.start, lrow.why
-                rows.extend([r, ref])
-            else:
-                rows.append(r)
+            ctx.rows.append(r)
 
-    # ---- demo pair ----
-    mean_prompt = statistics.mean(map(len, ids))
-    if sections & {"demo", "demo16"}:
-        log(f"demo pair ({demo['weights']} weights): build_sd export/compile/bundle")
+
+def model_file(r: Row, unavailable: str | None, build, what: str) -> Path | None:
+    """The model file `build()` writes for row r's system, or None with r.why set: the system is
+    unavailable (why), or the build failed."""
+    if unavailable is not None:
+        r.why = unavailable
+        return None
+    try:
+        return build()
+    except StepFailed as e:
+        r.why = f"{what}: {e}"
+        return None
+
+
+def bsd_target_rows(ctx: Ctx, t: Target, sync_row: bool) -> None:
+    # build_sd under IREE's worker pool (local-task, --threads workers) and, for the small
+    # models, also on the calling thread (local-sync: the planner's `cpu-sync`, no wake-ups)
+    for drv in (["local-task", "local-sync"] if sync_row else ["local-task"]):
+        tag = "" if drv == "local-task" else "-sync"
+        r = t.row(f"bsd-{t.sfx}{tag}", f"build_sd (IREE, host{', local-sync' if tag else ''})",
+                  note="local-sync: one thread, whatever --threads says" if tag else "")
+        if isinstance(t.bundle, str):
+            r.why = t.bundle
+        else:
+            r.start = worker(WORKERS + ["bsd", "--bundle", t.bundle, "--gamma", 0, "--max-new", t.max_new,
+                                        "--cpu-driver", drv] + ctx.common(t.pf, t.warm) + t.eos, r.id)
+        ctx.rows.append(r)
+
+
+def llama_target_rows(ctx: Ctx, t: Target) -> Row:
+    """bsd-llama on the model's GGUF and, when that can run, llama-bench; returns the first."""
+    lrow = t.row(f"llama-{t.sfx}", "llama.cpp")
+    ctx.rows.append(lrow)
+    g = model_file(lrow, None if ctx.llama else ctx.failures.get("llama.cpp", "skipped (--no-llamacpp)"),
+                   lambda: gguf_file(t.ckpt, t.dtype), "GGUF")
+    if g is None:
+        return lrow
+    lrow.start = worker([ctx.llama["bsd-llama"], "-m", g, "--prompts", t.pf, "-t", ctx.T, "-n", t.max_new,
+                         "--kv", t.dtype, "--warmup", t.warm] + t.eos, lrow.id)
+    depth = int(t.positions)
+    lb = t.row(f"llamabench-{t.sfx}", "llama.cpp", f"target only (llama-bench tg{t.max_new})",
+               note=f"llama-bench -p 0 -n {t.max_new} -d {depth}: its own timing, random tokens"
+               + ("; KV cache f16 (llama-bench refuses -ctk f32)" if t.dtype == "f32" else ""))
+    lb.start = (lambda exe=ctx.llama["llama-bench"], g=g, n=t.max_new, T=ctx.T, dtype=t.dtype, d=depth: LlamaBench(
+        exe, g, n, T, dtype, d, WORK / "logs" / "llama-bench.log"))
+    ctx.rows.append(lb)
+    return lrow
+
+
+def hf_target_row(ctx: Ctx, t: Target) -> Row:
+    r = t.row(f"hf-{t.sfx}", "PyTorch + transformers (eager)")
+    r.start = worker(WORKERS + ["hf", "--model", t.ckpt, "--dtype", t.dtype, "--max-new", t.max_new]
+                     + ctx.common(t.pf, t.warm) + t.eos, r.id)
+    return r
+
+
+def et_target_row(ctx: Ctx, t: Target) -> Row:
+    r = t.row(f"et-{t.sfx}", "ExecuTorch (XNNPACK)")
+    pte = model_file(r, None if ctx.et_ok else ctx.failures.get("executorch", "skipped (--no-et)"),
+                     lambda: pte_file(t.ckpt, t.dtype), "export")
+    if pte is None:
+        return r
+    r.start = worker([ET_PY, BENCH / "workers.py", "et", "--pte", pte, "--max-new", t.max_new, "--prefill-one",
+                      "--eos", ",".join(map(str, _ids(t.cfg.get("eos_token_id"))))]
+                     + ctx.common(t.pf, t.warm) + t.eos, r.id)
+    return r
+
+
+def target_only_bundle(name: str, ckpt: Path, dtype: str, prefill: str) -> Path | str:
+    """A target-only bundle of one model and dtype, or why build_sd could not build it."""
+    try:
+        art = bsd_export_compile(name, ckpt, dtype, "", prefill)
+        return bsd_bundle(name, art, art, 0)
+    except StepFailed as e:
+        return f"build_sd build failed: {e}"
+
+
+def build_demo(ctx: Ctx) -> tuple[Path | str, int]:
+    """The demo pair's bundle (or why not) and the speculative rows' gamma: the plan's, else 4."""
+    demo = ctx.demo
+    log(f"demo pair ({demo['weights']} weights): build_sd export/compile/bundle")
+    try:
+        ta = bsd_export_compile("demo-target-f32", demo["target"], "f32", None, "16,64")
+        da = bsd_export_compile("demo-draft-f32", demo["draft"], "f32", None, "16,64")
+        bundle = bsd_bundle("demo-f32", da, ta, 4)
+    except StepFailed as e:
+        bundle = f"build_sd build failed: {e}"
+        ctx.failures["build_sd demo"] = bundle
+    if not isinstance(bundle, str) and not ctx.a.build_only:
+        log("  plan: calibrate + profile + plan --platform host")
         try:
-            ta = bsd_export_compile("demo-target-f32", demo["target"], "f32", None, "16,64")
-            da = bsd_export_compile("demo-draft-f32", demo["draft"], "f32", None, "16,64")
-            demo_bundle = bsd_bundle("demo-f32", da, ta, 4)
+            ctx.plan = bsd_plan(bundle, demo["draft"], demo["target"], ctx.tfile, ctx.T, ctx.n_prompts)
+            log(f"  plan: top gamma {ctx.plan['top_gamma']}, speculative rows use gamma {ctx.plan['gamma']} "
+                f"(alpha {ctx.plan['alpha']:.3f})")
         except StepFailed as e:
-            demo_bundle = f"build_sd build failed: {e}"
-            failures["build_sd demo"] = demo_bundle
-        if not isinstance(demo_bundle, str) and not a.build_only:
-            log("  plan: calibrate + profile + plan --platform host")
-            try:
-                plan = bsd_plan(demo_bundle, demo["draft"], demo["target"], tfile, T, n_prompts)
-                log(f"  plan: top gamma {plan['top_gamma']}, speculative rows use gamma {plan['gamma']} "
-                    f"(alpha {plan['alpha']:.3f})")
-            except StepFailed as e:
-                failures["plan"] = str(e)
-                log(f"  plan failed: {e}; using gamma 4")
-        gamma = plan["gamma"] if plan else 4
-    if "demo" in sections:
-        add_target_rows("demo", "demo", "demo target (12.6M)", demo["target"], dcfg, "f32", demo_bundle, a.max_new,
-                        False, mean_prompt + a.max_new / 4, warm=a.warmup, sync_row=True)
-        spec = f"speculative g={gamma}"
-        r = Row("bsd-spec", "demo", "demo", "build_sd (IREE, host)", "demo pair", "f32", spec)
-        if isinstance(demo_bundle, str):
-            r.why = demo_bundle
-        else:
-            drv = sum((["--cpu-driver", f"{k}={v}"] for k, v in (plan or {}).get("drivers", {}).items()), [])
-            r.start = worker(W + ["bsd", "--bundle", demo_bundle, "--gamma", gamma, "--max-new", a.max_new]
-                             + drv + common, r.id)
-            if drv:
-                r.note = "the plan's CPU drivers: " + ", ".join(drv[1::2])
-        rows.append(r)
-        r = Row("llama-spec", "demo", "demo", "llama.cpp", "demo pair", "f32", spec,
-                note="our driver (bsd-llama): build_sd's loop on llama.cpp contexts")
-        r2 = Row("llama-spec-simple", "demo", "demo", "llama.cpp", "demo pair", "f32", f"{spec} (llama-speculative-simple)",
-                 note="llama-speculative-simple: its own timer, one process per prompt, no warm-up")
-        if llama is None:
-            r.why = r2.why = failures.get("llama.cpp", "skipped")
-        else:
-            try:
-                gt, gd = gguf_file(demo["target"], "f32"), gguf_file(demo["draft"], "f32")
-                r.start = worker([llama["bsd-llama"], "-m", gt, "-md", gd, "--gamma", gamma, "--prompts", pfile,
-                                  "-t", T, "-n", a.max_new, "--kv", "f32", "--warmup", a.warmup], r.id)
-                r2.start = (lambda gt=gt, gd=gd: SpecSimple(llama["llama-speculative-simple"], gt, gd, texts, gamma,
-                                                            T, a.max_new, "f32", WORK / "logs" / "spec-simple.log"))
-            except StepFailed as e:
-                r.why = r2.why = f"GGUF: {e}"
-        rows += [r, r2]
-        r = Row("hf-spec", "demo", "demo", "PyTorch + transformers (eager)", "demo pair", "f32", spec,
-                note="generate(assistant_model=draft), constant num_assistant_tokens")
-        r.start = worker(W + ["hf", "--model", demo["target"], "--draft", demo["draft"], "--gamma", gamma,
-                              "--max-new", a.max_new] + common, r.id)
-        rows.append(r)
-    if "demo16" in sections:
-        try:
-            ta16 = bsd_export_compile("demo-target-f16", demo["target"], "f16", "", "16,64")
-            b16 = bsd_bundle("demo-target-f16", ta16, ta16, 0)
-        except StepFailed as e:
-            b16 = f"build_sd build failed: {e}"
-        add_target_rows("demo", "demo16", "demo target (12.6M)", demo["target"], dcfg, "f16", b16, a.max_new,
-                        False, mean_prompt + a.max_new / 4, et=True, warm=a.warmup, sync_row=True)
+            ctx.failures["plan"] = str(e)
+            log(f"  plan failed: {e}; using gamma 4")
+    return bundle, (ctx.plan["gamma"] if ctx.plan else 4)
 
-    # ---- larger shapes (random weights) ----
-    if sections & {"1b", "150m"}:
-        log("larger shapes: random checkpoints")
-        large = M.large_models(WORK / "models")
-        n_large = a.max_new_large
-        lids = ids[:a.prompts_large]
-        pfile_l = WORK / f"prompts-large-{len(lids)}.ids"
-        pfile_l.write_text("\n".join(",".join(map(str, p)) for p in lids) + "\n")
-        pos = statistics.mean(map(len, lids)) + n_large / 2
-        for sec, key, label in (("1b", "target", "Llama-3.2-1B shape"), ("150m", "draft", "150M draft shape")):
-            if sec not in sections:
-                continue
-            ck = large[key]
-            cfg = json.loads((ck / "config.json").read_text())
-            label = f"{label} ({M.n_params(cfg) / 1e6:.0f}M)"
-            for dtype in ("f32", "f16"):
-                name = f"{sec}-{dtype}"
-                log(f"{label} {dtype}: build_sd export/compile/bundle")
-                try:
-                    art = bsd_export_compile(name, ck, dtype, "", "16")
-                    bun = bsd_bundle(name, art, art, 0)
-                except StepFailed as e:
-                    bun = f"build_sd build failed: {e}"
-                # transformers in f16 on a CPU is slow enough to eat the time budget at 1B
-                add_target_rows(sec, name, label, ck, cfg, dtype, bun, n_large, True, pos,
-                                hf=not (sec == "1b" and dtype == "f16"), split=(sec == "1b"), pf=pfile_l,
-                                warm=a.warmup_large)
 
-    if a.build_only:
-        for r in rows:
-            if r.why:
-                log(f"  {r.id}: {r.why}")
-        log(f"built in {(time.perf_counter() - t_start) / 60:.1f} min; nothing measured (--build-only)")
-        return 0
+def demo_target(ctx: Ctx, group: str, dtype: str, bundle: Path | str) -> Target:
+    a = ctx.a
+    positions = statistics.mean(map(len, ctx.ids)) + a.max_new / 4
+    return Target("demo", group, DEMO_LABEL, ctx.demo["target"], ctx.dcfg, dtype, bundle, a.max_new, False,
+                  positions, ctx.pfile, a.warmup)
 
-    # ---- measure ----
-    bw = Bandwidth(membw, T)
+
+def demo_rows(ctx: Ctx, bundle: Path | str, gamma: int) -> None:
+    """The demo target's f32 rows, then the pair's speculative rows at `gamma`."""
+    a, demo = ctx.a, ctx.demo
+    add_target_rows(ctx, demo_target(ctx, "demo", "f32", bundle), sync_row=True)
+    spec = f"speculative g={gamma}"
+    r = Row("bsd-spec", "demo", "demo", "build_sd (IREE, host)", "demo pair", "f32", spec)
+    if isinstance(bundle, str):
+        r.why = bundle
+    else:
+        drv = sum((["--cpu-driver", f"{k}={v}"] for k, v in (ctx.plan or {}).get("drivers", {}).items()), [])
+        r.start = worker(WORKERS + ["bsd", "--bundle", bundle, "--gamma", gamma, "--max-new", a.max_new]
+                         + drv + ctx.common(), r.id)
+        if drv:
+            r.note = "the plan's CPU drivers: " + ", ".join(drv[1::2])
+    ctx.rows.append(r)
+    ctx.rows += llama_spec_rows(ctx, gamma, spec)
+    r = Row("hf-spec", "demo", "demo", "PyTorch + transformers (eager)", "demo pair", "f32", spec,
+            note="generate(assistant_model=draft), constant num_assistant_tokens")
+    r.start = worker(WORKERS + ["hf", "--model", demo["target"], "--draft", demo["draft"], "--gamma", gamma,
+                                "--max-new", a.max_new] + ctx.common(), r.id)
+    ctx.rows.append(r)
+
+
+def llama_spec_rows(ctx: Ctx, gamma: int, spec: str) -> list[Row]:
+    """llama.cpp speculative on the demo pair: our driver (bsd-llama) and llama-speculative-simple."""
+    a, demo, llama = ctx.a, ctx.demo, ctx.llama
+    r = Row("llama-spec", "demo", "demo", "llama.cpp", "demo pair", "f32", spec,
+            note="our driver (bsd-llama): build_sd's loop on llama.cpp contexts")
+    r2 = Row("llama-spec-simple", "demo", "demo", "llama.cpp", "demo pair", "f32", f"{spec} (llama-speculative-simple)",
+             note="llama-speculative-simple: its own timer, one process per prompt, no warm-up")
+    if llama is None:
+        r.why = r2.why = ctx.failures.get("llama.cpp", "skipped")
+        return [r, r2]
+    try:
+        gt, gd = gguf_file(demo["target"], "f32"), gguf_file(demo["draft"], "f32")
+    except StepFailed as e:
+        r.why = r2.why = f"GGUF: {e}"
+        return [r, r2]
+    r.start = worker([llama["bsd-llama"], "-m", gt, "-md", gd, "--gamma", gamma, "--prompts", ctx.pfile,
+                      "-t", ctx.T, "-n", a.max_new, "--kv", "f32", "--warmup", a.warmup], r.id)
+    r2.start = (lambda: SpecSimple(llama["llama-speculative-simple"], gt, gd, ctx.texts, gamma, ctx.T, a.max_new,
+                                   "f32", WORK / "logs" / "spec-simple.log"))
+    return [r, r2]
+
+
+def demo16_rows(ctx: Ctx) -> None:
+    bundle = target_only_bundle("demo-target-f16", ctx.demo["target"], "f16", "16,64")
+    add_target_rows(ctx, demo_target(ctx, "demo16", "f16", bundle), et=True, sync_row=True)
+
+
+def large_rows(ctx: Ctx) -> None:
+    """The 1B and 150M shapes (random weights), f32 and f16, target-only."""
+    a = ctx.a
+    log("larger shapes: random checkpoints")
+    large = M.large_models(WORK / "models")
+    lids = ctx.ids[:a.prompts_large]
+    pfile_l = write_ids(WORK / f"prompts-large-{len(lids)}.ids", lids)
+    pos = statistics.mean(map(len, lids)) + a.max_new_large / 2
+    for sec, key, label in (("1b", "target", "Llama-3.2-1B shape"), ("150m", "draft", "150M draft shape")):
+        if sec not in ctx.sections:
+            continue
+        ck = large[key]
+        cfg = json.loads((ck / "config.json").read_text())
+        label = f"{label} ({M.n_params(cfg) / 1e6:.0f}M)"
+        for dtype in ("f32", "f16"):
+            name = f"{sec}-{dtype}"
+            log(f"{label} {dtype}: build_sd export/compile/bundle")
+            bundle = target_only_bundle(name, ck, dtype, "16")
+            # transformers in f16 on a CPU is slow enough to eat the time budget at 1B
+            add_target_rows(ctx, Target(sec, name, label, ck, cfg, dtype, bundle, a.max_new_large, True, pos,
+                                        pfile_l, a.warmup_large),
+                            hf=not (sec == "1b" and dtype == "f16"), split=(sec == "1b"))
+
+
+def measure_all(ctx: Ctx, membw: Path) -> None:
+    """Each group of rows in turn, its runs alternating, bandwidth measured around each."""
+    bw = Bandwidth(membw, ctx.T)
     try:
         groups: dict[str, list[Row]] = {}
-        for r in rows:
+        for r in ctx.rows:
             groups.setdefault(r.group, []).append(r)
         for g, rs in groups.items():
-            rounds = a.rounds or (5 if rs[0].section == "demo" else 3)
+            rounds = ctx.a.rounds or (5 if rs[0].section == "demo" else 3)
             log(f"measure group {g}: {len(rs)} rows x {rounds} rounds")
             measure(rs, rounds, bw, run_timeout=1800, load_timeout=1800)
     finally:
         bw.close()
 
-    # ---- report ----
+
+def write_results(ctx: Ctx, t_start: float) -> None:
+    """bench.json, bench.md and bench.png (bench-quick.* for --quick) under --out."""
     from report import write_report
+    a = ctx.a
     res = {
         "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "machine": machine(), "versions": versions(llama), "threads": T, "quick": a.quick,
-        "prompts": {"n": len(ids), "tokens": [len(p) for p in ids], "texts": texts},
-        "max_new": {"demo": a.max_new, "large": a.max_new_large}, "demo_weights": demo["weights"],
-        "plan": plan, "failures": failures, "bw_tolerance": a.bw_tolerance,
-        "rows": [{k: v for k, v in r.__dict__.items() if k not in ("start",)} for r in rows],
+        "machine": machine(), "versions": versions(ctx.llama), "threads": ctx.T, "quick": a.quick,
+        "prompts": {"n": len(ctx.ids), "tokens": [len(p) for p in ctx.ids], "texts": ctx.texts},
+        "max_new": {"demo": a.max_new, "large": a.max_new_large}, "demo_weights": ctx.demo["weights"],
+        "plan": ctx.plan, "failures": ctx.failures, "bw_tolerance": a.bw_tolerance,
+        "rows": [{k: v for k, v in r.__dict__.items() if k not in ("start",)} for r in ctx.rows],
         "wall_s": round(time.perf_counter() - t_start, 1),
     }
     out = Path(a.out)
     stem = "bench-quick" if a.quick else "bench"
     write_report(res, out, stem)
     log(f"wrote {out / (stem + '.md')}, {stem}.png, {stem}.json in {res['wall_s'] / 60:.1f} min")
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    t_start = time.perf_counter()
+    sys.path.insert(0, str(ROOT))
+    sections = set((a.only or ("demo" if a.quick else "demo,demo16,1b,150m")).split(","))
+    ctx = Ctx(a, sections, a.prompts or (12 if a.quick else 24))
+    for d in (WORK, BUILD, WORK / "logs"):
+        d.mkdir(parents=True, exist_ok=True)
+    membw = setup_tools(ctx)
+    write_prompts(ctx)
+    ctx.demo = M.demo_pair(WORK / "models")
+    ctx.dcfg = json.loads((ctx.demo["target"] / "config.json").read_text())
+    if sections & {"demo", "demo16"}:
+        demo_bundle, gamma = build_demo(ctx)
+        if "demo" in sections:
+            demo_rows(ctx, demo_bundle, gamma)
+        if "demo16" in sections:
+            demo16_rows(ctx)
+    if sections & {"1b", "150m"}:
+        large_rows(ctx)
+    if a.build_only:
+        for r in ctx.rows:
+            if r.why:
+                log(f"  {r.id}: {r.why}")
+        log(f"built in {(time.perf_counter() - t_start) / 60:.1f} min; nothing measured (--build-only)")
+        return 0
+    measure_all(ctx, membw)
+    write_results(ctx, t_start)
     return 0
 
 

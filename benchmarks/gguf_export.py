@@ -77,18 +77,35 @@ def export(ckpt: Path, out: Path, dtype: str = "f32") -> Path:
     cfg = json.loads((ckpt / "config.json").read_text())
     if cfg.get("model_type", "llama") != "llama":
         raise SystemExit(f"{ckpt}: only Llama checkpoints (model_type {cfg.get('model_type')})")
-    D, L, V = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
-    H, KV = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
-    hd = cfg.get("head_dim") or D // H
-    rp = rope_params(cfg)
-    f16 = dtype == "f16"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     w = gguf.GGUFWriter(str(tmp), "llama")
-    w.add_name(ckpt.name)
+    add_hparams(w, ckpt.name, cfg, dtype == "f16")
+    add_tokenizer(w, ckpt, cfg)
+    add_tensors(w, ckpt, cfg, dtype == "f16")
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tmp.rename(out)
+    return out
+
+
+def shape(cfg: dict) -> tuple[int, int, int]:
+    """(attention heads, KV heads, head dim)."""
+    H = cfg["num_attention_heads"]
+    return H, cfg.get("num_key_value_heads", H), cfg.get("head_dim") or cfg["hidden_size"] // H
+
+
+def add_hparams(w, name: str, cfg: dict, f16: bool) -> None:
+    """llama.* hyperparameters and the file type."""
+    import gguf
+    D = cfg["hidden_size"]
+    H, KV, hd = shape(cfg)
+    w.add_name(name)
     w.add_context_length(int(cfg.get("max_position_embeddings", 2048)))
     w.add_embedding_length(D)
-    w.add_block_count(L)
+    w.add_block_count(cfg["num_hidden_layers"])
     w.add_feed_forward_length(cfg["intermediate_size"])
     w.add_head_count(H)
     w.add_head_count_kv(KV)
@@ -96,12 +113,16 @@ def export(ckpt: Path, out: Path, dtype: str = "f32") -> Path:
     if hd != D // H:
         w.add_key_length(hd)
         w.add_value_length(hd)
-    w.add_rope_freq_base(float(rp["rope_theta"]))
+    w.add_rope_freq_base(float(rope_params(cfg)["rope_theta"]))
     w.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", 1e-5)))
-    w.add_vocab_size(V)
+    w.add_vocab_size(cfg["vocab_size"])
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if f16 else gguf.LlamaFileType.ALL_F32)
 
-    # tokenizer
+
+def add_tokenizer(w, ckpt: Path, cfg: dict) -> None:
+    """tokenizer.json's byte-level BPE as llama.cpp's "gpt2" model, padded to vocab_size; special ids."""
+    import gguf
+    V = cfg["vocab_size"]
     tj = json.loads((ckpt / "tokenizer.json").read_text(encoding="utf-8"))
     model = tj["model"]
     if model.get("type") != "BPE":
@@ -125,10 +146,7 @@ def export(ckpt: Path, out: Path, dtype: str = "f32") -> Path:
     w.add_token_list(toks)
     w.add_token_types(types)
     w.add_token_merges(merges)
-
-    def ids(x):
-        return x if isinstance(x, list) else ([] if x is None else [x])
-    bos, eos = ids(cfg.get("bos_token_id")), ids(cfg.get("eos_token_id"))
+    bos, eos = _ids(cfg.get("bos_token_id")), _ids(cfg.get("eos_token_id"))
     if bos:
         w.add_bos_token_id(int(bos[0]))
     if eos:
@@ -138,24 +156,35 @@ def export(ckpt: Path, out: Path, dtype: str = "f32") -> Path:
     w.add_add_bos_token(False)
     w.add_add_eos_token(False)
 
+
+def _ids(x):
+    return x if isinstance(x, list) else ([] if x is None else [x])
+
+
+NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+         "lm_head.weight": "output.weight"}
+PER_LAYER = {"self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
+             "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
+             "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
+             "mlp.down_proj.weight": "ffn_down.weight", "input_layernorm.weight": "attn_norm.weight",
+             "post_attention_layernorm.weight": "ffn_norm.weight"}
+
+
+def add_tensors(w, ckpt: Path, cfg: dict, f16: bool) -> None:
+    """The weights under GGUF names (Q/K permuted), rope_freqs for llama3 scaling; f16: 2-D ones."""
+    H, KV, hd = shape(cfg)
+    rp = rope_params(cfg)
     if str(rp.get("rope_type", "")).lower() == "llama3":
         w.add_tensor("rope_freqs.weight", llama3_rope_factors(rp, hd))
-    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-             "lm_head.weight": "output.weight"}
-    per_layer = {"self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
-                 "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
-                 "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
-                 "mlp.down_proj.weight": "ffn_down.weight", "input_layernorm.weight": "attn_norm.weight",
-                 "post_attention_layernorm.weight": "ffn_norm.weight"}
     for name, a in tensors(ckpt):
         a = np.asarray(a, np.float32)
-        if name in names:
-            g = names[name]
+        if name in NAMES:
+            g = NAMES[name]
         elif name.startswith("model.layers."):
             _, _, i, rest = name.split(".", 3)
-            if rest not in per_layer:
+            if rest not in PER_LAYER:
                 raise SystemExit(f"unexpected tensor {name}")
-            g = f"blk.{i}.{per_layer[rest]}"
+            g = f"blk.{i}.{PER_LAYER[rest]}"
             if rest == "self_attn.q_proj.weight":
                 a = permute(a, H)
             elif rest == "self_attn.k_proj.weight":
@@ -165,12 +194,6 @@ def export(ckpt: Path, out: Path, dtype: str = "f32") -> Path:
         if f16 and a.ndim == 2:
             a = a.astype(np.float16)
         w.add_tensor(g, np.ascontiguousarray(a))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    tmp.rename(out)
-    return out
 
 
 def main(argv=None) -> int:

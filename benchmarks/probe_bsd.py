@@ -31,18 +31,9 @@ def child(bundle: str, threads: int, steps: int, driver: str | None = None) -> d
     from build_sd.runtime.session import open_bundle
     from build_sd.runtime.speculative import generate
 
-    if driver:      # run the same llvm-cpu modules under another HAL driver (e.g. local-sync)
-        import build_sd.runtime.session as S
-        read = S.read_manifest
-
-        def patched(b):
-            man = read(b)
-            for p in man["presets"].values():
-                if p["driver"].startswith("local"):
-                    p["driver"] = driver
-            return man
-        S.read_manifest = patched
-    s = open_bundle(bundle, load_draft=False, check_hashes=False)
+    # the same llvm-cpu modules under the driver asked for (local-sync: the calling thread)
+    s = open_bundle(bundle, load_draft=False, check_hashes=False,
+                    cpu_driver={"target": driver} if driver else None)
     s.warmup()
     ch = s.target
     st = ch.stages[0]

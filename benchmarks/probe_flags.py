@@ -39,7 +39,7 @@ VARIANTS = {
 
 def host_flags() -> list[str]:
     sys.path.insert(0, str(ROOT))
-    from build_sd.targets import get_preset
+    from build_sd.build.targets import get_preset
     return list(get_preset("host").flags)
 
 
@@ -89,12 +89,13 @@ def child(export_dir: Path, vmfb: Path, driver: str, threads: int, calls: int) -
     import iree.runtime as rt
     rt.flags.parse_flags(f"--task_topology_group_count={threads}")
     sys.path.insert(0, str(ROOT))
+    from build_sd.contract import ExportRecord
     from build_sd.runtime.chain import ModelChain, PlacedSubgraph
     from build_sd.runtime.devices import DevicePool
 
-    meta = json.loads((export_dir / "export.json").read_text())
-    sg = meta["subgraphs"][0]
-    chain = ModelChain(DevicePool(), meta, export_dir / "model.irpa", [PlacedSubgraph(sg, vmfb, driver, "host")])
+    export = ExportRecord.read(export_dir / "export.json")
+    sg = export.subgraphs[0]
+    chain = ModelChain(DevicePool(), export, export_dir / "model.irpa", [PlacedSubgraph(sg, vmfb, driver, "host")])
     chain.warmup()
     chain.prefill(np.arange(1, 17, dtype=np.int32))
     tok = np.array([5], np.int32)

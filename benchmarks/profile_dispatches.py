@@ -21,6 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / ".work" / "probe"
 
 KINDS = [("matmul (mmt4d)", r"mmt4d|matmul|matvec"), ("pack", r"_pack_"), ("unpack", r"unpack"),
@@ -47,20 +48,22 @@ def main(argv=None) -> int:
     ap.add_argument("--mode", default="host-execution", help="--device_profiling_mode (local HAL: host-execution)")
     a = ap.parse_args(argv)
     art = Path(a.artifacts)
-    meta = json.loads((art / "export.json").read_text())
-    sg = meta["subgraphs"][0]
-    vmfb = Path(a.vmfb) if a.vmfb else art / "host" / f"{sg['name']}.vmfb"
+    sys.path.insert(0, str(ROOT))
+    from build_sd.contract import ExportRecord
+    export = ExportRecord.read(art / "export.json")
+    sg = export.subgraphs[0]
+    vmfb = Path(a.vmfb) if a.vmfb else art / "host" / f"{sg.name}.vmfb"
     OUT.mkdir(parents=True, exist_ok=True)
     kv = OUT / f"{art.name}-kv.irpa"
-    elt = {"f32": "f32", "f16": "f16"}[meta["dtype"]]
-    splats = [f"--splat={p['name']}={'x'.join(map(str, p['shape']))}x{elt}=0" for p in sg["kv_params"]]
+    elt = {"f32": "f32", "f16": "f16"}[export.dtype]
+    splats = [f"--splat={p.name}={'x'.join(map(str, p.shape))}x{elt}=0" for p in sg.kv_params]
     subprocess.run([BIN / "iree-create-parameters", *splats, f"--output={kv}"], check=True)
     prof = OUT / f"{art.name}-{a.function}-{a.driver}-t{a.threads}.ireeprof"
-    fn = sg["functions"][a.function]
+    fn = sg.functions[a.function]
     args = []
-    for arg in fn["args"]:
-        shape = "x".join(map(str, arg["shape"]))
-        val = a.pos if arg["name"] == "pos" else (len(arg["shape"]) and 5)
+    for arg in fn.args:
+        shape = "x".join(map(str, arg.shape))
+        val = a.pos if arg.name == "pos" else (len(arg.shape) and 5)
         args.append(f"--input={shape + 'x' if shape else ''}i32={val}")
     cmd = [BIN / "iree-benchmark-module", f"--module={vmfb}", f"--parameters=model={art / 'model.irpa'}",
            f"--parameters=model={kv}", f"--function={a.function}", *args, f"--device={a.driver}",

@@ -20,15 +20,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from build_sd.runtime.cli_run import encode_prompt, read_prompts  # noqa: E402
+from build_sd.runtime.prompts import encode_prompt, read_prompts  # noqa: E402
 from build_sd.runtime.sampling import GreedyAcceptor  # noqa: E402
 from build_sd.runtime.session import open_bundle  # noqa: E402
 from build_sd.runtime.speculative import generate  # noqa: E402
 
 DEFAULT_PROMPTS = ["Could not open the file", "Show hidden files in the folder",
                    "The connection to the server was lost", "Select the printer to use"]
-VARIANTS = {"task": "local-task", "draft-sync": ["draft=local-sync", "target=local-task"],
-            "target-sync": ["draft=local-task", "target=local-sync"], "sync": "local-sync"}
+VARIANTS = {"task": {"draft": "local-task", "target": "local-task"},
+            "draft-sync": {"draft": "local-sync", "target": "local-task"},
+            "target-sync": {"draft": "local-task", "target": "local-sync"},
+            "sync": {"draft": "local-sync", "target": "local-sync"}}
 
 
 def main(argv=None) -> int:

@@ -65,23 +65,16 @@ def bsd(a) -> None:
     # IREE's local-task worker count (one per core by default): set before any device exists
     rt.flags.parse_flags(f"--task_topology_group_count={a.threads}")
     sys.path.insert(0, str(ROOT))
+    from build_sd.cli import cpu_drivers
     from build_sd.runtime.sampling import GreedyAcceptor
     from build_sd.runtime.session import open_bundle
     from build_sd.runtime.speculative import generate
 
-    if a.driver:   # experiment: the bundle's llvm-cpu modules under another HAL driver (e.g. local-sync)
-        import build_sd.runtime.session as S
-        read = S.read_manifest
-
-        def patched(b):
-            man = read(b)
-            for p in man["presets"].values():
-                if p["driver"].startswith("local"):
-                    p["driver"] = a.driver
-            return man
-        S.read_manifest = patched
+    # --driver (experiments): every model's llvm-cpu modules under that driver; --cpu-driver
+    # entries override it per role (build-sd run's parsing: [ROLE=]local-task|local-sync)
+    drivers = cpu_drivers(([a.driver] if a.driver else []) + (a.cpu_driver or []))
     t = time.perf_counter()
-    s = open_bundle(a.bundle, load_draft=a.gamma > 0, check_hashes=False, cpu_driver=a.cpu_driver)
+    s = open_bundle(a.bundle, load_draft=a.gamma > 0, check_hashes=False, cpu_driver=drivers)
     load_s = time.perf_counter() - t
     s.warmup()
     eos = () if a.ignore_eos else s.eos_ids
@@ -212,7 +205,8 @@ def main(argv=None) -> int:
     ap.add_argument("--draft")
     ap.add_argument("--dtype", default="f32")
     ap.add_argument("--attn", default="sdpa", help="transformers attn_implementation (sdpa, eager)")
-    ap.add_argument("--driver", help="bsd: run the bundle under this HAL driver instead (experiments)")
+    ap.add_argument("--driver", help="bsd: every model's CPU modules under this driver, local-task|local-sync "
+                    "(experiments; --cpu-driver overrides it per role)")
     ap.add_argument("--cpu-driver", action="append", help="bsd: [ROLE=]local-sync|local-task (build-sd run's)")
     ap.add_argument("--pte")
     ap.add_argument("--eos", default="2")

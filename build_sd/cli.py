@@ -1,301 +1,242 @@
 """`build-sd`: the command line. Each stage reads the previous stage's files.
 
-Imports are lazy so that the board-side commands (run) never import torch and a no-op
-`build-sd compile` stays fast. Bad input -> `error: ...` and exit 2; a failing tool -> exit 1.
+This module turns arguments into typed values (placements and drivers as dicts, paths, records)
+and calls the library with keyword arguments; the library never sees an argparse namespace.
+Imports are lazy so that the board-side commands never import torch and a no-op `build-sd
+compile` stays fast. Bad input -> `error: ...` and exit 2; a failing tool -> exit 1; a build
+command on an install without the build tools -> which extra to install, exit 2.
 """
 from __future__ import annotations
 
-import argparse
+import re
 import sys
+from pathlib import Path
 
+from .cli_parser import build_parser
 from .errors import BuildError, UserError
 
+# commands that need the build machine's tools (torch, iree-turbine, iree-compile): `pip install
+# 'build_sd[build]'`; everything else runs on the core install (the board's)
+BUILD_COMMANDS = ("export", "compile", "validate", "build", "demo")
+BUILD_MODULES = ("torch", "iree.turbine", "iree.compiler", "safetensors")
 
-def _ints(text):
-    from .export import parse_int_list
-    return parse_int_list(text, "list")
+
+# ---- arguments -> values ----------------------------------------------------------------------------
+def int_list(text: str | None, what: str) -> list[int] | None:
+    """'0,4,8' -> [0, 4, 8]; None stays None (the option's default)."""
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in str(text).split(",") if x.strip() != ""]
+    except ValueError:
+        raise UserError(f"{what}: expected comma-separated integers, got {text!r}") from None
 
 
+_PLACE = re.compile(r"^(draft|target)(?:\.(embed|head|whole|layers\[\d+:\d+\]))?=([\w.-]+)$")
+
+
+def places(specs: list[str] | None) -> dict[str, dict[str | None, str]]:
+    """['target.layers[0:4]=vulkan'] -> {'target': {'layers_0_4': 'vulkan'}}; None = whole model."""
+    from .contract import SubgraphSpec
+    out: dict[str, dict[str | None, str]] = {"draft": {}, "target": {}}
+    for p in specs or []:
+        m = _PLACE.match(p.strip())
+        if not m:
+            raise UserError(f"--place {p!r}: expected MODEL=PRESET or MODEL.SUBGRAPH=PRESET, e.g. "
+                            "draft=host or target.layers[0:4]=vulkan-llvmpipe")
+        role, label, preset = m.groups()
+        out[role][None if label is None else SubgraphSpec.from_label(label).name] = preset
+    return out
+
+
+def cpu_drivers(specs: list[str] | None) -> dict[str, str]:
+    """['local-sync'] (both models) or ['draft=local-sync', ...] -> {role: driver}."""
+    from .contract import CPU_DRIVERS
+    out = {}
+    for it in specs or []:
+        role, _, drv = it.rpartition("=")
+        roles = [role] if role else ["draft", "target"]
+        if drv not in CPU_DRIVERS or any(r not in ("draft", "target") for r in roles):
+            raise UserError(f"--cpu-driver {it!r}: expected [draft=|target=]{'|'.join(CPU_DRIVERS)}")
+        out.update({r: drv for r in roles})
+    return out
+
+
+def device_classes(text: str | None) -> list[str] | None:
+    return [d.strip() for d in text.split(",")] if text else None
+
+
+def platform(name: str):
+    """A platform of plan/platforms.json, or `host`: this machine, measured by the board side."""
+    from .plan.platforms import get_platform
+    if name == "host":
+        from .runtime.hostinfo import detect_host
+        return get_platform("host", detect_host())
+    return get_platform(name)
+
+
+def need_build_tools(cmd: str) -> None:
+    """One line naming the extra to install, instead of an ImportError deep in a build."""
+    from importlib.util import find_spec
+    missing = []
+    for mod in BUILD_MODULES:
+        try:
+            if find_spec(mod) is None:
+                missing.append(mod)
+        except (ImportError, ValueError):
+            missing.append(mod)
+    if missing:
+        raise UserError(f"`build-sd {cmd}` needs the build tools ({', '.join(missing)} missing): "
+                        "pip install 'build_sd[build]'")
+
+
+# ---- commands ---------------------------------------------------------------------------------------
 def cmd_export(a):
-    from .export import export_model, parse_int_list
-    export_model(a.model, a.out, split=parse_int_list(a.split, "--split") or None,
-                 gammas=parse_int_list(a.gammas, "--gammas") if a.gammas is not None else None,
-                 prefill=parse_int_list(a.prefill, "--prefill") if a.prefill is not None else None,
-                 max_context=a.max_context, dtype=a.dtype, fuse=not a.no_fuse)
+    from .build.export import export_model
+    export_model(a.model, a.out, split=int_list(a.split, "--split") or None, gammas=int_list(a.gammas, "--gammas"),
+                 prefill=int_list(a.prefill, "--prefill"), max_context=a.max_context, dtype=a.dtype,
+                 fuse=not a.no_fuse)
 
 
 def cmd_compile(a):
-    from .compile import compile_artifacts
+    from .build.compile import compile_artifacts
     compile_artifacts(a.mlir, a.preset or [], a.out, jobs=a.jobs)
 
 
 def cmd_validate(a):
-    from .validate import validate
-    ok = validate(a.artifacts, a.model, presets=a.preset, verbose=a.verbose)
-    return 0 if ok else 1
+    from .build.validate import validate
+    return 0 if validate(a.artifacts, a.model, presets=a.preset, verbose=a.verbose) else 1
 
 
 def cmd_bundle(a):
-    from .bundle import make_bundle
-    if a.prompt_template is not None and "{prompt}" not in a.prompt_template:
-        raise UserError("--prompt-template must contain {prompt}")
-    make_bundle(a.draft, a.target, a.place or [], a.gamma, a.out, tokenizer=a.tokenizer,
-                prompt_template=a.prompt_template, fallback=a.fallback, link=a.link, cpu_driver=a.cpu_driver)
+    from .build.bundle import make_bundle
+    make_bundle(a.draft, a.target, places(a.place), a.gamma, a.out, tokenizer=a.tokenizer,
+                prompt_template=a.prompt_template, fallback=a.fallback, link=a.link,
+                cpu_driver=cpu_drivers(a.cpu_driver))
 
 
 def cmd_run(a):
-    from .runtime.cli_run import run_cli
-    return run_cli(a)
+    from .runtime.run import run
+    from .runtime.sampling import SamplingParams
+    run(a.bundle, a.prompt, max_new_tokens=a.max_new_tokens, gamma=a.gamma,
+        sampling=SamplingParams(a.temperature, a.top_k, a.top_p), seed=a.seed, as_json=a.json, raw=a.raw,
+        fallback=a.fallback, threads=a.threads, cpu_driver=cpu_drivers(a.cpu_driver),
+        random_weights=a.random_weights)
 
 
 def cmd_profile(a):
-    from .runtime.profiler import run_profile_cli
-    devices = [d.strip() for d in a.devices.split(",")] if a.devices else None
-    for d in devices or []:
-        if d not in ("cpu", "vulkan"):
-            raise UserError(f"--devices: unknown device class {d!r} (cpu, vulkan)")
-    run_profile_cli(a.paths, devices, a.out, budget_s=a.budget)
+    from .runtime.profiler import profile
+    profile(a.paths, device_classes(a.devices), a.budget, random_weights=a.random_weights).write(a.out)
+    print(f"wrote {a.out}")
 
 
 def cmd_calibrate(a):
-    from .runtime.calibrate import run_calibrate_cli
-    return run_calibrate_cli(a)
+    from .runtime.calibrate import calibrate
+    from .runtime.prompts import read_prompts
+    if not a.prompts:
+        raise UserError("give --prompts FILE (one prompt per line; a TSV's first column is used)")
+    calibrate(a.bundle, read_prompts(a.prompts, a.limit), a.gamma, a.temperature, a.max_new_tokens,
+              a.seed).write(a.out)
+    print(f"wrote {a.out}")
+
+
+def _plan(a, devices: list[str] | None = None, split: bool = True):
+    """The plan of the pair for `a.platform` (the `plan` and `build` commands)."""
+    from .contract import Profile
+    from .plan.planner import make_plan, read_alpha
+    prof = Profile.read(a.profile) if a.profile else None
+    alpha = read_alpha(a.alpha, a.calibration)
+    plan = make_plan(a.draft, a.target, platform(a.platform), alpha, prof, dtype=a.dtype,
+                     max_context=a.max_context, devices=devices, split=split)
+    return plan, prof
 
 
 def cmd_plan(a):
-    from .plan import make_plan, print_plan, read_alpha, write_plan
-    prof = None
-    if a.profile:
-        from .runtime.profiler import load_profile
-        prof = load_profile(a.profile)
-    alpha = read_alpha(a.alpha, a.calibration)
-    devices = [d.strip() for d in a.devices.split(",")] if a.devices else None
-    plan = make_plan(a.draft, a.target, a.platform, alpha, prof, dtype=a.dtype,
-                     max_context=a.max_context, devices=devices, split=not a.no_split)
+    from .plan.planner import print_plan
+    plan, _ = _plan(a, device_classes(a.devices), split=not a.no_split)
     print_plan(plan, a.top)
-    write_plan(plan, a.out)
+    plan.write(a.out)
     print(f"wrote {a.out}")
 
 
 def cmd_build(a):
-    from .pipeline import run_build
-    return run_build(a)
+    from .build.pipeline import run_build
+    _check_template(a.prompt_template)
+    plan, prof = _plan(a)
+    run_build(plan, a.out, profile=prof, prompt_template=a.prompt_template)
 
 
 def cmd_bench(a):
-    from .bench import run_bench_cli
-    return run_bench_cli(a)
+    from .bench.run import BenchOptions, run_bench
+    from .contract import Plan
+    from .runtime.prompts import read_prompts
+    if a.build_only and a.no_build:
+        raise UserError("--build-only and --no-build exclude each other")
+    if not a.no_build:
+        need_build_tools("bench")
+    if a.simulate_alpha is not None and not 0 <= a.simulate_alpha <= 1:
+        raise UserError("--simulate-alpha must be in [0, 1]")
+    if a.random_weights is not None and a.simulate_alpha is None:
+        raise UserError("--random-weights makes the tokens noise: give --simulate-alpha A too")
+    _check_template(a.prompt_template)
+    if a.warmup < 0 or a.rounds < 1:
+        raise UserError("--warmup must be >= 0 and --rounds >= 1")
+    ranks = int_list(a.configs, "--configs")
+    if ranks is not None and (not ranks or min(ranks) < 1):
+        raise UserError("--configs: ranks start at 1")
+    prompts = read_prompts(a.prompts, a.limit)
+    plan = Plan.read(a.plan)
+    opts = BenchOptions(top=a.top, configs=[r - 1 for r in ranks] if ranks else None, rounds=a.rounds,
+                        max_new_tokens=a.max_new_tokens, simulate_alpha=a.simulate_alpha, warmup=a.warmup,
+                        link=not a.no_link, prompt_template=a.prompt_template, reprofile=not a.no_reprofile,
+                        build="only" if a.build_only else "no" if a.no_build else "yes",
+                        random_weights=a.random_weights)
+    res = run_bench(a.root, plan, str(a.plan), prompts, opts, platform=lambda: platform(plan.platform), png=a.png)
+    if a.json:
+        from .fsutil import write_json
+        write_json(a.json, res)
 
 
 def cmd_verify(a):
-    from .runtime.verify import run_verify_cli
-    return run_verify_cli(a)
+    from .runtime.verify import verify_bundle
+    verify_bundle(a.bundle, fallback=a.fallback)
 
 
 def cmd_pack(a):
-    from .deploy import pack
-    pack(a.bundle, a.out)
+    from .build.deploy import pack
+    if a.wheels is None and (a.python or a.find_links):
+        raise UserError("--python and --find-links go with --wheels PLATFORM")
+    pack(a.bundle, a.out, wheels=a.wheels, python=a.python, find_links=a.find_links or [])
 
 
 def cmd_push(a):
-    from .deploy import push
+    from .build.deploy import push
     push(a.bundle, a.dest)
 
 
 def cmd_demo(a):
     from .demo.run import run_demo
-    run_demo(gamma=a.gamma, sentences=a.sentences)
+    run_demo(out_dir=Path(a.out), gamma=a.gamma, sentences=a.sentences)
 
 
-def _random_weights_option(p) -> None:
-    p.add_argument("--random-weights", type=int, metavar="SEED",
-                   help="latency studies: draw the weights at run time (seeded) instead of reading the "
-                        ".irpa, which may then be absent; tokens are noise (pair with --simulate-alpha)")
+def _check_template(t: str | None) -> None:
+    if t is not None and "{prompt}" not in t:
+        raise UserError("--prompt-template must contain {prompt}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="build-sd", description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-
-    p = sub.add_parser("export", help="checkpoint -> MLIR subgraph modules + .irpa weights")
-    p.add_argument("--model", required=True, help="Hugging Face checkpoint folder")
-    p.add_argument("--out", required=True, help="output folder, e.g. mlir/NAME")
-    p.add_argument("--split", help="layers where subgraphs start, e.g. 0,4,8 (default: one module)")
-    p.add_argument("--gammas", help="gammas to build verify functions for (default 1..8)")
-    p.add_argument("--prefill", help="prompt buckets (default 16,64)")
-    p.add_argument("--max-context", type=int, default=512, help="KV cache slots S (default 512)")
-    p.add_argument("--dtype", default="f32", choices=["f32", "f16"])
-    p.add_argument("--no-fuse", action="store_true",
-                   help="keep q/k/v and gate/up as separate matmuls (default: stacked, fewer dispatches)")
-    p.set_defaults(fn=cmd_export)
-
-    p = sub.add_parser("compile", help="MLIR -> vmfb for target presets (CMake + Ninja)")
-    p.add_argument("mlir", help="export folder (mlir/NAME)")
-    p.add_argument("--preset", action="append", help="target preset (repeatable)")
-    p.add_argument("--out", required=True, help="artifacts folder, e.g. artifacts/NAME")
-    p.add_argument("-j", "--jobs", type=int, help="parallel compiles (default: ninja's)")
-    p.set_defaults(fn=cmd_compile)
-
-    p = sub.add_parser("validate", help="compare every runnable module with the PyTorch model")
-    p.add_argument("artifacts")
-    p.add_argument("--model", required=True, help="the checkpoint the artifacts came from")
-    p.add_argument("--preset", action="append", help="only these presets")
-    p.add_argument("-v", "--verbose", action="store_true", help="one row per step")
-    p.set_defaults(fn=cmd_validate)
-
-    p = sub.add_parser("bundle", help="draft + target artifacts -> a deployable bundle")
-    p.add_argument("--draft", required=True)
-    p.add_argument("--target", required=True)
-    p.add_argument("--tokenizer", help="tokenizer.json (default: the one copied at export)")
-    p.add_argument("--place", action="append",
-                   help="MODEL[.SUBGRAPH]=PRESET, e.g. draft=host, target.layers[0:4]=vulkan-llvmpipe")
-    p.add_argument("--gamma", type=int, default=4)
-    p.add_argument("--fallback", choices=["cpu"], help="also carry CPU modules for GPU-placed subgraphs")
-    p.add_argument("--prompt-template", help="e.g. '<s>{prompt} => ' (default: the prompt as given)")
-    p.add_argument("--cpu-driver", action="append", metavar="[ROLE=]DRIVER",
-                   help="IREE driver for the CPU modules on the board: local-task (worker pool, default) or "
-                        "local-sync (calling thread; faster for small models), e.g. draft=local-sync")
-    p.add_argument("--link", action="store_true",
-                   help="hard-link the weights and modules from the artifacts instead of copying them "
-                        "(same filesystem; a copy otherwise): no extra disk for a local bundle")
-    p.add_argument("--out", required=True)
-    p.set_defaults(fn=cmd_bundle)
-
-    p = sub.add_parser("run", help="speculative generation from a bundle (no torch)")
-    p.add_argument("bundle")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--gamma", type=int, help="draft length (default: the bundle's; 0 = target only)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=0, help="0 = off")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true", help="print one JSON object and nothing else")
-    p.add_argument("--raw", action="store_true", help="ignore the bundle's prompt template")
-    p.add_argument("--fallback", choices=["cpu"], help="run GPU-placed subgraphs on the bundle's CPU modules")
-    p.add_argument("--threads", type=int, help="CPU worker threads (default: the bundle's, else one per core)")
-    p.add_argument("--cpu-driver", action="append", metavar="[ROLE=]DRIVER",
-                   help="local-sync or local-task for the CPU modules, e.g. draft=local-sync "
-                        "(default: the bundle's, else local-task)")
-    _random_weights_option(p)
-    p.set_defaults(fn=cmd_run)
-
-    p = sub.add_parser("profile", help="measure every subgraph function on this machine (no torch)")
-    p.add_argument("paths", nargs="+", metavar="ARTIFACTS_OR_BUNDLE")
-    p.add_argument("--devices", help="device classes to profile, e.g. cpu,vulkan (default: all here)")
-    p.add_argument("--budget", type=float, default=0.4, help="seconds per function (default 0.4)")
-    _random_weights_option(p)
-    p.add_argument("--out", required=True)
-    p.set_defaults(fn=cmd_profile)
-
-    p = sub.add_parser("calibrate", help="measure alpha (overall, per draft position) of a bundle's pair")
-    p.add_argument("bundle")
-    p.add_argument("--prompts", help="one prompt per line (a TSV's first column)")
-    p.add_argument("--limit", type=int, help="use the first N prompts")
-    p.add_argument("--gamma", type=int, help="draft length (default: the bundle's largest)")
-    p.add_argument("--temperature", type=float, help="also measure sampling at this temperature")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
-    p.set_defaults(fn=cmd_calibrate)
-
-    p = sub.add_parser("plan", help="rank placements x gamma with the cost model")
-    p.add_argument("--draft", required=True, help="draft checkpoint folder (config.json is enough)")
-    p.add_argument("--target", required=True, help="target checkpoint folder (config.json is enough)")
-    p.add_argument("--platform", required=True, help="imx95, rk3588 or host (build_sd/platforms.json)")
-    p.add_argument("--profile", help="profile.json from `build-sd profile` (replaces what it covers)")
-    p.add_argument("--alpha", type=float, help="Leviathan's alpha of the pair")
-    p.add_argument("--calibration", help="calib.json from `build-sd calibrate` (per-position alpha)")
-    p.add_argument("--devices", help="restrict to these platform devices, e.g. cpu,cpu-sync (host: cpu = "
-                                     "IREE local-task, cpu-sync = local-sync, vulkan = lavapipe/GPU)")
-    p.add_argument("--dtype", default="f32", choices=["f32", "f16"])
-    p.add_argument("--max-context", type=int, default=512)
-    p.add_argument("--no-split", action="store_true",
-                   help="whole models only (no placement split at a layer boundary)")
-    p.add_argument("--top", type=int, default=10)
-    p.add_argument("--out", required=True)
-    p.set_defaults(fn=cmd_plan)
-
-    p = sub.add_parser("build", help="plan, export + compile what it needs, validate, bundle")
-    p.add_argument("--draft", required=True)
-    p.add_argument("--target", required=True)
-    p.add_argument("--platform", required=True)
-    p.add_argument("--profile")
-    p.add_argument("--alpha", type=float)
-    p.add_argument("--calibration")
-    p.add_argument("--dtype", default="f32", choices=["f32", "f16"])
-    p.add_argument("--max-context", type=int, default=512)
-    p.add_argument("--prompt-template", help="the bundle's prompt format, e.g. '<s>{prompt} => '")
-    p.add_argument("--out", required=True)
-    p.set_defaults(fn=cmd_build)
-
-    p = sub.add_parser("bench", help="measure the plan's top configurations: predicted vs measured")
-    p.add_argument("root", metavar="BUNDLE_OR_ARTIFACTS", help="working folder (e.g. the build --out)")
-    p.add_argument("--plan", required=True)
-    p.add_argument("--top", type=int, default=5)
-    p.add_argument("--configs", help="plan ranks to measure instead of the top N, e.g. 1,2,9,10")
-    p.add_argument("--prompt-template", help="the bundles' prompt format, e.g. '<s>{prompt} => ' "
-                                             "(alpha depends on it: use the one the pair was trained with)")
-    p.add_argument("--prompts", required=True)
-    p.add_argument("--limit", type=int, help="use the first N prompts")
-    p.add_argument("--rounds", type=int, default=4)
-    p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--simulate-alpha", type=float, help="accept/reject drawn from Bernoulli(A)")
-    p.add_argument("--warmup", type=int, default=1,
-                   help="untimed passes over the prompts per configuration before the timed rounds (default 1)")
-    p.add_argument("--no-link", action="store_true",
-                   help="copy the artifacts into each configuration's bundle instead of hard-linking them")
-    p.add_argument("--png", help="write the predicted-vs-measured chart here")
-    _random_weights_option(p)
-    p.add_argument("--no-reprofile", action="store_true",
-                   help="predict every round from the first profile (default: re-profile the CPU in situ "
-                        "before each round and after the last, and predict each round from the two "
-                        "profiles around it, for machines whose speed drifts)")
-    p.add_argument("--build-only", action="store_true",
-                   help="build the configurations' bundles (under ROOT/bench/) and stop: for measuring "
-                        "on a machine without iree-compile (then `bench --no-build` there)")
-    p.add_argument("--no-build", action="store_true",
-                   help="measure the bundles an earlier `bench --build-only` left under ROOT/bench/; "
-                        "neither torch nor iree-compile is needed")
-    p.add_argument("--json", help="write all figures here")
-    p.set_defaults(fn=cmd_bench)
-
-    p = sub.add_parser("verify", help="check a bundle's files and that this machine can run it")
-    p.add_argument("bundle")
-    p.add_argument("--fallback", choices=["cpu"], help="accept CPU fallback modules for missing GPUs")
-    p.set_defaults(fn=cmd_verify)
-
-    p = sub.add_parser("pack", help="bundle -> deterministic .tar.gz")
-    p.add_argument("bundle")
-    p.add_argument("--out", required=True)
-    p.set_defaults(fn=cmd_pack)
-
-    p = sub.add_parser("push", help="bundle -> DEST folder or host:folder (changed files only, atomic)")
-    p.add_argument("bundle")
-    p.add_argument("dest")
-    p.set_defaults(fn=cmd_push)
-
-    p = sub.add_parser("demo", help="build the embedded English->German pair and translate")
-    p.add_argument("--gamma", type=int, help="draft length (default: the planner's choice, from a profile "
-                                              "of this CPU and the pair's calibrated alpha)")
-    p.add_argument("--sentences", type=int, default=6)
-    p.set_defaults(fn=cmd_demo)
-    return ap
+COMMAND_FUNCTIONS = {name[4:]: fn for name, fn in globals().items() if name.startswith("cmd_")}
 
 
 def main(argv=None) -> int:
-    ap = build_parser()
+    ap = build_parser(__doc__.splitlines()[0])
     try:
         a = ap.parse_args(argv)
     except SystemExit as e:       # argparse: usage errors exit 2 already
         return int(e.code or 0)
-    from .runtime.chain import set_random_weights
     try:
-        # for this command only: main() also runs in-process (tests, scripts), where a setting
-        # left behind would make every later load draw random weights
-        set_random_weights(getattr(a, "random_weights", None))
-        rc = a.fn(a)
-        return int(rc or 0)
+        if a.cmd in BUILD_COMMANDS:
+            need_build_tools(a.cmd)
+        return int(COMMAND_FUNCTIONS[a.cmd](a) or 0)
     except (UserError, BuildError) as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
@@ -307,8 +248,6 @@ def main(argv=None) -> int:
         where = f": {e.filename}" if getattr(e, "filename", None) else ""
         print(f"error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
-    finally:
-        set_random_weights(None)
 
 
 if __name__ == "__main__":

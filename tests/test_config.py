@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from build_sd.config import ModelConfig, rope_inv_freq
+from build_sd.contract.config import ModelConfig, rope_inv_freq
 from build_sd.errors import UserError
 
 BASE = dict(model_type="llama", vocab_size=100, hidden_size=64, num_hidden_layers=2,

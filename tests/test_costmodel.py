@@ -4,11 +4,28 @@ from pathlib import Path
 
 import pytest
 
-from build_sd.costmodel import (ModelCosts, expected_tokens, expected_tokens_positional,
-                                leviathan_speedup, predict)
+from build_sd.contract import ModelConfig, Profile
 from build_sd.errors import UserError
-from build_sd.plan import make_plan, placements
-from build_sd.roofline import DeviceSpec, Platform, get_platform, work
+from build_sd.plan import planner
+from build_sd.plan.costmodel import (ModelCosts, expected_tokens, expected_tokens_positional,
+                                     leviathan_speedup, predict)
+from build_sd.plan.planner import placements
+from build_sd.plan.platforms import DeviceSpec, Platform, get_platform
+from build_sd.plan.roofline import work
+
+
+def make_plan(*args, **kw) -> dict:
+    """The plan as plan.json holds it (the file is the contract these tests check)."""
+    return planner.make_plan(*args, **kw).to_dict()
+
+
+def _profile(models: list[dict], config: Path | None = None, **top) -> Profile:
+    """A profile holding these (partial) model entries; the fields they leave out take neutral
+    values (a profile from `build-sd profile` has them all)."""
+    cfg = ModelConfig.from_hf(config).to_dict() if config else None
+    full = [dict({"name": "m", "dtype": "f32", "max_context": 128, "config": cfg,
+                  "source": {"path": "", "sha256": {}}}, **m) for m in models]
+    return Profile.from_obj(dict({"schema": 1, "kind": "build_sd.profile", "models": full}, **top))
 
 
 @pytest.mark.parametrize("alpha, gamma, want", [(0.8, 5, 3.69), (0.9, 10, 6.86), (0.6, 2, 1.96)])
@@ -114,7 +131,7 @@ def test_placements_enumeration():
 
 
 def test_profile_of_other_models_refused(pair):
-    prof = {"models": [{"source": {"sha256": {"config.json": "0" * 64}}}]}
+    prof = _profile([{"source": {"path": "", "sha256": {"config.json": "0" * 64}}}], pair[1])
     with pytest.raises(UserError, match="other models"):
         make_plan(*pair, _platform(), 0.8, prof)
 
@@ -122,16 +139,16 @@ def test_profile_of_other_models_refused(pair):
 def test_whole_placement_reads_the_whole_module_not_a_split_exports_parts(pair):
     # the same target profiled as two exports (split at 4 first, whole second), as `build-sd
     # bench` does: the whole placement must read the whole module's figures
-    from build_sd.plan import config_sha
+    from build_sd.plan.planner import config_sha
     d, t = pair
 
     def entry(subs):
-        return {"name": "t", "source": {"sha256": {"config.json": config_sha(t)}}, "dtype": "f32",
+        return {"name": "t", "source": {"path": "", "sha256": {"config.json": config_sha(t)}}, "dtype": "f32",
                 "max_context": 128, "latency": {"host": subs}}
     fns = lambda ms: {f: {"mean_ms": ms} for f in ["decode"] + [f"verify_T{g + 1}" for g in range(1, 9)]}
     split = entry({"embed": fns(0.1), "layers_0_4": fns(1.0), "layers_4_8": fns(1.0), "head": fns(0.1)})
     whole = entry({"whole": fns(7.0)})
-    plan = make_plan(d, t, _platform(), 0.8, {"models": [split, whole]}, max_context=128, devices=["cpu"])
+    plan = make_plan(d, t, _platform(), 0.8, _profile([split, whole], t), max_context=128, devices=["cpu"])
     base = next(c for c in plan["configs"] if c["gamma"] == 0 and c["target"]["split"] is None)
     assert base["pred_ms_per_token"] == pytest.approx(7.0 + _platform().host_ms_per_iteration, rel=1e-3)
 
@@ -161,14 +178,15 @@ def test_imx95_llama32_plan():
 def test_platform_file_cites_its_figures():
     p = get_platform("imx95")
     assert p.devices["cpu"].preset == "a55" and p.devices["gpu"].preset == "valhall3"
-    from build_sd.roofline import load_platforms
+    from build_sd.plan.platforms import load_platforms
     data = load_platforms()
     for name in ("imx95", "rk3588"):
         assert data[name]["sources"] and all(s["url"] and s["says"] for s in data[name]["sources"])
 
 
 def test_roofline_counts():
-    cfg = dict(hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16, intermediate_size=128, vocab_size=100)
+    cfg = ModelConfig(model_type="llama", hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16,
+                      intermediate_size=128, vocab_size=100, num_layers=2, rms_norm_eps=1e-6)
     w1 = work(cfg, "layers", 0, 2, 1, 32, 4)
     w4 = work(cfg, "layers", 0, 2, 4, 32, 4)
     assert w4.flops == pytest.approx(4 * w1.flops)          # FLOPs scale with T
@@ -184,13 +202,12 @@ def test_profile_artifact_mismatch_refused(target_whole, tmp_path):
     from build_sd.runtime.profiler import check_profile_matches, profile
     prof = profile([target_whole], devices=["cpu"], budget_s=0.02, log=lambda m: None)
     assert check_profile_matches(prof, target_whole) >= 1
-    bad = copy.deepcopy(prof)
+    bad = copy.deepcopy(prof.to_dict())
     rel = next(iter(bad["models"][0]["modules"]))
     bad["models"][0]["modules"][rel] = "0" * 64
     with pytest.raises(UserError, match="measured on a different"):
-        check_profile_matches(bad, target_whole)
+        check_profile_matches(Profile.from_obj(bad), target_whole)
     # a profile of other models, or another dtype/context, is refused by the planner too
-    from build_sd.plan import make_plan
     ck = json.loads((target_whole / "export.json").read_text())["source"]["path"]
     with pytest.raises(UserError, match="context"):
         make_plan(ck, ck, _platform(), 0.8, prof, max_context=512)
@@ -201,18 +218,19 @@ def test_profile_artifact_mismatch_refused(target_whole, tmp_path):
 def test_cpu_drivers_are_two_devices_of_one_processor(target_whole):
     """The profile measures the CPU modules under local-task and local-sync; the planner reads
     each for its own device (cpu, cpu-sync) and never splits a model across the two."""
-    from build_sd.plan import make_plan, placements
-    from build_sd.roofline import host_platform
+    from build_sd.plan.platforms import host_platform
+    from build_sd.runtime.hostinfo import detect_host
     from build_sd.runtime.profiler import profile
-    prof = profile([target_whole], devices=["cpu"], budget_s=0.02, log=lambda m: None)
+    prof_rec = profile([target_whole], devices=["cpu"], budget_s=0.02, log=lambda m: None)
+    prof = prof_rec.to_dict()
     lat = prof["models"][0]["latency"]
     assert {"host", "host@local-sync"} <= set(lat)
     assert lat["host"]["whole"]["decode"]["mean_ms"] > 0 and lat["host@local-sync"]["whole"]["decode"]["mean_ms"] > 0
-    plat = host_platform(measure=False)
+    plat = host_platform(detect_host(measure=False))
     assert plat.devices["cpu-sync"].profile_key == "host@local-sync" and plat.devices["cpu"].profile_key == "host"
     assert all(p.split is None for p in placements(4, ["cpu", "cpu-sync"], {frozenset(("cpu", "cpu-sync"))}))
     ck = json.loads((target_whole / "export.json").read_text())["source"]["path"]
-    plan = make_plan(ck, ck, plat, 0.8, prof, max_context=96, devices=["cpu", "cpu-sync"])
+    plan = make_plan(ck, ck, plat, 0.8, prof_rec, max_context=96, devices=["cpu", "cpu-sync"])
     by = {(c["draft"]["label"] if c["draft"] else "-", c["target"]["label"], c["gamma"]): c for c in plan["configs"]}
     for dev in ("cpu", "cpu-sync"):
         want = lat[plat.devices[dev].profile_key]["whole"]["decode"]["mean_ms"] + prof["host"]["by_gamma"]["0"]
@@ -304,9 +322,15 @@ def test_bench_build_here_measure_elsewhere(draft_ckpt, target_ckpt, tmp_path):
 
 def test_random_weights_last_one_command():
     """`main()` runs in-process in the tests and in scripts: --random-weights must not outlive
-    its command (it once did, and the next test's validation compared noise with PyTorch)."""
+    its command (it once did, and the next test's validation compared noise with PyTorch). It is
+    now a parameter of opening a bundle: no module of the runtime keeps such a switch."""
+    import importlib
+    import pkgutil
+
+    import build_sd.runtime as rt_pkg
     from build_sd.cli import main
-    from build_sd.runtime import chain
     assert main(["bench", "/nonexistent", "--plan", "/nonexistent/plan.json", "--prompts", "/nonexistent",
                  "--random-weights", "7"]) != 0
-    assert chain.RANDOM_WEIGHTS is None
+    for m in pkgutil.iter_modules(rt_pkg.__path__):
+        mod = importlib.import_module(f"build_sd.runtime.{m.name}")
+        assert not hasattr(mod, "RANDOM_WEIGHTS") and not hasattr(mod, "set_random_weights"), m.name

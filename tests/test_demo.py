@@ -8,7 +8,7 @@ from build_sd.demo import DRAFT_DIR, TARGET_DIR
 
 
 def test_committed_pair_is_a_valid_hf_pair():
-    from build_sd.config import ModelConfig
+    from build_sd.contract.config import ModelConfig
     from build_sd.runtime.tokenizer import check_pair, load_tokenizer
     t, d = ModelConfig.from_hf(TARGET_DIR), ModelConfig.from_hf(DRAFT_DIR)
     assert t.model_type == d.model_type == "llama" and d.tie_word_embeddings
@@ -23,8 +23,9 @@ def test_committed_pair_is_a_valid_hf_pair():
 @pytest.mark.slow
 def test_demo_smoke():
     """Build (cached in artifacts/demo, shared with `make demo`), translate two sentences."""
-    from build_sd.demo.run import ROOT, run_demo
-    summary = run_demo(sentences=2, max_new_tokens=16)
+    from conftest import ROOT
+    from build_sd.demo.run import run_demo
+    summary = run_demo(ROOT / "artifacts" / "demo", sentences=2, max_new_tokens=16)
     assert summary["alpha"] is not None and 0.0 <= summary["alpha"] <= 1.0
     assert summary["tokens_per_s_speculative"] > 0 and summary["tokens_per_s_target_only"] > 0
     saved = json.loads((ROOT / "artifacts" / "demo" / "demo_summary.json").read_text())

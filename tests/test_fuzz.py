@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from helpers import cli
 
-SETTINGS = settings(max_examples=60, deadline=None,
+SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers(-5, 10 ** 6) | st.floats(allow_nan=False)
@@ -109,3 +109,65 @@ def test_cli_arguments_never_crash(good_bundle, tmp_path_factory, cmd, args):
         # a failed command leaves no partial output behind
         leftovers = [p for p in out_dir.rglob("*") if p.name.endswith((".partial", ".tmp"))]
         assert not leftovers, leftovers
+
+
+# ---- the contract itself: every record's reader, many mutations per second --------------------------
+@pytest.fixture(scope="module")
+def good_records(good_bundle, target_whole, tmp_path_factory):
+    """One real file of each kind build_sd writes, as JSON values."""
+    from build_sd.runtime.calibrate import calibrate
+    from build_sd.runtime.profiler import profile
+    from build_sd.plan.planner import make_plan
+    from build_sd.plan.platforms import get_platform
+    ck = json.loads((target_whole / "export.json").read_text())["source"]["path"]
+    prof = profile([target_whole], devices=["cpu"], budget_s=0.01, log=lambda m: None, cpu_drivers=("local-task",))
+    as_json = lambda rec: json.loads(json.dumps(rec.to_dict()))     # noqa: E731 - what the file holds
+    return {
+        "bundle": json.loads((good_bundle / "manifest.json").read_text()),
+        "export": json.loads((target_whole / "export.json").read_text()),
+        "artifacts": json.loads((target_whole / "manifest.json").read_text()),
+        "profile": as_json(prof),
+        "plan": as_json(make_plan(ck, ck, get_platform("imx95"), 0.7, max_context=96, gammas=range(0, 3))),
+        "calibration": as_json(calibrate(good_bundle, ["hello world"], gamma=2, max_new_tokens=4,
+                                         log=lambda m: None)),
+    }
+
+
+RECORDS = {"bundle": "BundleManifest", "export": "ExportRecord", "artifacts": "ArtifactsManifest",
+           "profile": "Profile", "plan": "Plan", "calibration": "Calibration"}
+
+
+def test_good_records_read_back_unchanged(good_records):
+    """Reading a file and writing it again gives the same JSON: the records hold every field."""
+    import build_sd.contract as c
+    for kind, obj in good_records.items():
+        rec = getattr(c, RECORDS[kind]).from_obj(json.loads(json.dumps(obj)))
+        assert json.loads(json.dumps(rec.to_dict())) == obj, kind
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_every_record_reader_gives_a_record_or_one_line_error(good_records, data):
+    """Mutate any field of any record (type, value, deletion; up to 3 at once): the reader returns
+    the record or raises a UserError whose one line names the file and, for a bad field, the field."""
+    import copy
+
+    import build_sd.contract as c
+    from build_sd.errors import UserError
+    kind = data.draw(st.sampled_from(sorted(RECORDS)))
+    obj = copy.deepcopy(good_records[kind])
+    paths = _all_paths(obj)
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(paths))
+        try:
+            _mutate(obj, path, data.draw(JSON), data.draw(st.booleans()))
+        except (KeyError, IndexError, TypeError):
+            pass
+        paths = _all_paths(obj) or [("schema",)]
+    try:
+        rec = getattr(c, RECORDS[kind]).from_obj(obj, f"{kind}.json")
+    except UserError as e:
+        msg = str(e)
+        assert "\n" not in msg and msg.startswith(f"{kind}.json"), msg
+        return
+    json.dumps(rec.to_dict())          # a record that reads also writes

@@ -36,8 +36,8 @@ def bundles(target_whole, target_split, draft_art):
 
 @pytest.fixture(scope="session")
 def reference_model(target_ckpt):
-    from build_sd.model.llama import Subgraph
-    from build_sd.model.loader import load_checkpoint
+    from build_sd.build.model.llama import Subgraph
+    from build_sd.build.model.loader import load_checkpoint
     return Subgraph(load_checkpoint(target_ckpt, "f32", 96), "whole")
 
 
@@ -274,7 +274,7 @@ def test_random_weights_need_no_irpa(draft_art, target_whole, tmp_path):
     reading the .irpa; same seed -> same weights -> same tokens, whatever process or placement."""
     import shutil
     from build_sd.errors import UserError
-    from build_sd.runtime import chain
+    from build_sd.runtime import weights
     from build_sd.runtime.sampling import GreedyAcceptor
     from build_sd.runtime.session import open_bundle
     from build_sd.runtime.speculative import generate
@@ -288,16 +288,14 @@ def test_random_weights_need_no_irpa(draft_art, target_whole, tmp_path):
     try:
         runs = []
         for seed in (5, 5, 6):
-            chain.set_random_weights(seed)
-            s = open_bundle(moved)
+            s = open_bundle(moved, random_weights=seed)
             runs.append(generate(s.target, None, [3, 4, 5], 0, GreedyAcceptor(), 8, []).token_ids)
-            meta = s.target.meta["parameters"]["tensors"]
-            assert meta and all(set(t) == {"shape", "dtype"} for t in meta.values())
+            meta = s.target.export.parameters.tensors
+            assert meta and all(set(t.__struct_fields__) == {"shape", "dtype"} for t in meta.values())
         assert runs[0] == runs[1] and runs[0] != runs[2]
         assert len(runs[0]) == 8
     finally:
-        chain.set_random_weights(None)
-        chain._random_cache.clear()
+        weights.forget_drawn()
 
 
 def test_device_lost_is_only_a_vulkan_loss():

@@ -88,9 +88,9 @@ def test_probs_transforms():
 # ---- the whole loop on IREE modules -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_vocab_chains():
+    from build_sd.contract import ExportRecord
     from build_sd.runtime.chain import ModelChain, PlacedSubgraph
     from build_sd.runtime.devices import DevicePool
-    import json
     # V=16 so the exact law is cheap to enumerate; the inits make p moderately peaked and q
     # different from it (measured: a wrong correction step gives chi2 ~150 against a 38 limit)
     tck = make_checkpoint(BUILD / "ckpt" / "v16_target", vocab=16, hidden=32, layers=2, heads=4,
@@ -101,9 +101,9 @@ def tiny_vocab_chains():
     pool = DevicePool()
     for name, ck, gammas in (("v16_target", tck, "1,2"), ("v16_draft", dck, "1")):
         art = _build(name, ck, ["host"], gammas=gammas, prefill="4", max_context=16)
-        meta = json.loads((art / "export.json").read_text())
-        placed = [PlacedSubgraph(sg, art / "host" / f"{sg['name']}.vmfb", "local-task", "host")
-                  for sg in meta["subgraphs"]]
+        meta = ExportRecord.read(art / "export.json")
+        placed = [PlacedSubgraph(sg, art / "host" / f"{sg.name}.vmfb", "local-task", "host")
+                  for sg in meta.subgraphs]
         chain = ModelChain(pool, meta, art / "model.irpa", placed)
         chain.warmup()
         chains.append(chain)

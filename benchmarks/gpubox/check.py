@@ -20,7 +20,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from build_sd.runtime.chain import set_random_weights  # noqa: E402
 from build_sd.runtime.sampling import GreedyAcceptor  # noqa: E402
 from build_sd.runtime.session import open_bundle  # noqa: E402
 from build_sd.runtime.speculative import generate  # noqa: E402
@@ -33,10 +32,10 @@ def bundles_by_config(root: Path) -> dict:
 
 def main() -> int:
     root, seed = Path(sys.argv[1]), int(sys.argv[2])
-    set_random_weights(seed)
     by = bundles_by_config(root)
-    cpu_t = open_bundle(by[(None, "cpu", 0)], load_draft=False).target
-    spec = open_bundle(next(b for (d, t, g), b in by.items() if d == "cpu" and t == "gpu" and g > 0))
+    cpu_t = open_bundle(by[(None, "cpu", 0)], load_draft=False, random_weights=seed).target
+    spec = open_bundle(next(b for (d, t, g), b in by.items() if d == "cpu" and t == "gpu" and g > 0),
+                       random_weights=seed)
     gpu_t = spec.target
     rng = np.random.default_rng(seed)
     prompt = rng.integers(3, 4000, size=12).astype(np.int32)
@@ -56,7 +55,7 @@ def main() -> int:
     print(f"target GPU vs CPU module, same weights: max |logit diff| / max |logit| = {worst:.2e}, "
           f"greedy ids agree {agree}/{n}")
     ok = worst < 1e-3 and agree == n
-    g = spec.manifest["gamma"]
+    g = spec.manifest.gamma
     for j in range(2):
         ids = rng.integers(3, 4000, size=10).tolist()
         ref = generate(gpu_t, None, ids, 0, GreedyAcceptor(), 24, []).token_ids

@@ -18,45 +18,15 @@ from pathlib import Path
 import numpy as np
 import iree.runtime as rt
 
+from ..contract import ExportRecord, SubgraphRecord, SubgraphSpec, function_name
 from ..errors import UserError
 from .devices import DTYPES, Device, DeviceLost, DevicePool, device_lost
-
-
-# Latency studies of shapes whose weights cannot travel (a 1B f32 .irpa is 5 GB; the GPU box
-# takes 64 MiB): `--random-weights SEED` makes every chain draw its parameters here instead of
-# reading the .irpa (N(0, 0.02), norms 1, as benchmarks/models.py writes them). Every kernel
-# runs as usual, so timings are real; the tokens are noise, so pair it with --simulate-alpha.
-RANDOM_WEIGHTS: int | None = None
-_random_cache: dict = {}       # (seed, name, shape, dtype) -> array, shared by all chains
-
-
-def set_random_weights(seed: int | None) -> None:
-    global RANDOM_WEIGHTS
-    RANDOM_WEIGHTS = seed
-
-
-def _add_random_weights(idx, export_meta: dict, seed: int) -> None:
-    tensors = (export_meta.get("parameters") or {}).get("tensors")
-    if not tensors:
-        raise UserError(f"{export_meta.get('name')}: export.json lists no parameter shapes (exported "
-                        "before build_sd recorded them): export again to use --random-weights")
-    for i, (name, t) in enumerate(sorted(tensors.items())):
-        key = (seed, name, tuple(t["shape"]), t["dtype"])
-        a = _random_cache.get(key)
-        if a is None:
-            if name.endswith("norm.weight"):
-                a = np.ones(t["shape"], DTYPES[t["dtype"]])
-            else:
-                # one stream per tensor: the same seed gives the same weights whatever the placement
-                rng = np.random.default_rng([seed, i])
-                a = (rng.standard_normal(t["shape"], dtype=np.float32) * 0.02).astype(DTYPES[t["dtype"]], copy=False)
-            _random_cache[key] = a
-        idx.add_buffer(name, a)
+from .weights import add_weights
 
 
 @dataclass
 class PlacedSubgraph:
-    meta: dict            # the export contract of the subgraph (kind, functions, kv_params)
+    meta: SubgraphRecord  # the export contract of the subgraph (kind, functions, kv_params)
     vmfb: Path
     driver: str
     preset: str
@@ -64,10 +34,14 @@ class PlacedSubgraph:
 
 @dataclass
 class _Loaded:
-    meta: dict
+    meta: SubgraphRecord
     device: Device
     context: object
     functions: dict = field(default_factory=dict)   # name -> VmFunction
+    spec: SubgraphSpec = None                       # the meta's kind/start/end, parsed once
+
+    def __post_init__(self):
+        self.spec = self.meta.spec
 
 
 @dataclass
@@ -102,14 +76,16 @@ class _LoadFailed(Exception):
 
 
 class ModelChain:
-    def __init__(self, pool: DevicePool, export_meta: dict, irpa: Path, placed: list[PlacedSubgraph]):
-        self.meta = export_meta
-        self.irpa, self.placed = irpa, placed
-        self.dtype = DTYPES[export_meta["dtype"]]
-        self.max_context = int(export_meta["max_context"])
-        self.prefill_buckets = sorted(int(p) for p in export_meta["prefill"])
-        self.verify_T = sorted({f["T"] for sg in export_meta["subgraphs"]
-                                for f in sg["functions"].values() if f["role"] == "verify"})
+    """random_weights: draw the parameters (seeded) instead of reading `irpa` (weights.py)."""
+
+    def __init__(self, pool: DevicePool, export: ExportRecord, irpa: Path, placed: list[PlacedSubgraph],
+                 random_weights: int | None = None):
+        self.export = export
+        self.irpa, self.placed, self.random_weights = irpa, placed, random_weights
+        self.dtype = DTYPES[export.dtype]
+        self.max_context = export.max_context
+        self.prefill_buckets = sorted(export.prefill)
+        self.verify_T = sorted({f.T for sg in export.subgraphs for f in sg.functions.values() if f.role == "verify"})
         self.calls = 0
         self.call_s = 0.0
         # per (subgraph, function): [seconds, calls] spent in the loop itself, transfers into the
@@ -131,29 +107,23 @@ class ModelChain:
             contexts[driver] = (dev, ctx)
         for ps in placed:   # keep the model's order: embed, layers..., head
             dev, ctx = contexts[ps.driver]
-            mod = getattr(ctx.modules, ps.meta["name"])
+            mod = getattr(ctx.modules, ps.meta.name)
             loaded = _Loaded(ps.meta, dev, ctx)
-            for fname in ps.meta["functions"]:
+            for fname in ps.meta.functions:
                 loaded.functions[fname] = mod.vm_module.lookup_function(fname)
             self.stages.append(loaded)
-        kinds = [s.meta["kind"] for s in self.stages]
+        kinds = [s.meta.kind for s in self.stages]
         if kinds[0] not in ("embed", "whole") or kinds[-1] not in ("head", "whole"):
             raise UserError(f"incomplete placement: subgraphs {kinds}")
 
     def _load(self, dev: Device, irpa: Path, group: list[PlacedSubgraph]):
         """One VM context on `dev`: the parameters (weights + KV-cache splats), then the modules."""
         idx = rt.ParameterIndex()
-        if RANDOM_WEIGHTS is not None:
-            _add_random_weights(idx, self.meta, RANDOM_WEIGHTS)
-        else:
-            try:
-                idx.load(str(irpa))
-            except Exception as e:  # noqa: BLE001 - a corrupt archive is bad input
-                raise UserError(f"{irpa}: not a readable .irpa archive ({str(e).splitlines()[0]})") from None
+        add_weights(idx, self.export, irpa, self.random_weights)
         pattern = np.zeros(1, self.dtype)
         for ps in group:
-            for kv in ps.meta["kv_params"]:
-                idx.add_splat(kv["name"], pattern, int(kv["bytes"]))
+            for kv in ps.meta.kv_params:
+                idx.add_splat(kv.name, pattern, kv.bytes)
         ctx = rt.SystemContext(config=dev.config)
         ctx.add_vm_module(rt.create_io_parameters_module(dev.instance, idx.create_provider(scope="model")))
         for ps in group:
@@ -173,13 +143,9 @@ class ModelChain:
                         f"({self.prefill_buckets[-1]})")
 
     def function_for(self, role: str, T: int) -> str:
-        if role == "prefill":
-            return f"prefill_T{T}"
-        if T == 1:
-            return "decode"
-        if T not in self.verify_T:
+        if role != "prefill" and T > 1 and T not in self.verify_T:
             raise UserError(f"no verify function for {T} tokens (built: {self.verify_T})")
-        return f"verify_T{T}"
+        return function_name(role, T)
 
     # ---- one forward step -------------------------------------------------------------------
     def step(self, tokens: np.ndarray, pos: int, role: str = "auto", length: int | None = None,
@@ -203,26 +169,26 @@ class ModelChain:
         times = self.stage_times
         for st in self.stages:
             ts = time.perf_counter()
-            dev, kind = st.device, st.meta["kind"]
-            if kind in ("embed", "whole"):
+            dev, spec = st.device, st.spec
+            if spec.has_tokens_in:
                 x = dev.upload(tokens.reshape(1, T).astype(np.int32, copy=False))
             elif prev_dev is not dev:
                 x = dev.transfer_from(prev_dev, x, self.dtype)
-            if kind in ("layers", "whole") and id(dev) not in pos_bv:
+            if spec.has_layers and id(dev) not in pos_bv:
                 pos_bv[id(dev)] = dev.upload(np.array(pos, np.int32))
             length_bv = (dev.upload(np.array(length, np.int32))
-                         if role == "prefill" and kind in ("head", "whole") else None)
+                         if role == "prefill" and spec.has_head else None)
             res = self.invoke(st, fname, x, pos_bv.get(id(dev)), length_bv)
             if len(res) == 1:
                 x = res[0]
                 if trace:
-                    out.hidden.append((st.meta["label"], dev.download(x, self.dtype)))
+                    out.hidden.append((st.meta.label, dev.download(x, self.dtype)))
             else:
                 out.ids = dev.download(res[0], DTYPES["i32"])[0]
                 out.logits_bv, out.device = res[1], dev
             prev_dev = dev
             if times is not None:
-                acc = times.setdefault((st.meta["name"], fname), [0.0, 0])
+                acc = times.setdefault((st.meta.name, fname), [0.0, 0])
                 acc[0] += time.perf_counter() - ts
                 acc[1] += 1
         self.call_s += time.perf_counter() - t0
@@ -230,14 +196,14 @@ class ModelChain:
 
     def invoke(self, st: _Loaded, fname: str, x, pos_bv=None, length_bv=None) -> list:
         """One subgraph function on its device: (x[, pos][, length]) -> its result views."""
-        kind = st.meta["kind"]
+        spec = st.spec
         args = rt.VmVariantList(3)
         args.push_ref(x)
-        if kind in ("layers", "whole"):
+        if spec.has_layers:
             args.push_ref(pos_bv)
         if length_bv is not None:
             args.push_ref(length_bv)
-        nres = 2 if kind in ("head", "whole") else 1
+        nres = 2 if spec.has_head else 1
         rets = rt.VmVariantList(nres)
         st.context.vm_context.invoke(st.functions[fname], args, rets)
         self.calls += 1

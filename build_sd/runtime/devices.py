@@ -1,7 +1,7 @@
 """HAL devices and the host<->device copies the speculative loop needs (no torch).
 
 One `Device` per driver (local-task, vulkan), shared by every module placed on it. What works
-with IREE 3.13 (probes/FINDINGS.md, shared/device/README.md):
+with IREE 3.13 (docs/FINDINGS.md; benchmarks/gpubox/README.md for the GPU box):
 - upload: `allocator.allocate_buffer_copy` copies from any numpy array (rt.asdevicearray of an
   unaligned array fails on Vulkan: "minImportedHostPointerAlignment 4096");
 - download on CPU (local-task): results live in host-visible memory: map and copy;

@@ -74,8 +74,6 @@ def sample(p: np.ndarray, rng: np.random.Generator) -> int:
 class GreedyAcceptor:
     """Deterministic: draft argmax vs target argmax. Reads only ids, never logits."""
 
-    needs_logits = False
-
     def propose(self, ids: np.ndarray, logits_fn) -> tuple[int, None]:
         return int(ids[-1]), None
 
@@ -92,8 +90,6 @@ class GreedyAcceptor:
 
 class RejectionSampler:
     """Exact speculative sampling (Leviathan et al. 2023, Chen et al. 2023)."""
-
-    needs_logits = True
 
     def __init__(self, params: SamplingParams, rng: np.random.Generator):
         self.params, self.rng = params, rng

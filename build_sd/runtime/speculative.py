@@ -45,18 +45,9 @@ def generate(target: ModelChain, draft: ModelChain | None, prompt: list[int], ga
     eos = set(int(e) for e in eos_ids)
     use_draft = gamma > 0 and draft is not None
     S = target.max_context if not use_draft else min(target.max_context, draft.max_context)
-    counters = target.stages[0].device.counters
     prompt = np.asarray(prompt, np.int32)
-    n = len(prompt)
 
-    # ---- prefill (both models), first token ----------------------------------------------
-    t0 = time.perf_counter()
-    out = target.prefill(prompt)
-    first = acceptor.first(out.ids, out.logits)
-    m.ttft_s = time.perf_counter() - t0
-    if use_draft:
-        draft.prefill(prompt)
-    m.prefill_s = time.perf_counter() - t0
+    first = _prefill(target, draft if use_draft else None, prompt, acceptor, m)
     gen.token_ids.append(first)
     if on_tokens:
         on_tokens([first])
@@ -65,14 +56,9 @@ def generate(target: ModelChain, draft: ModelChain | None, prompt: list[int], ga
         return gen
 
     # ---- the loop ---------------------------------------------------------------------------
-    t_pos = d_pos = n
+    t_pos = d_pos = len(prompt)
     seq = list(prompt) + [first]
-    calls0 = target.calls + (draft.calls if draft else 0)
-    # device time = time inside chain.step (invocations and their uploads/downloads, logits
-    # reads included); host time = the rest of the loop (acceptance, sampling, bookkeeping)
-    t_call0, d_call0 = target.call_s, (draft.call_s if draft else 0.0)
-    up0, down0, tr0 = counters.bytes_up, counters.bytes_down, counters.transfer_s
-    t_loop = time.perf_counter()
+    before = _Snapshot.take(target, draft)
     built = set(target.verify_T) | {1}
     while True:
         remaining = max_new_tokens - len(gen.token_ids)
@@ -85,35 +71,16 @@ def generate(target: ModelChain, draft: ModelChain | None, prompt: list[int], ga
             if log:
                 log(f"stopped: reached the bundle's context size ({S} tokens)")
             break
-        # never draft past the budget or the context; fall back to a built verify size
-        g = min(gamma if use_draft else 0, remaining - 1, room - 1)
-        while g > 0 and g + 1 not in built:
-            g -= 1
-
-        drafts, q_rows = [], []
-        if g > 0:
-            pending = seq[d_pos:]                          # 1 token, or 2 after a full accept
-            dout = _catch_up(draft, pending, d_pos)
-            d_pos += len(pending)
-            for i in range(g):
-                x, q = acceptor.propose(dout.ids, dout.logits)
-                drafts.append(x)
-                q_rows.append(q)
-                if i < g - 1:
-                    dout = draft.step(np.array([x], np.int32), d_pos)
-                    d_pos += 1
-
-        block = np.array([seq[-1]] + drafts, np.int32)     # x, x_1..x_g at t_pos..t_pos+g
-        vout = target.step(block, t_pos)
+        g = _gamma_now(gamma if use_draft else 0, remaining, room, built)
+        drafts, q_rows, d_pos = _draft_block(draft, acceptor, seq, d_pos, g)
+        vout = target.step(np.array([seq[-1]] + drafts, np.int32), t_pos)   # x, x_1..x_g at t_pos..
         n_acc, nxt = acceptor.accept(drafts, q_rows, vout.ids, vout.logits)
-
         if g > 0:
             m.judge(n_acc, g)
         else:
             m.iterations += 1
         t_pos += 1 + n_acc
-        # the draft saw x_1..x_{g-1}: keep what was accepted of them
-        d_pos = min(d_pos, t_pos)
+        d_pos = min(d_pos, t_pos)           # the draft saw x_1..x_{g-1}: keep what was accepted of them
         new, reason = _trim(drafts[:n_acc] + [nxt], eos, remaining)
         gen.token_ids.extend(new)
         seq.extend(new)
@@ -123,14 +90,76 @@ def generate(target: ModelChain, draft: ModelChain | None, prompt: list[int], ga
         if reason:
             m.stop_reason = reason
             break
-
-    m.decode_s = time.perf_counter() - t_loop
-    m.verify_s = target.call_s - t_call0
-    m.draft_s = (draft.call_s if draft else 0.0) - d_call0
-    m.device_calls = target.calls + (draft.calls if draft else 0) - calls0
-    m.bytes_up, m.bytes_down = counters.bytes_up - up0, counters.bytes_down - down0
-    m.transfer_s = counters.transfer_s - tr0
+    before.record_into(m, target, draft)
     return gen
+
+
+def _prefill(target: ModelChain, draft: ModelChain | None, prompt: np.ndarray, acceptor, m: Metrics) -> int:
+    """Both models take the prompt; the target's output gives the first token."""
+    t0 = time.perf_counter()
+    out = target.prefill(prompt)
+    first = acceptor.first(out.ids, out.logits)
+    m.ttft_s = time.perf_counter() - t0
+    if draft is not None:
+        draft.prefill(prompt)
+    m.prefill_s = time.perf_counter() - t0
+    return first
+
+
+def _gamma_now(gamma: int, remaining: int, room: int, built: set[int]) -> int:
+    """Never draft past the token budget or the context; fall back to a built verify size."""
+    g = min(gamma, remaining - 1, room - 1)
+    while g > 0 and g + 1 not in built:
+        g -= 1
+    return g
+
+
+def _draft_block(draft: ModelChain, acceptor, seq: list[int], d_pos: int, g: int):
+    """g draft tokens after `seq` (and their q rows when sampling); the draft first catches up
+    on what it has not seen. Returns (drafts, q_rows, the draft's new position)."""
+    drafts, q_rows = [], []
+    if g <= 0:
+        return drafts, q_rows, d_pos
+    pending = seq[d_pos:]                          # 1 token, or 2 after a full accept
+    dout = _catch_up(draft, pending, d_pos)
+    d_pos += len(pending)
+    for i in range(g):
+        x, q = acceptor.propose(dout.ids, dout.logits)
+        drafts.append(x)
+        q_rows.append(q)
+        if i < g - 1:
+            dout = draft.step(np.array([x], np.int32), d_pos)
+            d_pos += 1
+    return drafts, q_rows, d_pos
+
+
+@dataclass
+class _Snapshot:
+    """The chains' counters when the loop starts: the loop's own figures are the differences.
+    Device time = time inside chain.step (invocations and their uploads/downloads, logits reads
+    included); host time = the rest of the loop (acceptance, sampling, bookkeeping)."""
+    t0: float
+    calls: int
+    target_s: float
+    draft_s: float
+    up: int
+    down: int
+    transfer_s: float
+
+    @classmethod
+    def take(cls, target: ModelChain, draft: ModelChain | None) -> "_Snapshot":
+        c = target.stages[0].device.counters
+        return cls(time.perf_counter(), target.calls + (draft.calls if draft else 0), target.call_s,
+                   draft.call_s if draft else 0.0, c.bytes_up, c.bytes_down, c.transfer_s)
+
+    def record_into(self, m: Metrics, target: ModelChain, draft: ModelChain | None) -> None:
+        now = _Snapshot.take(target, draft)
+        m.decode_s = now.t0 - self.t0
+        m.verify_s = now.target_s - self.target_s
+        m.draft_s = now.draft_s - self.draft_s
+        m.device_calls = now.calls - self.calls
+        m.bytes_up, m.bytes_down = now.up - self.up, now.down - self.down
+        m.transfer_s = now.transfer_s - self.transfer_s
 
 
 def _catch_up(draft: ModelChain, pending: list[int], pos: int):

@@ -3,7 +3,7 @@
 Parameter names are the Hugging Face ones (`model.layers.3.self_attn.q_proj.weight`, ...) so a
 checkpoint loads by name and the externalized .irpa keys are the checkpoint's keys.
 
-Export-friendly means (see ../shared/probes/FINDINGS.md):
+Export-friendly means (docs/FINDINGS.md, "The feasibility probes"):
 - batch 1, static T per exported function, a scalar int32 `pos`;
 - the KV cache is one non-persistent buffer per layer and per K/V, position-major [S, KVH, Dh],
   written in place with a slice assignment at `pos` (IREE turns that into an O(T) in-place
@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import ModelConfig, rope_inv_freq
+from ...contract.config import ModelConfig, rope_inv_freq
 
 
 class RMSNorm(nn.Module):

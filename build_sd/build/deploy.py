@@ -2,6 +2,8 @@
 
 pack: a .tar.gz whose bytes depend only on the bundle's files (sorted entries, mtime 0, uid/gid
 0, no user names, fixed modes, gzip header without name or time): same bundle -> same archive.
+With --wheels PLATFORM it also holds wheels/ (the runner and its dependencies for the board,
+wheels.py) and pack.json (contract.PackManifest): same bundle and wheels -> same archive.
 
 push DEST (a folder, or host:folder over ssh/scp): only files whose sha256 differs from the
 destination's manifest are sent. The new bundle is assembled beside the old one (DEST.partial,
@@ -18,38 +20,67 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import tarfile
+import tempfile
 from pathlib import Path
 
-from .errors import UserError
-from .fsutil import sha256_file
-from .runtime.session import read_manifest, recover_interrupted_swap
+from ..contract import BundleManifest
+from ..errors import UserError
+from ..fsutil import sha256_file
+from ..runtime.checks import check_files, read_bundle_manifest, recover_interrupted_swap
 
 
 # ---- pack ------------------------------------------------------------------------------------------
-def pack(bundle: str | Path, out: str | Path, log=print) -> Path:
+def pack(bundle: str | Path, out: str | Path, wheels: str | None = None, python: str | None = None,
+         find_links: list[str] = (), log=print) -> Path:
+    """bundle -> a deterministic .tar.gz. wheels: a pip platform tag (manylinux_2_28_aarch64):
+    the archive also holds wheels/ (build_sd and its core dependencies for that platform and
+    Python) and pack.json (their sha256), for a board without a package index."""
     bundle, out = Path(bundle), Path(out)
-    man = read_manifest(bundle)
-    from .runtime.session import check_files
-    bad = check_files(bundle, man)
-    if bad:
-        raise UserError(f"{bundle}: {bad[0]} (run build-sd verify)")
-    files = sorted(man["files"]) + ["manifest.json"]
+    man = _checked(bundle)
     root = bundle.name
+    entries = [(f"{root}/{f}", bundle / f) for f in sorted(man.files) + ["manifest.json"]]
+    with tempfile.TemporaryDirectory() as tmp:
+        if wheels:
+            entries += _wheel_entries(root, wheels, python or "{}.{}".format(*sys.version_info[:2]),
+                                      list(find_links), Path(tmp), log)
+        _write_archive(out, root, entries)
+    log(f"packed {bundle} -> {out} ({out.stat().st_size / 1e6:.1f} MB, sha256 {sha256_file(out)[:16]}...)")
+    return out
+
+
+def _wheel_entries(root: str, platform: str, python: str, find_links: list[str], tmp: Path, log) -> list:
+    from ..contract import PackManifest, WheelFile
+    from .wheels import collect
+    found = collect(platform, python, find_links, tmp / "wheels", log)
+    record = PackManifest(bundle=root, platform=platform, python=python,
+                          install="pip install --no-index --find-links wheels/ build_sd",
+                          wheels={w.name: WheelFile(sha256_file(w), w.stat().st_size) for w in found})
+    record.write(tmp / "pack.json")
+    log(f"{len(found)} wheels for {platform}, Python {python}: "
+        f"{sum(w.stat().st_size for w in found) / 1e6:.1f} MB")
+    return [(f"{root}/wheels/{w.name}", w) for w in found] + [(f"{root}/pack.json", tmp / "pack.json")]
+
+
+def _write_archive(out: Path, root: str, entries: list[tuple[str, Path]]) -> None:
+    """Entries in the given (deterministic) order after their sorted folders, mtime 0, uid/gid 0,
+    no user names, fixed modes, gzip header without name or time: same files, same bytes."""
     tmp = out.with_name(f".{out.name}.tmp")
+    names = list(entries)
+    dirs = sorted({str(Path(n).parent) for n, _ in names} - {root})
     try:
         with open(tmp, "wb") as raw:
             with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz:
                 with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                    dirs = sorted({str(Path(f).parent) for f in files if str(Path(f).parent) != "."})
-                    for d in [""] + dirs:
-                        ti = tarfile.TarInfo(f"{root}/{d}".rstrip("/"))
+                    for d in [root] + dirs:
+                        ti = tarfile.TarInfo(d)
                         ti.type, ti.mode = tarfile.DIRTYPE, 0o755
                         _normalise(ti)
                         tar.addfile(ti)
-                    for f in files:
-                        data = (bundle / f).read_bytes()
-                        ti = tarfile.TarInfo(f"{root}/{f}")
+                    for name, path in names:
+                        data = path.read_bytes()
+                        ti = tarfile.TarInfo(name)
                         ti.size, ti.mode = len(data), 0o644
                         _normalise(ti)
                         tar.addfile(ti, io.BytesIO(data))
@@ -60,8 +91,25 @@ def pack(bundle: str | Path, out: str | Path, log=print) -> Path:
         raise UserError(f"cannot write {out}: {e.strerror or e}") from None
     finally:
         tmp.unlink(missing_ok=True)
-    log(f"packed {bundle} -> {out} ({out.stat().st_size / 1e6:.1f} MB, sha256 {sha256_file(out)[:16]}...)")
-    return out
+
+
+def _checked(bundle: Path) -> BundleManifest:
+    """The bundle's manifest, once every file matches it."""
+    man = read_bundle_manifest(bundle)
+    bad = check_files(bundle, man)
+    if bad:
+        raise UserError(f"{bundle}: {bad[0]} (run build-sd verify)")
+    return man
+
+
+def _parse_manifest(text: str | bytes | None) -> BundleManifest | None:
+    """A destination's manifest if it is one this build_sd reads (else: send every file)."""
+    if not text:
+        return None
+    try:
+        return BundleManifest.from_obj(json.loads(text))
+    except (ValueError, UserError):
+        return None
 
 
 def _normalise(ti: tarfile.TarInfo):
@@ -91,11 +139,11 @@ class Local:
     def __init__(self, dest: Path):
         self.dest = dest
 
-    def read_manifest(self) -> dict | None:
+    def read_manifest(self) -> BundleManifest | None:
         p = self.dest / "manifest.json"
         try:
-            return json.loads(p.read_text()) if p.exists() else None
-        except (OSError, ValueError):
+            return _parse_manifest(p.read_bytes()) if p.exists() else None
+        except OSError:
             return None
 
     def prepare(self):
@@ -146,12 +194,9 @@ class Remote:
             raise UserError(f"ssh {self.host}: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
         return r
 
-    def read_manifest(self) -> dict | None:
+    def read_manifest(self) -> BundleManifest | None:
         r = self._run(f"cat {shlex.quote(self.dest)}/manifest.json 2>/dev/null", check=False)
-        try:
-            return json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else None
-        except ValueError:
-            return None
+        return _parse_manifest(r.stdout) if r.returncode == 0 else None
 
     def prepare(self):
         d, p, old = map(shlex.quote, (self.dest, self.partial, _old_name(self.dest)))
@@ -190,28 +235,24 @@ def _old_name(dest: str) -> str:
 
 def push(bundle: str | Path, dest: str, log=print) -> dict:
     bundle = Path(bundle)
-    man = read_manifest(bundle)
-    from .runtime.session import check_files
-    bad = check_files(bundle, man)
-    if bad:
-        raise UserError(f"{bundle}: {bad[0]} (run build-sd verify)")
+    man = _checked(bundle)
     if ":" in dest and not dest.startswith(("/", ".")) and not Path(dest).exists():
         host, folder = dest.split(":", 1)
         t = Remote(host, folder or bundle.name)
     else:
         t = Local(Path(dest))
-    old = t.read_manifest() or {}
-    old_files = old.get("files", {}) if old.get("kind") == "build_sd.bundle" else {}
+    old = t.read_manifest()
+    old_sha = {rel: f.sha256 for rel, f in old.files.items()} if old else {}
     t.prepare()
     sent = kept = 0
     sent_bytes = 0
-    for rel, info in sorted(man["files"].items()):
-        if old_files.get(rel, {}).get("sha256") == info["sha256"] and t.link_existing(rel, info["sha256"]):
+    for rel, info in sorted(man.files.items()):
+        if old_sha.get(rel) == info.sha256 and t.link_existing(rel, info.sha256):
             kept += 1
             continue
         t.send(bundle / rel, rel)
         sent += 1
-        sent_bytes += info["bytes"]
+        sent_bytes += info.bytes
     if isinstance(t, Remote):
         t.link_all()
     t.send(bundle / "manifest.json", "manifest.json")      # last: the partial copy is complete

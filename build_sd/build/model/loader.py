@@ -13,8 +13,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from ..checkpoint import checkpoint_files
-from ..config import ModelConfig, rope_inv_freq
-from ..errors import UserError
+from ...contract.config import ModelConfig, rope_inv_freq
+from ...errors import UserError
 from .llama import Transformer
 
 DTYPES = {"f32": torch.float32, "f16": torch.float16}

@@ -6,7 +6,7 @@ descriptions for the cost model (bandwidths, FLOP/s) live elsewhere; these are o
 
 Why the flags:
 - data tiling on CPU presets: off by default in IREE 3.13; measured here it made a
-  Llama-3.2-1B-shaped f32 decode 4x faster (3.0 -> 12.6 tok/s, ../shared/DESIGN.md). We use the
+  Llama-3.2-1B-shaped f32 decode 4x faster (3.0 -> 12.6 tok/s, docs/FINDINGS.md). We use the
   global-optimization path, `--iree-global-opt-data-tiling`, NOT `--iree-opt-data-tiling`:
   the latter selects the dispatch-creation path, which in 3.13 breaks modules whose matmuls read
   a mutable global (our KV cache): decode after the first position returned logits off by
@@ -22,7 +22,8 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass, field
 
-from .errors import UserError
+from ..contract import PresetRecord
+from ..errors import UserError
 
 _CPU = ["--iree-hal-target-device=local", "--iree-hal-local-target-device-backends=llvm-cpu",
         "--iree-global-opt-data-tiling"]
@@ -46,18 +47,14 @@ class Preset:
     def driver(self) -> str:
         return "local-task" if self.backend == "llvm-cpu" else "vulkan"
 
-    def record(self) -> dict:
+    def record(self) -> PresetRecord:
         """The manifest's record of this preset: what `runtime.compat.can_run` reads back."""
-        return {"backend": self.backend, "arch": self.arch, "driver": self.driver,
-                "flags": list(self.flags), "description": self.description,
-                "needs_cpu_flags": list(self.needs_cpu_flags),
-                "vulkan_device": self.vulkan_device, "host_specific": self.host_specific,
-                # -mcpu=host code runs only on the CPU it was built on
-                "built_on_cpu": cpu_model_name() if self.host_specific else None}
-
-    @property
-    def device_class(self) -> str:
-        return "cpu" if self.backend == "llvm-cpu" else "vulkan"
+        from ..runtime.hostinfo import cpu_model_name
+        return PresetRecord(backend=self.backend, arch=self.arch, driver=self.driver, flags=list(self.flags),
+                            description=self.description, needs_cpu_flags=list(self.needs_cpu_flags),
+                            vulkan_device=self.vulkan_device, host_specific=self.host_specific,
+                            # -mcpu=host code runs only on the CPU it was built on
+                            built_on_cpu=cpu_model_name() if self.host_specific else None)
 
 
 def _cpu(name, triple, cpu, features=None, desc="", needs=(), host=False):
@@ -97,38 +94,3 @@ def get_preset(name: str) -> Preset:
         return PRESETS[name]
     except KeyError:
         raise UserError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})") from None
-
-
-def host_cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_model_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("model name", "Model", "CPU part")):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_can_run(preset: Preset) -> tuple[bool, str]:
-    """Whether this machine's CPU can execute llvm-cpu code of `preset`, and why not."""
-    if preset.backend != "llvm-cpu":
-        return False, "not a CPU preset"
-    here = platform.machine()
-    if preset.arch != here:
-        return False, f"built for {preset.arch}, this machine is {here}"
-    missing = [f for f in preset.needs_cpu_flags if f not in host_cpu_flags()]
-    if missing:
-        return False, f"this CPU lacks {', '.join(missing)}"
-    return True, ""

@@ -129,6 +129,3 @@ def predict(target: ModelCosts, draft: ModelCosts | None, gamma: int,
     it = d + v + host_ms_per_iteration
     return Prediction(gamma, en, it, it / en, {"draft": d, "verify": v, "host": host_ms_per_iteration})
 
-
-def speedup(pred: Prediction, best_target_only_ms_per_token: float) -> float:
-    return best_target_only_ms_per_token / pred.ms_per_token

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..contract import function_name
+from ..errors import UserError
 from .compile import load_artifacts
-from .errors import UserError
 
 TOL_SCALE = {"f32": 1e-4, "f16": 2e-2}
 
@@ -79,78 +80,77 @@ def script(buckets: list[int], verify_T: list[int], S: int, seed: int = 0):
 
 def validate(artifacts: str | Path, ckpt: str | Path, presets: list[str] | None = None,
              verbose: bool = False, out=print) -> bool:
-    import torch
-
+    """Every module of `artifacts` this machine can run, against the checkpoint's torch model."""
+    from ..runtime.compat import can_run
+    from ..runtime.devices import DevicePool
     from .model.llama import Subgraph
     from .model.loader import load_checkpoint
-    from .runtime.chain import ModelChain, PlacedSubgraph
-    from .runtime.compat import can_run
-    from .runtime.devices import DevicePool, retry_if_lost
 
     artifacts = Path(artifacts)
-    man, meta = load_artifacts(artifacts)
-    dtype = meta["dtype"]
-    S = int(meta["max_context"])
-    known = list(man["presets"])
+    man, export = load_artifacts(artifacts)
+    known = list(man.presets)
     for p in presets or []:
         if p not in known:
             raise UserError(f"preset {p!r} is not in {artifacts} (it holds: {', '.join(known)})")
-    chosen = presets or known
     # f16 modules are judged against the f32 model (what the checkpoint means), see docstring
-    ref_model = load_checkpoint(ckpt, "f32", S)
-    V = ref_model.cfg.vocab_size
-    specs = [(sg["kind"], sg["start"], sg["end"]) for sg in meta["subgraphs"]]
-    ref_subs = [Subgraph(ref_model, k, a, b) for k, a, b in specs]
-    labels = [sg["label"] for sg in meta["subgraphs"]]
-    scale = TOL_SCALE[dtype]
-    verify_T = sorted({f["T"] for f in meta["subgraphs"][0]["functions"].values() if f["role"] == "verify"})
-    rng = np.random.default_rng(1)
-
+    ref_model = load_checkpoint(ckpt, "f32", export.max_context)
+    ref_subs = [Subgraph(ref_model, sg.kind, sg.start, sg.end) for sg in export.subgraphs]
     report = Report()
     pool = DevicePool()
-    for preset in chosen:
-        ok, why = can_run(man["presets"][preset])
+    for preset in presets or known:
+        ok, why = can_run(man.presets[preset])
         if not ok:
             report.skipped.append((preset, why))
             continue
-        driver = man["presets"][preset]["driver"]
-        placed = [PlacedSubgraph(sg, artifacts / preset / f"{sg['name']}.vmfb", driver, preset)
-                  for sg in meta["subgraphs"]]
-        chain = retry_if_lost(lambda: ModelChain(pool, meta, artifacts / "model.irpa", placed), preset)
-        dev_name = pool.get(driver).name
-        rows: dict[tuple[str, str], Row] = {}
-        ref_model.reset_cache()
-        for P, calls in script(meta["prefill"], verify_T, S):
-            seq = rng.integers(0, V, size=S, dtype=np.int64).astype(np.int32)
-            for role, T, pos, n in calls:
-                toks = seq[pos:pos + n]
-                if role == "prefill":
-                    got = chain.prefill(toks, pos, trace=True)
-                    fname = f"prefill_T{P}"
-                    padded = np.zeros(P, np.int32)
-                    padded[:n] = toks
-                    ref_in = torch.from_numpy(padded)[None]
-                else:
-                    got = chain.step(toks, pos, trace=True)
-                    fname = chain.function_for(role, T)
-                    ref_in = torch.from_numpy(toks)[None]
-                refs = _run_reference(ref_subs, ref_in, pos, n if role == "prefill" else None)
-                got_logits = got.logits()
-                outs = [h for _, h in got.hidden] + [got_logits]
-                for label, g, r in zip(labels, outs, refs):
-                    r = r.reshape(g.shape).astype(np.float32)
-                    diff = float(np.abs(g.astype(np.float32) - r).max())
-                    tol = scale * max(1.0, float(np.abs(r).max()))
-                    row = rows.setdefault((label, fname), Row(label, fname, dev_name))
-                    row.add(diff, tol)
-                head = rows[(labels[-1], fname)]
-                ref_logits = refs[-1].reshape(got_logits.shape)
-                _check_argmax(head, got.ids, ref_logits, scale)
-                if verbose:
-                    out(f"  {preset:>16} {fname:>12} pos={pos:<4} max|diff|={head.max_diff:.2e}")
-        report.rows.extend(rows.values())
-    _print_report(report, man, out)
+        report.rows.extend(_validate_preset(artifacts, export, man.presets[preset].driver, preset, pool,
+                                            ref_model, ref_subs, verbose, out))
+    _print_report(report, out)
     return report.ok and bool(report.rows)
+
+
+def _validate_preset(artifacts: Path, export, driver: str, preset: str, pool, ref_model, ref_subs,
+                     verbose: bool, out) -> list[Row]:
+    """The call script on one preset's chain beside the torch model: a Row per module function."""
+    import torch
+
+    from ..runtime.chain import ModelChain, PlacedSubgraph
+    from ..runtime.devices import retry_if_lost
+    S, V = export.max_context, ref_model.cfg.vocab_size
+    scale = TOL_SCALE[export.dtype]
+    labels = [sg.label for sg in export.subgraphs]
+    placed = [PlacedSubgraph(sg, artifacts / preset / f"{sg.name}.vmfb", driver, preset) for sg in export.subgraphs]
+    chain = retry_if_lost(lambda: ModelChain(pool, export, artifacts / "model.irpa", placed), preset)
+    dev_name = pool.get(driver).name
+    rng = np.random.default_rng(1)
+    rows: dict[tuple[str, str], Row] = {}
+    ref_model.reset_cache()
+    for P, calls in script(export.prefill, export.verify_T, S):
+        seq = rng.integers(0, V, size=S, dtype=np.int64).astype(np.int32)
+        for role, T, pos, n in calls:
+            toks = seq[pos:pos + n]
+            if role == "prefill":
+                got = chain.prefill(toks, pos, trace=True)
+                fname = function_name("prefill", P)
+                padded = np.zeros(P, np.int32)
+                padded[:n] = toks
+                ref_in = torch.from_numpy(padded)[None]
+            else:
+                got = chain.step(toks, pos, trace=True)
+                fname = chain.function_for(role, T)
+                ref_in = torch.from_numpy(toks)[None]
+            refs = _run_reference(ref_subs, ref_in, pos, n if role == "prefill" else None)
+            got_logits = got.logits()
+            outs = [h for _, h in got.hidden] + [got_logits]
+            for label, g, r in zip(labels, outs, refs):
+                r = r.reshape(g.shape).astype(np.float32)
+                diff = float(np.abs(g.astype(np.float32) - r).max())
+                tol = scale * max(1.0, float(np.abs(r).max()))
+                rows.setdefault((label, fname), Row(label, fname, dev_name)).add(diff, tol)
+            head = rows[(labels[-1], fname)]
+            _check_argmax(head, got.ids, refs[-1].reshape(got_logits.shape), scale)
+            if verbose:
+                out(f"  {preset:>16} {fname:>12} pos={pos:<4} max|diff|={head.max_diff:.2e}")
+    return list(rows.values())
 
 
 def _run_reference(subs, tok, pos: int, length: int | None):
@@ -189,7 +189,7 @@ def _check_argmax(row: Row, ids: np.ndarray, ref_logits: np.ndarray, scale: floa
             row.ok = False
 
 
-def _print_report(rep: Report, man: dict, out):
+def _print_report(rep: Report, out):
     hdr = f"{'module':<14} {'function':<12} {'device':<34} {'max|diff|':>10} {'tol':>9} {'argmax':>9}  ok"
     out(hdr)
     out("-" * len(hdr))

@@ -22,13 +22,13 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import BuildError, UserError
+from ..contract import ArtifactsManifest, Compiler, ExportRecord, FileInfo, ModuleFile
+from ..errors import BuildError, UserError
+from ..fsutil import sha256_file, write_atomic, write_json
 from .export import load_export
-from .fsutil import sha256_file, write_atomic, write_json
 from .targets import Preset, get_preset
 
-MANIFEST_SCHEMA = 1
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def tool(name: str) -> str:
@@ -98,57 +98,71 @@ def ninja_times(build: Path) -> dict[str, float]:
     return times
 
 
-def _hash_cached(path: Path, old: dict) -> str:
+def _hash_cached(path: Path, old: ModuleFile | FileInfo | None) -> str:
     """sha256 of path, reusing the previous manifest's figure when size and mtime are unchanged."""
     st = path.stat()
-    if old.get("bytes") == st.st_size and old.get("mtime_ns") == st.st_mtime_ns and old.get("sha256"):
-        return old["sha256"]
+    if old is not None and old.bytes == st.st_size and old.mtime_ns == st.st_mtime_ns and old.sha256:
+        return old.sha256
     return sha256_file(path)
 
 
 def compile_artifacts(mlir_dir: str | Path, presets: list[str], out: str | Path,
-                      jobs: int | None = None, log=print) -> dict:
+                      jobs: int | None = None, log=print) -> ArtifactsManifest:
+    """iree-compile every module of the export in `mlir_dir` for every preset into `out`."""
     t0 = time.perf_counter()
     mlir_dir, out = Path(mlir_dir).resolve(), Path(out).resolve()
     if not presets:
         raise UserError("give at least one --preset")
     resolved: list[Preset] = [get_preset(p) for p in dict.fromkeys(presets)]
-    meta = load_export(mlir_dir)
-    for sg in meta["subgraphs"]:
-        if not (mlir_dir / sg["mlir"]).exists():
-            raise UserError(f"{mlir_dir}/{sg['mlir']} is missing: run `build-sd export` again")
+    export = load_export(mlir_dir)
+    for sg in export.subgraphs:
+        if not (mlir_dir / sg.mlir).exists():
+            raise UserError(f"{mlir_dir}/{sg.mlir} is missing: run `build-sd export` again")
     cmakelists = REPO_ROOT / "CMakeLists.txt"
     if not cmakelists.exists():
         raise BuildError(f"{cmakelists} not found: `build-sd compile` runs from a source checkout")
-
     build = out / ".build"
     (build / "flags").mkdir(parents=True, exist_ok=True)
     iree = iree_compile_path()
     version = compiler_version(iree, build / "compiler.json")
+    jobs_l, copies = _jobs(export, resolved, mlir_dir, out, build, version)
+    write_graph(build, iree, jobs_l, copies)
+    old = _read_manifest(out)
+    _drop_other_presets(out, old, {p.name for p in resolved})
+    _run_ninja(build, jobs, log)
+    manifest = _manifest(export, resolved, jobs_l, [c["label"] for c in copies], out, build, old, version, iree)
+    manifest.write(out / "manifest.json")
+    log(f"compiled {len(export.subgraphs)} modules x {len(resolved)} presets into {out} "
+        f"in {time.perf_counter() - t0:.2f}s")
+    return manifest
 
-    jobs_l, copies = [], []
-    for p in resolved:
+
+def _jobs(export: ExportRecord, presets: list[Preset], mlir_dir: Path, out: Path, build: Path, version: str):
+    """One iree-compile job per (preset, subgraph); copies of the weights and contract files."""
+    jobs, copies = [], []
+    for p in presets:
         flagsfile = build / "flags" / f"{p.name}.txt"
         write_atomic(flagsfile, version + "\n" + "\n".join(p.flags) + "\n")
-        for sg in meta["subgraphs"]:
-            jobs_l.append({"id": f"J_{p.name.replace('-', '_')}_{sg['name']}",
-                           "input": mlir_dir / sg["mlir"], "output": out / p.name / f"{sg['name']}.vmfb",
-                           "flags": list(p.flags), "flagsfile": flagsfile,
-                           "label": f"{sg['label']} for {p.name}", "preset": p.name, "subgraph": sg["name"]})
-    extra = ["model.irpa", "export.json"] + ([meta["tokenizer"]] if meta.get("tokenizer") else [])
+        (out / p.name).mkdir(parents=True, exist_ok=True)
+        for sg in export.subgraphs:
+            jobs.append({"id": f"J_{p.name.replace('-', '_')}_{sg.name}",
+                         "input": mlir_dir / sg.mlir, "output": out / p.name / f"{sg.name}.vmfb",
+                         "flags": list(p.flags), "flagsfile": flagsfile,
+                         "label": f"{sg.label} for {p.name}", "preset": p.name, "subgraph": sg.name})
+    extra = ["model.irpa", "export.json"] + ([export.tokenizer] if export.tokenizer else [])
     for i, f in enumerate(extra):
         copies.append({"id": f"C_{i}", "input": mlir_dir / f, "output": out / f, "label": f})
-    for p in resolved:
-        (out / p.name).mkdir(parents=True, exist_ok=True)
-    write_graph(build, iree, jobs_l, copies)
+    return jobs, copies
 
-    # Drop presets this folder no longer holds, so the folder matches its manifest.
-    keep = {p.name for p in resolved}
-    old_manifest = _read_manifest(out)
-    for name in (old_manifest.get("presets") or {}):
+
+def _drop_other_presets(out: Path, old: ArtifactsManifest | None, keep: set[str]) -> None:
+    """Presets this folder no longer holds go, so the folder matches its manifest."""
+    for name in (old.presets if old else {}):
         if name not in keep and (out / name).is_dir():
             shutil.rmtree(out / name)
 
+
+def _run_ninja(build: Path, jobs: int | None, log) -> None:
     env = dict(os.environ, NINJA_STATUS="[%f/%t %es] ")
     # A changed graph.cmake re-runs cmake by itself (ninja tracks included files).
     if not (build / "build.ninja").exists():
@@ -169,38 +183,31 @@ def compile_artifacts(mlir_dir: str | Path, presets: list[str], out: str | Path,
         full = build / "compile.log"
         full.write_text("\n".join(lines) + "\n")
         raise BuildError(_summarize_failure(lines, full))
+
+
+def _manifest(export: ExportRecord, presets: list[Preset], jobs: list[dict], extra: list[str], out: Path,
+              build: Path, old: ArtifactsManifest | None, version: str, iree: str) -> ArtifactsManifest:
+    """Flags, compiler version, every module's and file's hash (cached by size and mtime)."""
     times = ninja_times(build)
-    old_files = {m["file"]: m for m in old_manifest.get("modules", [])} if old_manifest else {}
+    old_modules = {m.file: m for m in old.modules} if old else {}
+    old_files = old.files if old else {}
     modules = []
-    for j in jobs_l:
+    for j in jobs:
         f = Path(j["output"])
         rel = str(f.relative_to(out))
         st = f.stat()
-        modules.append({"subgraph": j["subgraph"], "preset": j["preset"], "file": rel,
-                        "sha256": _hash_cached(f, old_files.get(rel, {})), "bytes": st.st_size,
-                        "mtime_ns": st.st_mtime_ns,
-                        "compile_s": times.get(str(f), (old_files.get(rel) or {}).get("compile_s"))})
-    old_files_extra = (old_manifest.get("files") or {}) if old_manifest else {}
+        prev = old_modules.get(rel)
+        modules.append(ModuleFile(subgraph=j["subgraph"], preset=j["preset"], file=rel,
+                                  sha256=_hash_cached(f, prev), bytes=st.st_size, mtime_ns=st.st_mtime_ns,
+                                  compile_s=times.get(str(f), prev.compile_s if prev else None)))
     files = {}
     for f in extra:
         st = (out / f).stat()
-        files[f] = {"sha256": _hash_cached(out / f, old_files_extra.get(f, {})), "bytes": st.st_size,
-                    "mtime_ns": st.st_mtime_ns}
-    manifest = {
-        "schema": MANIFEST_SCHEMA,
-        "kind": "build_sd.artifacts",
-        "name": meta["name"],
-        "compiler": {"version": version, "iree_compile": iree},
-        "presets": {p.name: p.record() for p in resolved},
-        "inputs": {sg["mlir"]: sg["sha256"] for sg in meta["subgraphs"]},
-        "modules": modules,
-        "files": files,
-        "export": "export.json",
-    }
-    write_json(out / "manifest.json", manifest)
-    log(f"compiled {len(meta['subgraphs'])} modules x {len(resolved)} presets into {out} "
-        f"in {time.perf_counter() - t0:.2f}s")
-    return manifest
+        files[f] = FileInfo(sha256=_hash_cached(out / f, old_files.get(f)), bytes=st.st_size, mtime_ns=st.st_mtime_ns)
+    return ArtifactsManifest(name=export.name, compiler=Compiler(version=version, iree_compile=iree),
+                             presets={p.name: p.record() for p in presets},
+                             inputs={sg.mlir: sg.sha256 for sg in export.subgraphs},
+                             modules=modules, files=files, export="export.json")
 
 
 def _summarize_failure(lines: list[str], full: Path) -> str:
@@ -216,26 +223,18 @@ def _summarize_failure(lines: list[str], full: Path) -> str:
             + "\n".join(errors) + f"\nfull output: {full}")
 
 
-def _read_manifest(out: Path) -> dict:
-    p = out / "manifest.json"
-    if not p.exists():
-        return {}
+def _read_manifest(out: Path) -> ArtifactsManifest | None:
+    """The previous manifest, if readable (else everything is hashed anew)."""
     try:
-        return json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return {}
+        return ArtifactsManifest.read(out / "manifest.json")
+    except UserError:
+        return None
 
 
-def load_artifacts(path: str | Path) -> tuple[dict, dict]:
+def load_artifacts(path: str | Path) -> tuple[ArtifactsManifest, ExportRecord]:
     """(manifest, export contract) of an artifacts folder."""
-    from .fsutil import read_json
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"artifacts folder not found: {path}")
-    man = read_json(path / "manifest.json", "manifest.json (run `build-sd compile` first)")
-    if man.get("kind") != "build_sd.artifacts":
-        raise UserError(f"{path}/manifest.json is not a build_sd artifacts manifest")
-    if man.get("schema", 0) > MANIFEST_SCHEMA:
-        raise UserError(f"{path}/manifest.json has schema {man.get('schema')}, newer than this "
-                        f"build_sd understands ({MANIFEST_SCHEMA})")
+    man = ArtifactsManifest.read(path / "manifest.json", "run `build-sd compile` first")
     return man, load_export(path)

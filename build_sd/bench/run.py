@@ -1,0 +1,409 @@
+"""`build-sd bench`: run the plan's configurations for real; predicted vs measured.
+
+In ONE run, because this machine's memory bandwidth drifts by up to 1.5x within minutes:
+1. build (incrementally) a bundle for each chosen configuration of the plan (`build_bundles`);
+2. profile the artifacts they use and calibrate alpha on the prompts, or take --simulate-alpha A:
+   accept/reject drawn from Bernoulli(A), every kernel still runs (`profile_and_alpha`);
+3. predict each configuration from a profile and alpha (the cost model, unchanged: `Predictor`);
+4. measure tokens/s, alternating configurations round by round (A B C, B C A, ...), each round
+   bracketed by in-situ re-profiles and predicted from their mean (`measure_rounds`);
+5. summarise: predicted vs measured per configuration, the error, whether the planner's pick is
+   the measured best (`summarise`), the table and the PNG (report.py).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import msgspec
+import numpy as np
+
+from ..contract import ArtifactsManifest, FnStats, Plan, PlanConfig, Profile
+from ..errors import UserError
+from ..fsutil import write_json
+from .report import plot, print_result
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    top: int = 5                           # the plan's top N configurations...
+    configs: list[int] | None = None       # ...or these plan indexes (0-based)
+    rounds: int = 4
+    max_new_tokens: int = 48
+    simulate_alpha: float | None = None
+    warmup: int = 1                        # untimed passes over the prompts per configuration
+    link: bool = True                      # bundles hard-link the artifacts' weights and modules
+    prompt_template: str | None = None
+    reprofile: bool = True                 # in-situ re-profile around every round
+    build: str = "yes"                     # yes | only (build and stop) | no (measure what was built)
+    random_weights: int | None = None
+
+
+def run_bench(root: str | Path, plan: Plan, plan_path: str, prompts: list[str], opts: BenchOptions,
+              platform: Callable, png: str | None = None, log=print) -> dict:
+    """platform(): the plan's platform (called once measuring starts: `host` measures this machine).
+    build "only" returns what it built; otherwise the result that --json writes."""
+    root = Path(root)
+    if opts.build != "only":
+        _check_runnable_here(plan)
+    chosen = choose(plan, opts)
+    bundles = build_bundles(root, plan, chosen, opts, log)
+    if opts.build == "only":
+        log(f"built {len(bundles)} bundles under {root / 'bench'}")
+        return {"built": [str(b) for b in bundles], "configs": [list(c.key) for c in chosen]}
+    prof, alpha, cpu_drivers, bw_before = profile_and_alpha(root, plan, chosen, bundles, prompts, opts, log)
+    predictor = Predictor(root, plan, platform(), alpha)
+    runner = Runner(chosen, bundles, prompts, opts)
+    rounds = measure_rounds(runner, predictor, prof, _reprofiler(root, plan, chosen, prof, cpu_drivers, opts),
+                            opts, log)
+    result = summarise(plan, plan_path, chosen, predictor.predict(prof), rounds, runner, prof, alpha,
+                       bw_before, prompts, opts)
+    print_result(result, log)
+    if png:
+        plot(result, png)
+        log(f"wrote {png}")
+    return result
+
+
+# ---- 1. what to measure, and its bundles ------------------------------------------------------------
+def choose(plan: Plan, opts: BenchOptions) -> list[PlanConfig]:
+    """The chosen configurations, and always the best target-only one: the speedup baseline."""
+    if opts.configs and max(opts.configs) >= len(plan.configs):
+        raise UserError(f"--configs: the plan has {len(plan.configs)} configurations")
+    chosen = [plan.configs[i] for i in (opts.configs or range(min(opts.top, len(plan.configs))))]
+    base = plan.best_target_only()
+    if all(c.key != base.key for c in chosen):
+        chosen.append(base)
+    return chosen
+
+
+def _check_runnable_here(plan: Plan) -> None:
+    """Every device of the plan must be here: bench measures on this machine."""
+    from ..build.targets import PRESETS
+    from ..runtime.compat import can_run
+    for name, d in plan.devices.items():
+        pr = PRESETS.get(d.preset)
+        if pr is None:
+            continue     # a preset from a newer build_sd: opening its bundle will say more
+        ok, why = can_run(pr.record())
+        if not ok:
+            raise UserError(f"the plan is for {plan.platform}, whose device {name!r} ({d.preset}) "
+                            f"this machine cannot run ({why}): bench measures here")
+
+
+def build_bundles(root: Path, plan: Plan, chosen: list[PlanConfig], opts: BenchOptions, log) -> list[Path]:
+    """ROOT/bench/cI for each configuration; bench/configs.json records which configuration each
+    holds, so that `--no-build` on another machine measures exactly what was built."""
+    import json
+    keys = [list(c.key) for c in chosen]
+    built = root / "bench" / "configs.json"
+    bundles = [root / "bench" / f"c{i}" for i in range(len(chosen))]
+    if opts.build == "no":
+        try:
+            have = json.loads(built.read_text())
+        except (OSError, ValueError):
+            raise UserError(f"--no-build: {built} not found: run `bench --build-only` with the same "
+                            "plan and --top/--configs first") from None
+        if have != keys:
+            raise UserError(f"--no-build: {root / 'bench'} holds other configurations than these "
+                            "(same plan and --top/--configs as the --build-only run?)")
+        return bundles
+    from ..build.pipeline import build_config
+    for i, (cfg, b) in enumerate(zip(chosen, bundles)):
+        log(f"[build {i + 1}/{len(chosen)}] target {cfg.target.label} draft {cfg.draft_label} gamma {cfg.gamma}")
+        build_config(cfg, plan, root, b, validate_models=(i == 0), log=lambda m: None, link=opts.link,
+                     prompt_template=opts.prompt_template)
+    write_json(built, keys)
+    return bundles
+
+
+# ---- 2. profile and alpha ----------------------------------------------------------------------------
+def _devices_of(plan: Plan, cfg: PlanConfig):
+    """The plan's device records a configuration's models run on."""
+    return [plan.devices[d] for p in (cfg.draft, cfg.target) if p for d in p.devices.values()]
+
+
+def _artifacts(root: Path) -> list[str]:
+    return sorted(str(p) for p in (root / "artifacts").iterdir() if (p / "manifest.json").exists())
+
+
+def profile_and_alpha(root: Path, plan: Plan, chosen: list[PlanConfig], bundles: list[Path], prompts: list[str],
+                      opts: BenchOptions, log):
+    """Profile every artifacts folder the configurations use (only the CPU drivers they run on),
+    and calibrate alpha on the workload itself, with the longest draft any uses."""
+    from ..runtime.calibrate import calibrate
+    from ..runtime.devices import release_vulkan
+    from ..runtime.profiler import profile
+    arts = _artifacts(root)
+    # the CPU drivers the measured configurations use (a 1B model under local-sync on a 16-core
+    # box would only spend minutes profiling a device no configuration runs on)
+    used = {d.driver for c in chosen for d in _devices_of(plan, c)}
+    cpu_drivers = tuple(d for d in ("local-task", "local-sync") if d in used) or ("local-task",)
+    log(f"profiling {len(arts)} artifacts folders")
+    bw_before = bandwidth_gbs()
+    # in-situ loops as long as the measured generations (the calls after a prefill cost more)
+    prof = profile(arts, log=lambda m: log(f"  {m}"), cpu_drivers=cpu_drivers, in_situ_tokens=opts.max_new_tokens,
+                   random_weights=opts.random_weights)
+    if opts.simulate_alpha is not None:
+        return prof, opts.simulate_alpha, cpu_drivers, bw_before
+    cal_bundle = next((b for b, c in zip(bundles, chosen) if c.gamma > 0), None)
+    if cal_bundle is None:
+        return prof, 0.0, cpu_drivers, bw_before
+    log(f"calibrating alpha on {len(prompts)} prompts (gamma 8)")
+    cal = calibrate(str(cal_bundle), prompts, gamma=8, max_new_tokens=opts.max_new_tokens,
+                    log=lambda m: log(f"  {m}"))
+    release_vulkan()        # in case that bundle used lavapipe (see Runner)
+    return prof, cal.greedy.for_planner(), cpu_drivers, bw_before
+
+
+def bandwidth_gbs() -> float:
+    from ..runtime.hostinfo import measure_bandwidth_gbs
+    return measure_bandwidth_gbs(32, 3)
+
+
+# ---- 3. predictions ----------------------------------------------------------------------------------
+class Predictor:
+    """The cost model's prediction of every configuration from a profile and alpha."""
+
+    def __init__(self, root: Path, plan: Plan, platform, alpha):
+        self.plan, self.platform, self.alpha = plan, platform, alpha
+        self.ckpts = {r: _ckpt(plan, r, root) for r in ("draft", "target")}
+
+    def predict(self, prof: Profile) -> dict[tuple, PlanConfig]:
+        from ..plan.planner import make_plan
+        fresh = make_plan(self.ckpts["draft"], self.ckpts["target"], self.platform, self.alpha, prof,
+                          dtype=self.plan.dtype, max_context=self.plan.max_context, devices=list(self.plan.devices),
+                          split=self.plan.split)
+        return {c.key: c for c in fresh.configs}
+
+
+def _ckpt(plan: Plan, role: str, root: Path) -> str:
+    """The plan's checkpoint folder, else ROOT/checkpoints/ROLE (a copy of its config.json is
+    enough to predict: bench --no-build on a machine the weights did not travel to)."""
+    p = Path(plan.model(role).checkpoint)
+    if (p / "config.json").exists():
+        return str(p)
+    alt = root / "checkpoints" / role
+    if (alt / "config.json").exists():
+        return str(alt)
+    raise UserError(f"the plan's {role} checkpoint {p} is not here (nor {alt}/config.json)")
+
+
+def mean_predictions(a: dict, b: dict) -> dict:
+    """Per configuration, the mean of two predictions (tokens/s and the cost model's terms)."""
+    return {k: msgspec.structs.replace(
+        v, pred_tokens_per_s=(v.pred_tokens_per_s + b[k].pred_tokens_per_s) / 2,
+        parts_ms={p: (ms + b[k].parts_ms[p]) / 2 for p, ms in v.parts_ms.items()}) for k, v in a.items()}
+
+
+def overlay(base: Profile, fresh: Profile) -> Profile:
+    """base with what `fresh` measured laid over it, function by function (an in-situ-only
+    profile leaves the prefills and isolated figures to base), and fresh's host figures."""
+    by_name = {m.name: m for m in fresh.models}
+    models = []
+    for m in base.models:
+        f = by_name.get(m.name)
+        if f is None:
+            models.append(m)
+            continue
+        latency = {k: {s: dict(fns) for s, fns in subs.items()} for k, subs in m.latency.items()}
+        for key, stages in f.latency.items():
+            for stage, fns in stages.items():
+                slot = latency.setdefault(key, {}).setdefault(stage, {})
+                for fname, st in fns.items():
+                    slot[fname] = _laid_over(slot.get(fname), st)
+        models.append(msgspec.structs.replace(m, latency=latency, step={**m.step, **{k: v for k, v in f.step.items() if v}}))
+    return msgspec.structs.replace(base, models=models, host=fresh.host or base.host)
+
+
+def _laid_over(old: FnStats | None, new: FnStats) -> FnStats:
+    if old is None:
+        return new
+    return msgspec.structs.replace(old, **{k: getattr(new, k) for k in new.__struct_fields__
+                                           if getattr(new, k) is not None})
+
+
+def _reprofiler(root: Path, plan: Plan, chosen: list[PlanConfig], prof: Profile, cpu_drivers, opts: BenchOptions):
+    """The in-situ re-profile of one round, laid over the full profile (None: --no-reprofile).
+
+    This machine's speed drifts by up to 1.5x within minutes, so each round re-profiles the CPU
+    in situ, and lavapipe too when a configuration uses it (it runs on the same cores, so it
+    drifts with them: its step-2 figures were 29 ms for a layer the loop later took 47 ms for,
+    docs/FINDINGS.md); a discrete GPU keeps its step-2 figures."""
+    from ..runtime.profiler import profile
+    lavapipe = any(d.preset == "vulkan-llvmpipe" for c in chosen for d in _devices_of(plan, c))
+    arts = [a for a in _artifacts(root)
+            if any(p.backend == "llvm-cpu" or (lavapipe and p.backend == "vulkan-spirv")
+                   for p in ArtifactsManifest.read(Path(a) / "manifest.json").presets.values())]
+    if not (opts.reprofile and arts):
+        return None
+    devices = ["cpu", "vulkan"] if lavapipe else ["cpu"]
+    return lambda: overlay(prof, profile(arts, devices=devices, budget_s=0.15, log=lambda m: None,
+                                         cpu_drivers=cpu_drivers, isolated=False,
+                                         in_situ_tokens=opts.max_new_tokens, random_weights=opts.random_weights))
+
+
+# ---- 4. measuring --------------------------------------------------------------------------------------
+@dataclass
+class Split:
+    """One configuration's timed rounds summed: iterations, tokens and seconds by part, to say
+    which term of the cost model an error comes from."""
+    iterations: int = 0
+    emitted: int = 0
+    draft_s: float = 0.0
+    verify_s: float = 0.0
+    host_s: float = 0.0
+
+    def add(self, m) -> None:
+        self.iterations += m.iterations
+        self.emitted += m.emitted
+        self.draft_s += m.draft_s
+        self.verify_s += m.verify_s
+        self.host_s += m.host_s
+
+    def parts_ms(self) -> dict:
+        n = max(1, self.iterations)
+        return {k: round(getattr(self, f"{k}_s") * 1e3 / n, 5) for k in ("draft", "verify", "host")}
+
+
+class Runner:
+    """Runs a configuration's pass over the prompts. A configuration with a module on lavapipe
+    opens its session for its own passes only: an idle lavapipe device spins two threads for as
+    long as it lives and slowed the CPU configurations measured beside it by 20-50 %
+    (docs/FINDINGS.md)."""
+
+    def __init__(self, chosen: list[PlanConfig], bundles: list[Path], prompts: list[str], opts: BenchOptions):
+        from ..runtime.devices import release_vulkan
+        from ..runtime.prompts import encode_prompt
+        self.chosen, self.bundles, self.opts = chosen, bundles, opts
+        self.lavapipe = [self._on_lavapipe(b) for b in bundles]
+        self.sessions = [None if lvp else self._open(b) for b, lvp in zip(bundles, self.lavapipe)]
+        enc_session = next((s for s in self.sessions if s), None) or self._open(bundles[0])
+        self.prompts = [encode_prompt(enc_session, p) for p in prompts]
+        del enc_session
+        release_vulkan()
+        self.split = [Split() for _ in chosen]
+
+    @staticmethod
+    def _on_lavapipe(bundle: Path) -> bool:
+        from ..runtime.checks import read_bundle_manifest
+        return "vulkan-llvmpipe" in read_bundle_manifest(bundle).presets
+
+    def _open(self, bundle: Path):
+        from ..runtime.session import open_bundle
+        s = open_bundle(bundle, random_weights=self.opts.random_weights)
+        s.warmup()
+        return s
+
+    def one_pass(self, i: int, seed: int, record: bool = False) -> float:
+        """Tokens/s of configuration i over the prompts (lavapipe: loaded for this pass only)."""
+        from ..runtime.devices import release_vulkan
+        s = self.sessions[i] or self._open(self.bundles[i])
+        try:
+            return self._pass(i, s, seed, record)
+        finally:
+            if self.sessions[i] is None:
+                del s
+                release_vulkan()
+
+    def _pass(self, i: int, s, seed: int, record: bool) -> float:
+        from ..runtime.sampling import GreedyAcceptor, SimulatedAcceptor
+        from ..runtime.speculative import generate
+        g, alpha = self.chosen[i].gamma, self.opts.simulate_alpha
+        toks, secs = 0, 0.0
+        for j, ids in enumerate(self.prompts):
+            acc = (SimulatedAcceptor(alpha, np.random.default_rng(1000 * seed + j))
+                   if alpha is not None and g > 0 else GreedyAcceptor())
+            m = generate(s.target, s.draft if g else None, ids, g, acc, self.opts.max_new_tokens, s.eos_ids).metrics
+            toks += m.emitted
+            secs += m.decode_s
+            if record:
+                self.split[i].add(m)
+        return toks / secs
+
+
+@dataclass
+class Rounds:
+    tps: list[list[float]]                 # per configuration: measured tokens/s per round
+    preds: list[list[float]]               # per configuration: predicted tokens/s per round
+    bandwidth: list[float]                 # GB/s before each round and after the last
+    last: dict = field(default_factory=dict)   # the last round's predictions (key -> PlanConfig)
+
+
+def measure_rounds(runner: Runner, predictor: Predictor, prof: Profile, reprofile, opts: BenchOptions,
+                   log) -> Rounds:
+    """Warm-up passes, then the alternating rounds. Each round is bracketed by two profiles (the
+    one after round r opens round r + 1) and predicted from their mean: a drift that is linear
+    over the round cancels."""
+    n = len(runner.chosen)
+    for w in range(opts.warmup):       # untimed: page in weights, grow pools, settle the clocks
+        t = time.perf_counter()
+        for i in range(n):
+            runner.one_pass(i, 10_000 + w)     # seeds apart from the timed rounds
+        log(f"warm-up {w + 1}/{opts.warmup}: {time.perf_counter() - t:.1f}s")
+    keys = [c.key for c in runner.chosen]
+    pred0 = predictor.predict(prof)
+    out = Rounds([[] for _ in keys], [[] for _ in keys], [])
+    pr_next = predictor.predict(reprofile()) if reprofile else pred0
+    for r in range(opts.rounds):
+        out.bandwidth.append(bandwidth_gbs())
+        pr_start = pr_next
+        order = list(range(n))
+        for i in order[r % n:] + order[:r % n]:
+            out.tps[i].append(runner.one_pass(i, r, record=True))
+        pr_next = predictor.predict(reprofile()) if reprofile else pred0
+        out.last = pr_start if pr_next is pr_start else mean_predictions(pr_start, pr_next)
+        for i, k in enumerate(keys):
+            out.preds[i].append(out.last[k].pred_tokens_per_s)
+        errs = [(out.preds[i][-1] - out.tps[i][-1]) / out.tps[i][-1] for i in range(n)]
+        log(f"round {r + 1}/{opts.rounds}: bandwidth {out.bandwidth[-1]:.1f} GB/s, median |error| "
+            f"{100 * statistics.median(abs(e) for e in errs):.1f}%")
+    out.bandwidth.append(bandwidth_gbs())
+    return out
+
+
+# ---- 5. the result -------------------------------------------------------------------------------------
+def summarise(plan: Plan, plan_path: str, chosen: list[PlanConfig], pred0: dict, rounds: Rounds, runner: Runner,
+              prof: Profile, alpha, bw_before: float, prompts: list[str], opts: BenchOptions) -> dict:
+    """Per configuration: predicted (median over rounds) vs measured, the paired error, the
+    cost model's terms; the planner's pick against the measured best."""
+    rows = []
+    for i, cfg in enumerate(chosen):
+        p, last, sp = pred0[cfg.key], rounds.last[cfg.key], runner.split[i]
+        # error: paired per round (prediction and measurement of the same minutes), median
+        err = statistics.median((pp - mm) / mm for pp, mm in zip(rounds.preds[i], rounds.tps[i]))
+        rows.append({"rank_in_plan": plan.configs.index(cfg) + 1 if cfg in plan.configs else None,
+                     "draft": cfg.draft_label, "target": cfg.target.label, "gamma": cfg.gamma,
+                     "predicted_tokens_per_s": round(statistics.median(rounds.preds[i]), 2),
+                     "measured_tokens_per_s": round(statistics.median(rounds.tps[i]), 2),
+                     "rounds": [round(x, 2) for x in rounds.tps[i]],
+                     "predicted_rounds": [round(x, 2) for x in rounds.preds[i]],
+                     "error": round(err, 4), "predicted_speedup": p.speedup,
+                     # the cost model's terms, predicted (last round's profile) and measured, ms
+                     # per iteration, and tokens per iteration (E[N] vs what the loop emitted)
+                     "predicted_parts_ms": last.parts_ms,
+                     "predicted_tokens_per_iteration": last.expected_tokens,
+                     "measured_parts_ms": sp.parts_ms(),
+                     "measured_tokens_per_iteration": round(sp.emitted / max(1, sp.iterations), 4)})
+    base_key = plan.best_target_only().key
+    base_meas = next(r["measured_tokens_per_s"] for r, c in zip(rows, chosen) if c.key == base_key)
+    for r in rows:
+        r["measured_speedup"] = round(r["measured_tokens_per_s"] / base_meas, 4)
+    best_meas = max(r["measured_tokens_per_s"] for r in rows)
+    pick = max(rows, key=lambda r: r["predicted_tokens_per_s"])
+    bws = rounds.bandwidth
+    return {
+        "plan": plan_path, "alpha": alpha, "simulate_alpha": opts.simulate_alpha,
+        "prompts": len(prompts), "rounds": opts.rounds, "warmup": opts.warmup, "max_new_tokens": opts.max_new_tokens,
+        "bandwidth_gbs": {"before_profile": round(bw_before, 2), "per_round": [round(b, 2) for b in bws],
+                          "drift": round(max(bws) / min(bws), 3)},
+        "rows": rows,
+        "median_abs_error": round(statistics.median(abs(r["error"]) for r in rows), 4),
+        "pick": {"draft": pick["draft"], "target": pick["target"], "gamma": pick["gamma"],
+                 "measured_tokens_per_s": pick["measured_tokens_per_s"],
+                 "gap_to_measured_best": round(1 - pick["measured_tokens_per_s"] / best_meas, 4)},
+        "profile": prof.to_dict(),
+    }

@@ -1,0 +1,271 @@
+"""`build-sd export`: cut a checkpoint into subgraphs and export each with iree-turbine -> mlir/NAME.
+
+Output folder:
+  {subgraph}.mlir   one module per subgraph (`whole`, or `embed`, `layers_a_b`..., `head`), whose
+                    functions share the subgraph's weights and KV cache (module globals):
+                    prefill_T{P} per prompt bucket, decode, verify_T{g+1} per gamma
+  model.irpa        all weights of the model (one archive for every subgraph and every target)
+  tokenizer.json    copied from the checkpoint, when it has one
+  export.json       the shape contract (contract.ExportRecord: functions, argument kinds, KV
+                    parameters, dtype, context, weight shapes)
+Files are rewritten only when their content changes, so the compile graph stays incremental.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import msgspec
+
+from ..contract import (PARAM_SCOPE, ExportRecord, FunctionRecord, KVParam, ModelConfig, Parameters, Source,
+                        SubgraphRecord, SubgraphSpec, TensorShape, TensorSpec, function_name, kv_param_name,
+                        subgraph_specs)
+from ..errors import UserError
+from ..fsutil import sha256_file, write_atomic
+
+DEFAULT_GAMMAS = (1, 2, 3, 4, 5, 6, 7, 8)
+DEFAULT_PREFILL = (16, 64)
+
+
+def parse_int_list(text: str | None, what: str) -> list[int]:
+    if text is None or text == "":
+        return []
+    try:
+        vals = [int(x) for x in str(text).split(",") if x.strip() != ""]
+    except ValueError:
+        raise UserError(f"{what}: expected comma-separated integers, got {text!r}") from None
+    return vals
+
+
+def function_table(gammas: list[int], prefill: list[int]) -> dict[str, tuple[str, int, int | None]]:
+    """Function name -> (role, T, gamma). verify_T{g+1} serves gamma g."""
+    fns = {function_name("prefill", P): ("prefill", P, None) for P in sorted(set(prefill))}
+    fns[function_name("decode", 1)] = ("decode", 1, None)
+    for g in sorted(set(gammas)):
+        fns[function_name("verify", g + 1)] = ("verify", g + 1, g)
+    return fns
+
+
+def check_export_options(cfg: ModelConfig, gammas, prefill, max_context):
+    if max_context < 2:
+        raise UserError(f"--max-context must be at least 2, got {max_context}")
+    if not prefill:
+        raise UserError("--prefill needs at least one bucket")
+    for P in prefill:
+        if P < 1 or P > max_context:
+            raise UserError(f"--prefill bucket {P} is outside 1..--max-context ({max_context})")
+    for g in gammas:
+        if g < 1 or g + 1 > max_context:
+            raise UserError(f"--gammas: gamma {g} needs {g + 1} cache slots; allowed 1..{max_context - 1}")
+    if max_context > cfg.max_position_embeddings:
+        print(f"warning: --max-context {max_context} exceeds the model's max_position_embeddings "
+              f"({cfg.max_position_embeddings})", file=sys.stderr)
+
+
+def _example_args(spec: SubgraphSpec, T: int, role: str, D: int, dtype):
+    import torch
+    pos = torch.tensor(0, dtype=torch.int32)
+    length = torch.tensor(T, dtype=torch.int32)
+    tok = torch.zeros(1, T, dtype=torch.int32)
+    h = torch.zeros(1, T, D, dtype=dtype)
+    if spec.kind == "embed":
+        return (tok,)
+    if spec.kind == "layers":
+        return (h, pos)
+    if spec.kind == "head":
+        return (h, length) if role == "prefill" else (h,)
+    return (tok, pos, length) if role == "prefill" else (tok, pos)
+
+
+def abi_of(spec: SubgraphSpec, role: str, T: int, cfg: ModelConfig, dtype: str) -> tuple[list, list]:
+    """(args, results) the runner relies on (letters as in contract/config.py)."""
+    D, V = cfg.hidden_size, cfg.vocab_size
+    h = TensorSpec("h", [1, T, D], dtype)
+    Tout = 1 if role == "prefill" else T
+    head_out = [TensorSpec("ids", [1, Tout], "i32"), TensorSpec("logits", [1, Tout, V], "f32")]
+    tok = TensorSpec("tok", [1, T], "i32")
+    pos = TensorSpec("pos", [], "i32")
+    length = [TensorSpec("length", [], "i32")] if role == "prefill" else []
+    if spec.kind == "embed":
+        return [tok], [h]
+    if spec.kind == "layers":
+        return [h, pos], [h]
+    if spec.kind == "head":
+        return [h] + length, head_out
+    return [tok, pos] + length, head_out
+
+
+def externalize(full) -> None:
+    """Mark every weight with its checkpoint name and every KV cache with its own parameter.
+
+    Weights: named_parameters() lists a tied lm_head once, under model.embed_tokens.weight, so the
+    archive stores it once. KV caches: each gets its own `kvcache.{layer}.{k|v}` parameter, given
+    as a zero splat at run time; distinct names keep IREE from folding all caches into one
+    resource (docs/FINDINGS.md, "KV cache as its own externalized parameter") and keep the zeros
+    out of the vmfb and the .irpa.
+    """
+    from iree.turbine.aot import ExternalTensorTrait
+    for name, p in full.named_parameters():
+        ExternalTensorTrait(external_scope=PARAM_SCOPE, external_name=name).set(p)
+    for i, layer in enumerate(full.model.layers):
+        for kv in ("k", "v"):
+            buf = getattr(layer.self_attn, f"{kv}_cache")
+            ExternalTensorTrait(external_scope=PARAM_SCOPE, external_name=kv_param_name(i, kv)).set(buf)
+
+
+def _dtype_name(dt) -> str:
+    import torch
+    return {torch.float32: "f32", torch.float16: "f16"}[dt]
+
+
+def save_irpa(full, path: Path) -> None:
+    from iree.turbine.aot import ParameterArchiveBuilder
+    builder = ParameterArchiveBuilder()
+    for name, p in full.named_parameters():
+        builder.add_tensor(name, p.detach())
+    tmp = path.with_name(f".tmp.{path.name}")    # keeps the .irpa suffix the writer expects
+    builder.save(tmp)
+    if path.exists() and path.stat().st_size == tmp.stat().st_size and sha256_file(path) == sha256_file(tmp):
+        tmp.unlink()
+    else:
+        tmp.replace(path)
+
+
+def export_model(ckpt: str | Path, out: str | Path, split: list[int] | None = None,
+                 gammas: list[int] | None = None, prefill: list[int] | None = None,
+                 max_context: int = 512, dtype: str = "f32", fuse: bool = True, log=print) -> ExportRecord:
+    """Export `ckpt` into `out` (skipped when the same checkpoint, options and exporter made it)."""
+    from .checkpoint import checkpoint_files
+
+    # torch.export's pytree deprecation notices (torch 2.13) say nothing about the user's model
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
+    ckpt, out = Path(ckpt), Path(out)
+    if not ckpt.is_dir():
+        raise UserError(f"checkpoint folder not found: {ckpt}")
+    if dtype not in ("f32", "f16"):
+        raise UserError(f"--dtype must be f32 or f16, got {dtype!r}")
+    gammas = list(DEFAULT_GAMMAS) if gammas is None else sorted(set(gammas))
+    prefill = list(DEFAULT_PREFILL) if prefill is None else sorted(set(prefill))
+    cfg = ModelConfig.from_hf(ckpt)
+    check_export_options(cfg, gammas, prefill, max_context)
+    specs = subgraph_specs(cfg.num_layers, split)
+    tok_src = ckpt / "tokenizer.json"
+    source_files = [ckpt / "config.json"] + checkpoint_files(ckpt) + ([tok_src] if tok_src.exists() else [])
+    source = Source(str(ckpt.resolve()), {p.name: sha256_file(p) for p in source_files})
+    # Same checkpoint, options and exporter code -> the folder is already right: skip torch.
+    fingerprint = _fingerprint(source.sha256, [s.label for s in specs], gammas, prefill, max_context, dtype, fuse)
+    prev = _previous_export(out)
+    if prev is not None and prev.fingerprint == fingerprint and all(
+            (out / f).exists() for f in [sg.mlir for sg in prev.subgraphs] + ["model.irpa"]):
+        log(f"{out}: up to date (same checkpoint, options and exporter)")
+        return prev
+
+    t0 = time.perf_counter()
+    full = _load(ckpt, dtype, max_context, cfg, fuse, log)
+    out.mkdir(parents=True, exist_ok=True)
+    fns = function_table(gammas, prefill)
+    subgraphs = [_export_subgraph(full, spec, fns, cfg, dtype, max_context, out, log) for spec in specs]
+    save_irpa(full, out / "model.irpa")
+    tokenizer = None
+    if tok_src.exists():
+        write_atomic(out / "tokenizer.json", tok_src.read_bytes())
+        tokenizer = "tokenizer.json"
+    record = ExportRecord(
+        name=out.name, source=source, fingerprint=fingerprint, config=cfg, dtype=dtype, max_context=max_context,
+        fused_projections=fuse, gammas=gammas, prefill=prefill, subgraphs=subgraphs,
+        parameters=Parameters(file="model.irpa", scope=PARAM_SCOPE, sha256=sha256_file(out / "model.irpa"),
+                              tensors={n: TensorShape(list(t.shape), _dtype_name(t.dtype))
+                                       for n, t in full.named_parameters()}),
+        tokenizer=tokenizer, versions=_versions())
+    record.write(out / "export.json")
+    log(f"wrote {out}/ ({len(specs)} modules, model.irpa "
+        f"{(out / 'model.irpa').stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f}s")
+    return record
+
+
+def _load(ckpt: Path, dtype: str, max_context: int, cfg: ModelConfig, fuse: bool, log):
+    """The torch model with its weights and KV caches marked as external parameters."""
+    from .model.loader import load_checkpoint
+    t0 = time.perf_counter()
+    full = load_checkpoint(ckpt, dtype, max_context, cfg)
+    log(f"loaded {ckpt} ({cfg.model_type}, {cfg.num_parameters() / 1e6:.1f}M parameters, "
+        f"{cfg.num_layers} layers) in {time.perf_counter() - t0:.1f}s")
+    if fuse:
+        # q/k/v and gate/up stacked: 7 -> 4 matmuls per layer, each a chain of dispatches
+        full.fuse_projections()
+    externalize(full)
+    return full
+
+
+def _export_subgraph(full, spec: SubgraphSpec, fns: dict, cfg: ModelConfig, dtype: str, max_context: int,
+                     out: Path, log) -> SubgraphRecord:
+    """One module: every function of the table, sharing the subgraph's weights and caches."""
+    import iree.turbine.aot as aot
+    import torch
+
+    from .model.llama import Subgraph
+    from .model.loader import DTYPES
+    t = time.perf_counter()
+    fxb = aot.FxProgramsBuilder(Subgraph(full, spec.kind, spec.start, spec.end))
+    for fname, (role, T, _) in fns.items():
+        args = _example_args(spec, T, role, cfg.hidden_size, DTYPES[dtype])
+
+        def entry(module, *a):
+            return module(*a)
+        fxb.export_program(name=fname, args=args, strict=False)(entry)
+    tmp = out / f".{spec.name}.mlir.export"
+    aot.export(fxb, module_name=spec.name).save_mlir(tmp)
+    changed = write_atomic(out / f"{spec.name}.mlir", tmp.read_bytes())
+    tmp.unlink()
+    S, KVH, Dh = max_context, cfg.num_kv_heads, cfg.head_dim
+    elt = torch.tensor([], dtype=DTYPES[dtype]).element_size()
+    functions = {}
+    for fname, (role, T, g) in fns.items():
+        args, results = abi_of(spec, role, T, cfg, dtype)
+        functions[fname] = FunctionRecord(T=T, role=role, gamma=msgspec.UNSET if g is None else g,
+                                          args=args, results=results)
+    log(f"exported {spec.label:>14} ({len(fns)} functions) in {time.perf_counter() - t:.1f}s"
+        + ("" if changed else " (unchanged)"))
+    return SubgraphRecord(
+        name=spec.name, kind=spec.kind, label=spec.label, start=spec.start, end=spec.end,
+        mlir=f"{spec.name}.mlir", sha256=sha256_file(out / f"{spec.name}.mlir"), functions=functions,
+        kv_params=[KVParam(kv_param_name(i, kv), [S, KVH, Dh], S * KVH * Dh * elt)
+                   for i in range(spec.start, spec.end) for kv in ("k", "v")])
+
+
+def _fingerprint(source_sha: dict, labels, gammas, prefill, max_context, dtype, fuse=True) -> str:
+    h = hashlib.sha256()
+    here = Path(__file__).parent
+    code = sorted(here.joinpath("model").glob("*.py")) + [Path(__file__)]
+    for f in code:
+        h.update(f.read_bytes())
+    h.update(json.dumps([source_sha, labels, gammas, prefill, max_context, dtype, fuse, _versions()],
+                        sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _previous_export(out: Path) -> ExportRecord | None:
+    """The export.json already in `out`, if it is one this build_sd reads (else: export anew)."""
+    try:
+        return ExportRecord.read(out / "export.json")
+    except UserError:
+        return None
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+    v = {}
+    for pkg in ("torch", "iree-turbine", "iree-base-compiler"):
+        try:
+            v[pkg] = version(pkg)
+        except PackageNotFoundError:
+            v[pkg] = None
+    return v
+
+
+def load_export(path: str | Path) -> ExportRecord:
+    return ExportRecord.read(Path(path) / "export.json", "run `build-sd export` first")

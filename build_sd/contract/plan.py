@@ -1,0 +1,94 @@
+"""plan.json (written by `build-sd plan` and `build-sd build`): every configuration the cost
+model ranked, best first, with what it predicts and from which latencies."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from msgspec import Meta, Struct
+
+from .base import Record, schema_of
+from .names import SubgraphSpec, subgraph_specs
+
+
+class Placement(Struct, frozen=True, kw_only=True):
+    """Where one model runs: export --split points (None: one whole module) and the platform
+    device of each subgraph (subgraph name -> device name)."""
+    split: list[int] | None
+    devices: dict[str, str]
+    label: str
+
+    def specs(self, num_layers: int) -> list[SubgraphSpec]:
+        return subgraph_specs(num_layers, self.split)
+
+    @property
+    def device_set(self) -> set[str]:
+        return set(self.devices.values())
+
+
+class PlanConfig(Struct, frozen=True, kw_only=True):
+    draft: Placement | None            # None: target only (gamma 0)
+    target: Placement
+    gamma: Annotated[int, Meta(ge=0)]
+    pred_ms_per_token: float
+    pred_tokens_per_s: float
+    expected_tokens: float
+    speedup: float = 1.0
+    parts_ms: dict[str, float] = {}
+
+    @property
+    def key(self) -> tuple:
+        """What identifies a configuration across plans: (draft label, target label, gamma)."""
+        return (self.draft.label if self.draft else None, self.target.label, self.gamma)
+
+    @property
+    def draft_label(self) -> str:
+        return self.draft.label if self.draft else "-"
+
+
+class PlanDevice(Struct, frozen=True):
+    preset: str
+    driver: str
+
+
+class PlanModel(Struct, frozen=True, kw_only=True):
+    checkpoint: str
+    config_sha256: str
+    num_layers: int
+    parameters: int
+
+
+class Plan(Record, frozen=True, kw_only=True):
+    KIND = "build_sd.plan"
+    WHAT = "plan"
+
+    schema: int = schema_of("build_sd.plan")
+    kind: str = "build_sd.plan"
+    platform: str
+    platform_notes: str = ""
+    devices: dict[str, PlanDevice]
+    draft: PlanModel
+    target: PlanModel
+    alpha: float | list[float]
+    dtype: str
+    max_context: int
+    split: bool = True
+    latency_sources: dict[str, dict[str, int]] = {}
+    profile: bool = False
+    target_only_best_ms_per_token: float
+    configs: list[PlanConfig]
+
+    def check(self) -> str | None:
+        if not self.configs:
+            return "field configs: no configuration"
+        for i, c in enumerate(self.configs):
+            for p in (c.draft, c.target):
+                for d in (p.devices.values() if p else ()):
+                    if d not in self.devices:
+                        return f"configs[{i}] places a subgraph on an unknown device {d!r}"
+        return None
+
+    def model(self, role: str) -> PlanModel:
+        return self.draft if role == "draft" else self.target
+
+    def best_target_only(self) -> PlanConfig:
+        return next(c for c in self.configs if c.gamma == 0)

@@ -1,0 +1,91 @@
+"""profile.json (written by `build-sd profile` on the machine that will run): the latency of
+every subgraph function on every device, transfers between devices, the runner's host work."""
+from __future__ import annotations
+
+from msgspec import Struct
+
+from .base import Record, schema_of
+from .config import ModelConfig
+from .export import Source
+
+
+class FnStats(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One function's time in ms. mean_ms is what the planner reads: the in-situ mean (timed
+    inside speculative loops) where measured, else the isolated mean."""
+    mean_ms: float
+    median_ms: float | None = None
+    p10_ms: float | None = None
+    p90_ms: float | None = None
+    n: int | None = None
+    isolated_mean_ms: float | None = None    # the isolated mean an in-situ figure replaced
+    in_situ_n: int | None = None             # calls timed in situ (None: isolated only)
+
+    @property
+    def in_situ(self) -> bool:
+        return self.in_situ_n is not None
+
+
+# preset key (PRESET, or PRESET@local-sync) -> subgraph name -> function name -> stats
+LatencyTable = dict[str, dict[str, dict[str, FnStats]]]
+
+
+class ProfiledSubgraph(Struct, frozen=True, kw_only=True):
+    name: str
+    label: str
+    kind: str
+    start: int = 0
+    end: int = 0
+
+
+class ProfiledModel(Struct, frozen=True, kw_only=True):
+    name: str
+    source: Source
+    fingerprint: str | None = None
+    dtype: str
+    max_context: int
+    config: ModelConfig
+    subgraphs: list[ProfiledSubgraph] = []
+    modules: dict[str, str] = {}            # module file -> sha256 (to refuse a rebuilt module)
+    latency: LatencyTable = {}
+    step: dict[str, dict[str, FnStats]] = {}   # whole-model step per preset key and function
+    skipped: dict[str, str] = {}            # preset -> why it could not run here
+
+
+class TransferFit(Struct, frozen=True, kw_only=True):
+    """download(A) + upload(B) of a hidden state, fitted as fixed + per MB."""
+    fixed_ms: float
+    ms_per_mb: float
+    points: list[list[float]] = []
+
+
+class HostCost(Struct, frozen=True, kw_only=True):
+    ms_per_iteration: float
+    by_gamma: dict[str, float] = {}
+
+    def ms(self, gamma: int) -> float:
+        """The runner's own work per iteration at this gamma (the overall median elsewhere)."""
+        return self.by_gamma.get(str(gamma), self.ms_per_iteration)
+
+
+class Machine(Struct, frozen=True, kw_only=True):
+    cpu: str = ""
+    arch: str = ""
+    node: str = ""
+    devices: dict[str, str] = {}
+
+
+class Profile(Record, frozen=True, kw_only=True):
+    KIND = "build_sd.profile"
+    WHAT = "profile"
+
+    schema: int = schema_of("build_sd.profile")
+    kind: str = "build_sd.profile"
+    date: str = ""
+    machine: Machine = Machine()
+    iree_runtime: str = ""
+    models: list[ProfiledModel]
+    transfer: dict[str, TransferFit] = {}
+    host: HostCost | None = None
+
+    def models_of(self, config_sha256: str | None) -> list[ProfiledModel]:
+        return [m for m in self.models if m.source.config_sha256 == config_sha256]

@@ -1,0 +1,260 @@
+"""`build-sd plan`: enumerate placements x gamma, predict each, rank, pick.
+
+A model's placement is either the whole model on one device, or the model split at one layer
+boundary k across two devices (embed + layers[0:k] on A, layers[k:L] on B) with the head on
+either side. Draft placement x target placement x gamma in 0..8 are ranked by predicted time
+per token; gamma 0 (target only, draft unused) competes with the rest, so it wins when
+speculation does not pay.
+
+Latencies come from a profile (`build-sd profile`, measured on the board) wherever it covers a
+subgraph function, scaled from it where it covers the device but not the exact layer range,
+and from the analytic roofline (roofline.py) elsewhere; every prediction says which.
+Pure Python: no torch, no IREE (a board's plan is made from config.json files alone).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..contract import (Calibration, FnStats, ModelConfig, Placement, Plan, PlanConfig, PlanDevice, PlanModel,
+                        Profile, SubgraphSpec, function_name)
+from ..errors import UserError
+from .costmodel import ModelCosts, Transfer, predict
+from .platforms import Platform, get_platform
+from .roofline import work
+
+GAMMAS = range(0, 9)
+STAT = "mean_ms"     # throughput pays the mean call time, stragglers included
+ELT = {"f32": 4, "f16": 2}
+
+
+def placements(num_layers: int, devices: list[str], same_compute: set | None = None,
+               split: bool = True) -> list[Placement]:
+    """same_compute: device pairs that are one processor under two drivers (cpu, cpu-sync): a
+    model is never split across them (a transfer for nothing). split=False: whole models only."""
+    out = [Placement(split=None, devices={"whole": d}, label=d) for d in devices]
+    L = num_layers
+    for k in range(1, L if split else 1):
+        for a in devices:
+            for b in devices:
+                if a == b or frozenset((a, b)) in (same_compute or set()):
+                    continue
+                lo, hi = SubgraphSpec("layers", 0, k).name, SubgraphSpec("layers", k, L).name
+                for head in (a, b):
+                    out.append(Placement(split=[0, k], devices={"embed": a, lo: a, hi: b, "head": head},
+                                         label=f"{a}[embed,0:{k}] {b}[{k}:{L}] head@{head}"))
+    return out
+
+
+def config_sha(ckpt: str | Path) -> str:
+    """What ties a profile and a plan to a model: the sha256 of its config.json."""
+    return hashlib.sha256((Path(ckpt) / "config.json").read_bytes()).hexdigest()
+
+
+class Latencies:
+    """ms of one subgraph call on one device, from the profile when it covers it."""
+
+    def __init__(self, platform: Platform, cfg: ModelConfig, dtype: str, S: int,
+                 profile: Profile | None, model_sha: str | None):
+        self.platform, self.cfg, self.dtype, self.S = platform, cfg, dtype, S
+        # Every profiled export of this model (whole, split at k...) is one entry; merge them so
+        # a placement reads the module it will run (the whole module for a whole placement, not
+        # the sum of a split export's parts), preferring figures timed inside speculative loops.
+        self.table: dict[str, dict[str, dict[str, FnStats]]] | None = None
+        if profile:
+            merged: dict = {}
+            for m in profile.models_of(model_sha):
+                self.dtype, self.S = m.dtype, m.max_context
+                for preset, subs in m.latency.items():
+                    for name, fns in subs.items():
+                        slot = merged.setdefault(preset, {}).setdefault(name, {})
+                        for fname, st in fns.items():
+                            if fname not in slot or (st.in_situ and not slot[fname].in_situ):
+                                slot[fname] = st
+            self.table = merged or None
+        self.sources: dict[str, int] = {}
+
+    def _measured(self, preset: str, name: str, fname: str) -> float | None:
+        st = ((self.table or {}).get(preset) or {}).get(name, {}).get(fname)
+        return None if st is None else getattr(st, STAT)
+
+    def _per_layer(self, lat: dict, fname: str) -> list[float]:
+        """ms per layer of every profiled layer module of a device, for one function."""
+        out = []
+        for n, fns in lat.items():
+            if n.startswith("layers_") and fname in fns:
+                spec = SubgraphSpec.from_name(n)
+                out.append(getattr(fns[fname], STAT) / (spec.end - spec.start))
+        return out
+
+    def ms(self, spec: SubgraphSpec, T: int, dev: str, prefill: bool = False) -> float:
+        preset = self.platform.devices[dev].profile_key
+        fname = function_name("prefill" if prefill else "verify", T)
+        got = self._measured(preset, spec.name, fname)
+        if got is not None:
+            self._count("profile")
+            return got
+        lat = (self.table or {}).get(preset)
+        if lat:
+            per = self._per_layer(lat, fname)
+            if spec.kind == "layers" and per:
+                self._count("profile-scaled")       # per-layer time from the device's layer modules
+                return sum(per) / len(per) * (spec.end - spec.start)
+            if spec.kind == "whole" and per:
+                parts = [self._measured(preset, n, fname) for n in ("embed", "head")]
+                if None not in parts:
+                    self._count("profile-sum")
+                    return parts[0] + parts[1] + sum(per) / len(per) * spec.end
+        self._count("analytic")
+        w = work(self.cfg, spec.kind, spec.start, spec.end, T, self.S, ELT[self.dtype], prefill)
+        return self.platform.devices[dev].latency_ms(w, self.dtype)
+
+    def _count(self, src):
+        self.sources[src] = self.sources.get(src, 0) + 1
+
+
+def model_costs(lat: Latencies, p: Placement, L: int, Ts: list[int]) -> ModelCosts:
+    names = list(p.devices.values())
+    crossings = sum(1 for x, y in zip(names, names[1:]) if x != y)
+    specs = p.specs(L)
+    step = {T: sum(lat.ms(s, T, p.devices[s.name]) for s in specs) for T in Ts}
+    return ModelCosts(step, crossings, lat.cfg.hidden_size * ELT[lat.dtype])
+
+
+def transfer_for(platform: Platform, profile: Profile | None, devs: set[str]) -> Transfer:
+    """The crossing cost between the two devices of a placement (profile when measured)."""
+    if len(devs) < 2:
+        return Transfer()
+    # local-sync buffers are host memory like local-task's: one transfer figure for both
+    drivers = sorted(platform.devices[d].driver.replace("local-sync", "local-task") for d in devs)
+    if len(set(drivers)) < 2:
+        return Transfer()
+    if profile and profile.transfer:
+        ts = [v for k, v in profile.transfer.items() if sorted(k.split("->")) == drivers]
+        if ts:
+            return Transfer(sum(t.fixed_ms for t in ts) / len(ts), sum(t.ms_per_mb for t in ts) / len(ts))
+    return Transfer(platform.transfer_fixed_ms, platform.transfer_ms_per_mb)
+
+
+def check_profile_fits(profile: Profile, shas: dict[str, str], dtype: str, max_context: int) -> None:
+    """The profile must have measured these models (config.json), as this dtype and context."""
+    have = {m.source.config_sha256 for m in profile.models}
+    if not have & set(shas.values()):
+        raise UserError("the profile was measured on other models (no config.json matches the "
+                        "draft's or the target's): profile these models' artifacts")
+    for m in profile.models:
+        if m.source.config_sha256 in shas.values() and (m.dtype != dtype or m.max_context != max_context):
+            raise UserError(f"the profile measured {m.name} as {m.dtype} with context "
+                            f"{m.max_context}; the plan asks {dtype} with context {max_context} "
+                            "(pass the same --dtype/--max-context, or profile again)")
+
+
+@dataclass
+class _Ranked:
+    draft: Placement | None
+    target: Placement
+    gamma: int
+    ms_per_token: float
+    expected_tokens: float
+    parts: dict
+
+    def record(self, best_ar: float) -> PlanConfig:
+        return PlanConfig(draft=self.draft, target=self.target, gamma=self.gamma,
+                          pred_ms_per_token=round(self.ms_per_token, 5),
+                          pred_tokens_per_s=round(1000.0 / self.ms_per_token, 2),
+                          expected_tokens=round(self.expected_tokens, 4),
+                          speedup=round(best_ar / self.ms_per_token, 4),
+                          parts_ms={k: round(v, 5) for k, v in self.parts.items()})
+
+
+def make_plan(draft_ckpt: str | Path, target_ckpt: str | Path, platform: str | Platform,
+              alpha: float | list[float], profile: Profile | None = None, dtype: str = "f32",
+              max_context: int = 512, gammas=GAMMAS, devices: list[str] | None = None,
+              split: bool = True) -> Plan:
+    """Rank every configuration; split=False: every model whole on one device.
+    platform: a preset name, or a Platform (the `host` one is built from this machine's
+    HostInfo by the caller: plan/platforms.host_platform)."""
+    platform = platform if isinstance(platform, Platform) else get_platform(platform)
+    cfgs = {r: ModelConfig.from_hf(c) for r, c in (("draft", draft_ckpt), ("target", target_ckpt))}
+    shas = {"draft": config_sha(draft_ckpt), "target": config_sha(target_ckpt)}
+    if profile is not None:
+        check_profile_fits(profile, shas, dtype, max_context)
+    devs = devices or list(platform.devices)
+    for d in devs:
+        if d not in platform.devices:
+            raise UserError(f"platform {platform.name} has no device {d!r} ({', '.join(platform.devices)})")
+    lat = {r: Latencies(platform, cfgs[r], dtype, max_context, profile, shas[r]) for r in cfgs}
+    ranked = _rank(platform, profile, cfgs, lat, alpha, list(gammas), devs, split)
+    best_ar = min(c.ms_per_token for c in ranked if c.gamma == 0)
+    ranked.sort(key=lambda c: c.ms_per_token)
+    t = lat["target"]
+    return Plan(
+        platform=platform.name, platform_notes=platform.notes,
+        devices={d: PlanDevice(platform.devices[d].preset, platform.devices[d].driver) for d in devs},
+        draft=_model_record(draft_ckpt, shas["draft"], cfgs["draft"]),
+        target=_model_record(target_ckpt, shas["target"], cfgs["target"]),
+        alpha=alpha, dtype=t.dtype, max_context=t.S, split=split,
+        latency_sources={r: lat[r].sources for r in ("draft", "target")},
+        profile=bool(profile), target_only_best_ms_per_token=round(best_ar, 5),
+        configs=[c.record(best_ar) for c in ranked])
+
+
+def _model_record(ckpt, sha: str, cfg: ModelConfig) -> PlanModel:
+    return PlanModel(checkpoint=str(Path(ckpt).resolve()), config_sha256=sha, num_layers=cfg.num_layers,
+                     parameters=cfg.num_parameters())
+
+
+def _rank(platform: Platform, profile: Profile | None, cfgs: dict, lat: dict, alpha, gammas: list[int],
+          devs: list[str], split: bool) -> list[_Ranked]:
+    """Every (target placement, draft placement, gamma) with its prediction, unsorted."""
+    def host_ms(g: int) -> float:
+        """The runner's own work per iteration at this gamma (profiled per gamma where known)."""
+        if profile is not None and profile.host is not None:
+            return profile.host.ms(g)
+        return platform.host_ms_per_iteration
+    tTs = sorted({1} | {g + 1 for g in gammas if g > 0})
+    same = {frozenset((a, b)) for a in devs for b in devs
+            if a != b and platform.devices[a].preset == platform.devices[b].preset}
+    t_opts = [(p, model_costs(lat["target"], p, cfgs["target"].num_layers, tTs))
+              for p in placements(cfgs["target"].num_layers, devs, same, split)]
+    d_opts = [(p, model_costs(lat["draft"], p, cfgs["draft"].num_layers, [1, 2]))
+              for p in placements(cfgs["draft"].num_layers, devs, same, split)]
+    out: list[_Ranked] = []
+    for tp, tc in t_opts:
+        base = predict(tc, None, 0, alpha, transfer_for(platform, profile, tp.device_set), host_ms(0))
+        out.append(_Ranked(None, tp, 0, base.ms_per_token, 1.0, base.parts))
+        for dp, dc in d_opts:
+            tr = transfer_for(platform, profile, tp.device_set | dp.device_set)
+            for g in gammas:
+                if g > 0:
+                    pr = predict(tc, dc, g, alpha, tr, host_ms(g))
+                    out.append(_Ranked(dp, tp, g, pr.ms_per_token, pr.expected_tokens, pr.parts))
+    return out
+
+
+def print_plan(plan: Plan, top: int = 10, out=print) -> None:
+    alpha = plan.alpha if not isinstance(plan.alpha, list) else "per position"
+    out(f"platform {plan.platform}  alpha {alpha}  latencies: target {plan.latency_sources.get('target')}, "
+        f"draft {plan.latency_sources.get('draft')}")
+    out(f"{'#':>3} {'draft':<30} {'target':<36} {'g':>2} {'E[N]':>5} {'ms/tok':>8} {'tok/s':>8} {'speedup':>8}")
+    for i, c in enumerate(plan.configs[:top], 1):
+        out(f"{i:>3} {c.draft_label:<30} {c.target.label:<36} {c.gamma:>2} {c.expected_tokens:>5.2f} "
+            f"{c.pred_ms_per_token:>8.3f} {c.pred_tokens_per_s:>8.1f} {c.speedup:>7.2f}x")
+    best0 = plan.best_target_only()
+    out(f"best target-only: {best0.target.label} {best0.pred_tokens_per_s:.1f} tok/s")
+
+
+def read_alpha(alpha: float | None, calibration: str | Path | None) -> float | list[float]:
+    """--alpha A, or the per-position (else overall) greedy acceptance of a calib.json."""
+    if calibration:
+        cal = Calibration.read(calibration)
+        got = cal.greedy.for_planner() if cal.greedy else None
+        if got is None:
+            raise UserError(f"{calibration}: no greedy alpha in it")
+        return got
+    if alpha is None:
+        raise UserError("give --alpha A or --calibration calib.json")
+    if not 0.0 <= alpha <= 1.0:
+        raise UserError(f"--alpha must be in [0, 1], got {alpha}")
+    return alpha
