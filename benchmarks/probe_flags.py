@@ -39,7 +39,7 @@ VARIANTS = {
 
 def host_flags() -> list[str]:
     sys.path.insert(0, str(ROOT))
-    from build_sd.build.targets import get_preset
+    from build_sd.builder.targets import get_preset
     return list(get_preset("host").flags)
 
 

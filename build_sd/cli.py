@@ -92,24 +92,24 @@ def need_build_tools(cmd: str) -> None:
 
 # ---- commands ---------------------------------------------------------------------------------------
 def cmd_export(a):
-    from .build.export import export_model
+    from .builder.export import export_model
     export_model(a.model, a.out, split=int_list(a.split, "--split") or None, gammas=int_list(a.gammas, "--gammas"),
                  prefill=int_list(a.prefill, "--prefill"), max_context=a.max_context, dtype=a.dtype,
                  fuse=not a.no_fuse)
 
 
 def cmd_compile(a):
-    from .build.compile import compile_artifacts
+    from .builder.compile import compile_artifacts
     compile_artifacts(a.mlir, a.preset or [], a.out, jobs=a.jobs)
 
 
 def cmd_validate(a):
-    from .build.validate import validate
+    from .builder.validate import validate
     return 0 if validate(a.artifacts, a.model, presets=a.preset, verbose=a.verbose) else 1
 
 
 def cmd_bundle(a):
-    from .build.bundle import make_bundle
+    from .builder.bundle import make_bundle
     make_bundle(a.draft, a.target, places(a.place), a.gamma, a.out, tokenizer=a.tokenizer,
                 prompt_template=a.prompt_template, fallback=a.fallback, link=a.link,
                 cpu_driver=cpu_drivers(a.cpu_driver))
@@ -160,7 +160,7 @@ def cmd_plan(a):
 
 
 def cmd_build(a):
-    from .build.pipeline import run_build
+    from .builder.pipeline import run_build
     _check_template(a.prompt_template)
     plan, prof = _plan(a)
     run_build(plan, a.out, profile=prof, prompt_template=a.prompt_template)
@@ -174,23 +174,16 @@ def cmd_bench(a):
         raise UserError("--build-only and --no-build exclude each other")
     if not a.no_build:
         need_build_tools("bench")
-    if a.simulate_alpha is not None and not 0 <= a.simulate_alpha <= 1:
-        raise UserError("--simulate-alpha must be in [0, 1]")
-    if a.random_weights is not None and a.simulate_alpha is None:
-        raise UserError("--random-weights makes the tokens noise: give --simulate-alpha A too")
-    _check_template(a.prompt_template)
-    if a.warmup < 0 or a.rounds < 1:
-        raise UserError("--warmup must be >= 0 and --rounds >= 1")
     ranks = int_list(a.configs, "--configs")
     if ranks is not None and (not ranks or min(ranks) < 1):
         raise UserError("--configs: ranks start at 1")
-    prompts = read_prompts(a.prompts, a.limit)
-    plan = Plan.read(a.plan)
     opts = BenchOptions(top=a.top, configs=[r - 1 for r in ranks] if ranks else None, rounds=a.rounds,
                         max_new_tokens=a.max_new_tokens, simulate_alpha=a.simulate_alpha, warmup=a.warmup,
                         link=not a.no_link, prompt_template=a.prompt_template, reprofile=not a.no_reprofile,
                         build="only" if a.build_only else "no" if a.no_build else "yes",
                         random_weights=a.random_weights)
+    prompts = read_prompts(a.prompts, a.limit)
+    plan = Plan.read(a.plan)
     res = run_bench(a.root, plan, str(a.plan), prompts, opts, platform=lambda: platform(plan.platform), png=a.png)
     if a.json:
         from .fsutil import write_json
@@ -203,14 +196,14 @@ def cmd_verify(a):
 
 
 def cmd_pack(a):
-    from .build.deploy import pack
+    from .builder.deploy import pack
     if a.wheels is None and (a.python or a.find_links):
         raise UserError("--python and --find-links go with --wheels PLATFORM")
     pack(a.bundle, a.out, wheels=a.wheels, python=a.python, find_links=a.find_links or [])
 
 
 def cmd_push(a):
-    from .build.deploy import push
+    from .builder.deploy import push
     push(a.bundle, a.dest)
 
 

@@ -70,3 +70,11 @@ def run_json(bundle, prompt, **opts) -> dict:
     rc, out, err = cli(*args)
     assert rc == 0, err
     return json.loads(out)
+
+
+def cpu_bundle(out: Path, draft_art: Path, target_art: Path, gamma: int = 2) -> Path:
+    """A bundle of the two artifacts, both models on the host CPU."""
+    rc, _, err = cli("bundle", "--draft", draft_art, "--target", target_art, "--place", "draft=host",
+                     "--place", "target=host", "--gamma", gamma, "--out", out)
+    assert rc == 0, err
+    return out

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from helpers import cli, run_json
+from helpers import cli, cpu_bundle, run_json
 
 PIP_QUIET = ["--disable-pip-version-check", "-q"]
 
@@ -25,7 +25,7 @@ def _pip(*args, **kw):
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
-    from build_sd.build.wheels import own_wheel
+    from build_sd.builder.wheels import own_wheel
     dest = tmp_path_factory.mktemp("wheel")
     return own_wheel(dest, [], log=lambda m: None)
 
@@ -45,11 +45,7 @@ def core_venv(wheel, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bundle(draft_art, target_whole, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cb") / "b"
-    rc, _, err = cli("bundle", "--draft", draft_art, "--target", target_whole, "--place", "draft=host",
-                     "--place", "target=host", "--gamma", "3", "--out", out)
-    assert rc == 0, err
-    return out
+    return cpu_bundle(tmp_path_factory.mktemp("cb") / "b", draft_art, target_whole, gamma=3)
 
 
 def _core(venv: Path, *args, cwd: Path):
@@ -118,7 +114,7 @@ def test_pack_wheels_holds_what_an_offline_aarch64_board_installs(bundle, wheel,
     why = _index_reachable(tmp_path / "probe")
     if why:
         pytest.skip(f"the package index is unreachable ({why})")
-    from build_sd.build.wheels import platform_tags
+    from build_sd.builder.wheels import platform_tags
     a, b = tmp_path / "a.tar.gz", tmp_path / "b.tar.gz"
     for out in (a, b):
         rc, so, err = cli("pack", bundle, "--wheels", AARCH64, "--python", "3.11", "--find-links", wheel.parent,

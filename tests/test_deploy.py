@@ -150,8 +150,8 @@ def test_prompt_longer_than_buckets_is_chunked(bundle, target_ckpt):
     """Buckets are 8 and 16: a longer prompt is prefilled in chunks and decodes exactly."""
     import torch
 
-    from build_sd.build.model.llama import Subgraph
-    from build_sd.build.model.loader import load_checkpoint
+    from build_sd.builder.model.llama import Subgraph
+    from build_sd.builder.model.loader import load_checkpoint
     from build_sd.runtime.session import open_bundle
     text = "the quick brown fox jumps over the lazy dog"
     s = open_bundle(bundle)
@@ -244,7 +244,7 @@ def test_pack_is_deterministic_and_unpacks_elsewhere(bundle, tmp_path):
     assert a.read_bytes() == b.read_bytes()
     with tarfile.open(a) as t:
         assert all(m.mtime == 0 and m.uid == 0 and not m.uname for m in t.getmembers())
-    from build_sd.build.deploy import unpack
+    from build_sd.builder.deploy import unpack
     where = unpack(a, tmp_path / "board")
     assert cli("verify", where)[0] == 0
     assert run_json(where, "hello world", max_new_tokens=6)["token_ids"] == \
@@ -260,7 +260,7 @@ def test_push_sends_only_changes_and_is_atomic(bundle, target_whole, draft_art, 
     b2 = tmp_path / "b2"
     assert cli("bundle", "--draft", draft_art, "--target", target_whole, "--place", "draft=host",
                "--place", "target=host", "--gamma", "5", "--out", b2)[0] == 0
-    import build_sd.build.deploy as deploy
+    import build_sd.builder.deploy as deploy
     real = deploy.Local.send
     n = {"i": 0}
 

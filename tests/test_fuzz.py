@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import cli
+from helpers import cli, cpu_bundle
 
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -19,11 +19,7 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers(-5, 10 ** 6) | st.fl
 
 @pytest.fixture(scope="module")
 def good_bundle(target_whole, draft_art, tmp_path_factory):
-    out = tmp_path_factory.mktemp("good") / "b"
-    rc, _, err = cli("bundle", "--draft", draft_art, "--target", target_whole, "--place", "draft=host",
-                     "--place", "target=host", "--gamma", "2", "--out", out)
-    assert rc == 0, err
-    return out
+    return cpu_bundle(tmp_path_factory.mktemp("good") / "b", draft_art, target_whole, gamma=2)
 
 
 def _paths(d: Path):
@@ -38,6 +34,19 @@ def _mutate(man, path, value, delete):
         del node[path[-1]]
     else:
         node[path[-1]] = value
+
+
+def _mutated(obj, data):
+    """obj with 1..3 of its fields replaced by arbitrary JSON or deleted (in place)."""
+    paths = _all_paths(obj)
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(paths))
+        try:
+            _mutate(obj, path, data.draw(JSON), data.draw(st.booleans()))
+        except (KeyError, IndexError, TypeError):
+            pass
+        paths = _all_paths(obj) or [("schema",)]
+    return obj
 
 
 def _all_paths(obj, prefix=()):
@@ -56,15 +65,7 @@ def _all_paths(obj, prefix=()):
 def test_manifest_mutations_never_crash(good_bundle, tmp_path_factory, data):
     work = tmp_path_factory.mktemp("fz") / "b"
     shutil.copytree(good_bundle, work)
-    man = json.loads((work / "manifest.json").read_text())
-    paths = _all_paths(man)
-    for _ in range(data.draw(st.integers(1, 3))):
-        path = data.draw(st.sampled_from(paths))
-        try:
-            _mutate(man, path, data.draw(JSON), data.draw(st.booleans()))
-        except (KeyError, IndexError, TypeError):
-            pass
-        paths = _all_paths(man) or [("schema",)]
+    man = _mutated(json.loads((work / "manifest.json").read_text()), data)
     text = json.dumps(man) if data.draw(st.booleans()) else data.draw(st.text(max_size=40))
     (work / "manifest.json").write_text(text)
     before = _paths(work)
@@ -155,15 +156,7 @@ def test_every_record_reader_gives_a_record_or_one_line_error(good_records, data
     import build_sd.contract as c
     from build_sd.errors import UserError
     kind = data.draw(st.sampled_from(sorted(RECORDS)))
-    obj = copy.deepcopy(good_records[kind])
-    paths = _all_paths(obj)
-    for _ in range(data.draw(st.integers(1, 3))):
-        path = data.draw(st.sampled_from(paths))
-        try:
-            _mutate(obj, path, data.draw(JSON), data.draw(st.booleans()))
-        except (KeyError, IndexError, TypeError):
-            pass
-        paths = _all_paths(obj) or [("schema",)]
+    obj = _mutated(copy.deepcopy(good_records[kind]), data)
     try:
         rec = getattr(c, RECORDS[kind]).from_obj(obj, f"{kind}.json")
     except UserError as e:

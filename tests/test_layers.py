@@ -4,7 +4,7 @@
   contract/  the files' typed records       helpers only; msgspec
   runtime/   the board (numpy, iree.runtime, tokenizers)    contract + helpers
   plan/      pure Python planning (no torch, no IREE)       contract + helpers
-  build/     the build machine (torch, iree-turbine, iree-compile)   + runtime, plan
+  builder/   the build machine (torch, iree-turbine, iree-compile)   + runtime, plan
   drivers    cli, cli_parser, bench/, demo/                 anything; nothing imports them
 """
 import ast
@@ -16,11 +16,11 @@ import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "build_sd"
 HELPERS = {"build_sd", "build_sd.errors", "build_sd.fsutil"}
-LAYERS = ("contract", "runtime", "plan", "build")
+LAYERS = ("contract", "runtime", "plan", "builder")
 DRIVERS = {"cli", "cli_parser", "bench", "demo"}
 # which layers each layer may import (besides the helpers and itself)
 MAY_IMPORT = {"helpers": set(), "contract": set(), "runtime": {"contract"}, "plan": {"contract"},
-              "build": {"contract", "runtime", "plan"}}
+              "builder": {"contract", "runtime", "plan"}}
 # third-party packages each layer may import (the standard library is always allowed)
 THIRD_PARTY = {"helpers": set(), "contract": {"msgspec"}, "plan": {"msgspec"},
                "runtime": {"msgspec", "numpy", "iree.runtime", "tokenizers", "jinja2"}}
@@ -115,10 +115,10 @@ def test_the_check_catches_an_upward_import(tmp_path, monkeypatch):
     """The rule can fail: a board-side module importing a build-side one is reported, also when
     the import hides inside a function."""
     f = tmp_path / "bad.py"
-    f.write_text("def load():\n    from ..build.export import export_model\n    import torch\n")
+    f.write_text("def load():\n    from ..builder.export import export_model\n    import torch\n")
     monkeypatch.setitem(ALL, "build_sd.runtime.bad", f)
     found = violations()
-    assert any(v.startswith("build_sd.runtime.bad (line 2) imports build_sd.build.export") for v in found), found
+    assert any(v.startswith("build_sd.runtime.bad (line 2) imports build_sd.builder.export") for v in found), found
     assert any(v.startswith("build_sd.runtime.bad (line 3) imports torch") for v in found), found
 
 

@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from build_sd.build.model.llama import Subgraph
-from build_sd.build.model.loader import load_checkpoint
+from build_sd.builder.model.llama import Subgraph
+from build_sd.builder.model.loader import load_checkpoint
 from helpers import make_checkpoint
 
 LLAMA3 = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,

@@ -62,8 +62,8 @@ def test_cross_compile_a55_valhall3_qwen2(tmp_path):
 def test_kv_cache_update_is_in_place(target_split):
     """The decode function's stream IR moves no cache-sized block: the KV update is a dispatch
     writing the new row into the cache resource in place (O(T)), not a copy of the cache."""
-    from build_sd.build.compile import iree_compile_path
-    from build_sd.build.targets import get_preset
+    from build_sd.builder.compile import iree_compile_path
+    from build_sd.builder.targets import get_preset
     meta = json.loads((target_split / "export.json").read_text())
     sg = next(s for s in meta["subgraphs"] if s["kind"] == "layers")
     cache_bytes = sg["kv_params"][0]["bytes"]
@@ -101,7 +101,7 @@ def test_second_compile_is_a_noop(target_ckpt, tmp_path):
     assert (vmfb.stat().st_mtime_ns, (art / "manifest.json").read_bytes()) == before
     assert dt < 2.0, f"no-op compile took {dt:.2f}s"
     assert "torch" not in subprocess.run(
-        [sys.executable, "-c", "import sys, build_sd.cli, build_sd.build.compile; print(list(sys.modules))"],
+        [sys.executable, "-c", "import sys, build_sd.cli, build_sd.builder.compile; print(list(sys.modules))"],
         capture_output=True, text=True).stdout.split("'")
 
 

@@ -36,8 +36,8 @@ def bundles(target_whole, target_split, draft_art):
 
 @pytest.fixture(scope="session")
 def reference_model(target_ckpt):
-    from build_sd.build.model.llama import Subgraph
-    from build_sd.build.model.loader import load_checkpoint
+    from build_sd.builder.model.llama import Subgraph
+    from build_sd.builder.model.loader import load_checkpoint
     return Subgraph(load_checkpoint(target_ckpt, "f32", 96), "whole")
 
 

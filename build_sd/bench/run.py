@@ -41,6 +41,18 @@ class BenchOptions:
     build: str = "yes"                     # yes | only (build and stop) | no (measure what was built)
     random_weights: int | None = None
 
+    def __post_init__(self):
+        if self.simulate_alpha is not None and not 0 <= self.simulate_alpha <= 1:
+            raise UserError("--simulate-alpha must be in [0, 1]")
+        if self.random_weights is not None and self.simulate_alpha is None:
+            raise UserError("--random-weights makes the tokens noise: give --simulate-alpha A too")
+        if self.warmup < 0 or self.rounds < 1:
+            raise UserError("--warmup must be >= 0 and --rounds >= 1")
+        if self.build not in ("yes", "only", "no"):
+            raise ValueError(f"build must be yes, only or no, got {self.build!r}")
+        if self.prompt_template is not None and "{prompt}" not in self.prompt_template:
+            raise UserError("--prompt-template must contain {prompt}")
+
 
 def run_bench(root: str | Path, plan: Plan, plan_path: str, prompts: list[str], opts: BenchOptions,
               platform: Callable, png: str | None = None, log=print) -> dict:
@@ -82,7 +94,7 @@ def choose(plan: Plan, opts: BenchOptions) -> list[PlanConfig]:
 
 def _check_runnable_here(plan: Plan) -> None:
     """Every device of the plan must be here: bench measures on this machine."""
-    from ..build.targets import PRESETS
+    from ..builder.targets import PRESETS
     from ..runtime.compat import can_run
     for name, d in plan.devices.items():
         pr = PRESETS.get(d.preset)
@@ -111,7 +123,7 @@ def build_bundles(root: Path, plan: Plan, chosen: list[PlanConfig], opts: BenchO
             raise UserError(f"--no-build: {root / 'bench'} holds other configurations than these "
                             "(same plan and --top/--configs as the --build-only run?)")
         return bundles
-    from ..build.pipeline import build_config
+    from ..builder.pipeline import build_config
     for i, (cfg, b) in enumerate(zip(chosen, bundles)):
         log(f"[build {i + 1}/{len(chosen)}] target {cfg.target.label} draft {cfg.draft_label} gamma {cfg.gamma}")
         build_config(cfg, plan, root, b, validate_models=(i == 0), log=lambda m: None, link=opts.link,

@@ -40,7 +40,7 @@ def _plan(out_dir: Path, arts: dict, template: str, con):
     import msgspec
 
     from . import DRAFT_DIR, TARGET_DIR
-    from ..build.bundle import make_bundle
+    from ..builder.bundle import make_bundle
     from ..contract import Profile, convert
     from ..fsutil import read_json, sha256_file, write_json
     from ..plan.planner import make_plan
@@ -98,9 +98,9 @@ def run_demo(out_dir: str | Path = DEFAULT_OUT, gamma: int | None = None, senten
 def _build(out_dir: Path, gamma: int | None, validate_models: bool, con):
     """export -> compile -> validate -> plan -> bundle, each cached; (bundle, gamma, why that gamma)."""
     from . import DRAFT_DIR, TARGET_DIR
-    from ..build.bundle import make_bundle
-    from ..build.compile import compile_artifacts
-    from ..build.export import export_model
+    from ..builder.bundle import make_bundle
+    from ..builder.compile import compile_artifacts
+    from ..builder.export import export_model
     from ..runtime.devices import vulkan_device_names
     for d in (TARGET_DIR, DRAFT_DIR):
         if not (d / "config.json").exists():
@@ -116,7 +116,7 @@ def _build(out_dir: Path, gamma: int | None, validate_models: bool, con):
             arts[role] = out_dir / "artifacts" / role
             compile_artifacts(out_dir / "mlir" / role, presets, arts[role], log=lambda m: con.print(f"  {m}"))
         if validate_models:
-            from ..build.validate import validate
+            from ..builder.validate import validate
             status.update("[bold]validate[/] target against PyTorch")
             lines = []
             if not validate(arts["target"], TARGET_DIR, presets=["host"], out=lines.append):
