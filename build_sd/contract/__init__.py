@@ -24,10 +24,18 @@ from .config import ModelConfig, RopeConfig
 from .export import (ExportRecord, FunctionRecord, KVParam, Parameters, Source, SubgraphRecord, TensorShape,
                      TensorSpec)
 from .host import HostInfo
-from .names import (PARAM_SCOPE, ROLES, SubgraphSpec, function_name, kv_param_name, layout_name,
-                    parse_function, subgraph_specs, verify_T)
+from .names import PARAM_SCOPE, ROLES, SubgraphSpec, function_name, kv_param_name, layout_name, subgraph_specs
 from .pack import PackManifest, WheelFile
 from .plan import Placement, Plan, PlanConfig, PlanDevice, PlanModel
 from .profile import FnStats, HostCost, Machine, ProfiledModel, ProfiledSubgraph, Profile, TransferFit
 
-__all__ = [n for n in dir() if not n.startswith("_")]
+__all__ = [
+    "ArtifactsManifest", "Compiler", "FileInfo", "ModuleFile", "PresetRecord", "SCHEMAS", "Record",
+    "convert", "schema_of", "CPU_DRIVERS", "BundleFile", "BundleManifest", "BundleModel",
+    "BundleModels", "IreeVersions", "ModelFiles", "ModuleRef", "Acceptance", "Calibration",
+    "ModelConfig", "RopeConfig", "ExportRecord", "FunctionRecord", "KVParam", "Parameters",
+    "Source", "SubgraphRecord", "TensorShape", "TensorSpec", "HostInfo", "PARAM_SCOPE", "ROLES",
+    "SubgraphSpec", "function_name", "kv_param_name", "layout_name", "subgraph_specs",
+    "PackManifest", "WheelFile", "Placement", "Plan", "PlanConfig", "PlanDevice", "PlanModel",
+    "FnStats", "HostCost", "Machine", "ProfiledModel", "ProfiledSubgraph", "Profile", "TransferFit",
+]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import types
 import typing
 from pathlib import Path
 from typing import Any, ClassVar
@@ -97,9 +98,6 @@ class Record(msgspec.Struct, frozen=True, kw_only=True):
         """Atomic; False (file untouched) when it already holds these bytes."""
         return write_json(path, self.to_dict())
 
-    def replace(self, **changes):
-        return msgspec.structs.replace(self, **changes)
-
 
 def convert(obj: Any, typ, source: str = "<record>"):
     """A JSON value as a typed value (a record's part), or a UserError naming the bad field."""
@@ -154,7 +152,7 @@ def _strip(typ):
         if origin is typing.Annotated:
             typ = typing.get_args(typ)[0]
             continue
-        if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if origin in (typing.Union, types.UnionType):
             args = [a for a in typing.get_args(typ) if a not in (type(None), msgspec.UnsetType)]
             if len(args) == 1:
                 typ = args[0]

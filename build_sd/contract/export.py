@@ -120,6 +120,3 @@ class ExportRecord(Record, frozen=True, kw_only=True):
     @property
     def gammas_built(self) -> list[int]:
         return [T - 1 for T in self.verify_T]
-
-    def subgraph(self, name: str) -> SubgraphRecord | None:
-        return next((sg for sg in self.subgraphs if sg.name == name), None)

@@ -21,7 +21,6 @@ PARAM_SCOPE = "model"                # the parameter scope of every .irpa and ev
 
 _LAYERS_NAME = re.compile(r"^layers_(\d+)_(\d+)$")
 _LAYERS_LABEL = re.compile(r"^layers\[(\d+):(\d+)\]$")
-_FUNCTION = re.compile(r"^(?:prefill_T(\d+)|decode|verify_T(\d+))$")
 
 
 @dataclass(frozen=True)
@@ -95,23 +94,6 @@ def function_name(role: str, T: int) -> str:
     if role == "prefill":
         return f"prefill_T{T}"
     return "decode" if T == 1 else f"verify_T{T}"
-
-
-def parse_function(name: str) -> tuple[str, int]:
-    """prefill_T16 -> ('prefill', 16); decode -> ('decode', 1); verify_T3 -> ('verify', 3)."""
-    m = _FUNCTION.match(name)
-    if not m:
-        raise ValueError(f"not a function name: {name!r}")
-    if m.group(1):
-        return "prefill", int(m.group(1))
-    if m.group(2):
-        return "verify", int(m.group(2))
-    return "decode", 1
-
-
-def verify_T(gamma: int) -> int:
-    """Tokens in the verify call of gamma drafts: the last emitted token and the g drafts."""
-    return gamma + 1
 
 
 def kv_param_name(layer: int, kv: str) -> str:

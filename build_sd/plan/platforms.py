@@ -61,10 +61,6 @@ def load_platforms(path: Path = PLATFORMS_FILE) -> dict:
     return json.loads(path.read_text())
 
 
-def platform_names() -> list[str]:
-    return [k for k in load_platforms() if not k.startswith("_")] + ["host"]
-
-
 def _num(x, default):
     if isinstance(x, dict):                # {"value": .., "source"/"estimate": ..}
         x = x.get("value")

@@ -205,7 +205,13 @@ class ModelChain:
             args.push_ref(length_bv)
         nres = 2 if spec.has_head else 1
         rets = rt.VmVariantList(nres)
-        st.context.vm_context.invoke(st.functions[fname], args, rets)
+        try:
+            st.context.vm_context.invoke(st.functions[fname], args, rets)
+        except RuntimeError as e:
+            if device_lost(st.device.driver, e):    # one line for the user, not a traceback
+                raise DeviceLost(st.device.driver, f"{fname} of {st.meta.label}",
+                                 str(e).splitlines()[0][:200], doing="running") from None
+            raise
         self.calls += 1
         return [rets.get_as_object(i, rt.HalBufferView) for i in range(nres)]
 

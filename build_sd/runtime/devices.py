@@ -75,10 +75,11 @@ def device_lost(driver: str, err: Exception) -> bool:
 
 
 class DeviceLost(UserError):
-    """A model could not load because its Vulkan device was lost (see device_lost)."""
+    """A model could not load, or a call could not finish, because its Vulkan device was lost
+    (see device_lost)."""
 
-    def __init__(self, driver: str, what: str, detail: str):
-        super().__init__(f"the {driver} device was lost loading {what} ({detail})")
+    def __init__(self, driver: str, what: str, detail: str, doing: str = "loading"):
+        super().__init__(f"the {driver} device was lost {doing} {what} ({detail})")
         self.driver = driver
 
 

@@ -72,7 +72,9 @@ def generate(target: ModelChain, draft: ModelChain | None, prompt: list[int], ga
                 log(f"stopped: reached the bundle's context size ({S} tokens)")
             break
         g = _gamma_now(gamma if use_draft else 0, remaining, room, built)
-        drafts, q_rows, d_pos = _draft_block(draft, acceptor, seq, d_pos, g)
+        # `held`: the draft's last output stays alive through this verify. Releasing it before
+        # the verify call lost the lavapipe device in 4 of 6 full test runs (docs/FINDINGS.md)
+        drafts, q_rows, d_pos, held = _draft_block(draft, acceptor, seq, d_pos, g)
         vout = target.step(np.array([seq[-1]] + drafts, np.int32), t_pos)   # x, x_1..x_g at t_pos..
         n_acc, nxt = acceptor.accept(drafts, q_rows, vout.ids, vout.logits)
         if g > 0:
@@ -116,10 +118,10 @@ def _gamma_now(gamma: int, remaining: int, room: int, built: set[int]) -> int:
 
 def _draft_block(draft: ModelChain, acceptor, seq: list[int], d_pos: int, g: int):
     """g draft tokens after `seq` (and their q rows when sampling); the draft first catches up
-    on what it has not seen. Returns (drafts, q_rows, the draft's new position)."""
+    on what it has not seen. Returns (drafts, q_rows, the draft's new position, its last output)."""
     drafts, q_rows = [], []
     if g <= 0:
-        return drafts, q_rows, d_pos
+        return drafts, q_rows, d_pos, None
     pending = seq[d_pos:]                          # 1 token, or 2 after a full accept
     dout = _catch_up(draft, pending, d_pos)
     d_pos += len(pending)
@@ -130,7 +132,7 @@ def _draft_block(draft: ModelChain, acceptor, seq: list[int], d_pos: int, g: int
         if i < g - 1:
             dout = draft.step(np.array([x], np.int32), d_pos)
             d_pos += 1
-    return drafts, q_rows, d_pos
+    return drafts, q_rows, d_pos, dout
 
 
 @dataclass

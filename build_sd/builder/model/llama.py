@@ -257,10 +257,6 @@ class Subgraph(nn.Module):
             self.norm = full.model.norm
             self.lm_head = full.lm_head
 
-    @property
-    def name(self) -> str:
-        return f"layers_{self.start}_{self.end}" if self.kind == "layers" else self.kind
-
     def run_layers(self, h, pos):
         T = h.shape[1]
         p = start_position(pos, T, self.S)
