@@ -54,10 +54,12 @@ def compiler_version(path: str, cache: Path) -> str:
     """`iree-compile --version`, cached by the binary's (size, mtime)."""
     st = os.stat(path)
     key = f"{path}:{st.st_size}:{st.st_mtime_ns}"
-    if cache.exists():
+    try:
         c = json.loads(cache.read_text())
-        if c.get("key") == key:
+        if c.get("key") == key and isinstance(c.get("version"), str):
             return c["version"]
+    except (OSError, ValueError, AttributeError):
+        pass                     # no cache yet, or a damaged one: ask the binary again
     out = subprocess.run([path, "--version"], capture_output=True, text=True).stdout
     version = next((ln.strip() for ln in out.splitlines() if "compiler version" in ln), out.strip())
     write_json(cache, {"key": key, "version": version})
