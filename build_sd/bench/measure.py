@@ -7,16 +7,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from typing import TYPE_CHECKING
-
-import msgspec
 import numpy as np
 
 from ..contract import PlanConfig, Profile
 from .options import BenchOptions
-
-if TYPE_CHECKING:
-    from .run import Predictor
+from .predict import Predictor, mean_predictions
 
 
 def bandwidth_gbs() -> float:
@@ -140,10 +135,3 @@ def measure_rounds(runner: Runner, predictor: Predictor, prof: Profile, reprofil
             f"{100 * statistics.median(abs(e) for e in errs):.1f}%")
     out.bandwidth.append(bandwidth_gbs())
     return out
-
-
-def mean_predictions(a: dict, b: dict) -> dict:
-    """Per configuration, the mean of two predictions (tokens/s and the cost model's terms)."""
-    return {k: msgspec.structs.replace(
-        v, pred_tokens_per_s=(v.pred_tokens_per_s + b[k].pred_tokens_per_s) / 2,
-        parts_ms={p: (ms + b[k].parts_ms[p]) / 2 for p, ms in v.parts_ms.items()}) for k, v in a.items()}

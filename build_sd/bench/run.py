@@ -16,13 +16,12 @@ import statistics
 from pathlib import Path
 from typing import Callable
 
-import msgspec
-
-from ..contract import ArtifactsManifest, FnStats, Plan, PlanConfig, Profile
+from ..contract import ArtifactsManifest, Plan, PlanConfig, Profile
 from ..errors import UserError
 from ..fsutil import write_json
 from .measure import Rounds, Runner, bandwidth_gbs, measure_rounds
 from .options import BenchOptions
+from .predict import Predictor, overlay
 from .report import plot, print_result
 
 
@@ -141,61 +140,6 @@ def profile_and_alpha(root: Path, plan: Plan, chosen: list[PlanConfig], bundles:
                     log=lambda m: log(f"  {m}"))
     release_vulkan()        # in case that bundle used lavapipe (see Runner)
     return prof, cal.greedy.for_planner(), cpu_drivers, bw_before
-
-
-# ---- 3. predictions ----------------------------------------------------------------------------------
-class Predictor:
-    """The cost model's prediction of every configuration from a profile and alpha."""
-
-    def __init__(self, root: Path, plan: Plan, platform, alpha):
-        self.plan, self.platform, self.alpha = plan, platform, alpha
-        self.ckpts = {r: _ckpt(plan, r, root) for r in ("draft", "target")}
-
-    def predict(self, prof: Profile) -> dict[tuple, PlanConfig]:
-        from ..plan.planner import make_plan
-        fresh = make_plan(self.ckpts["draft"], self.ckpts["target"], self.platform, self.alpha, prof,
-                          dtype=self.plan.dtype, max_context=self.plan.max_context, devices=list(self.plan.devices),
-                          split=self.plan.split)
-        return {c.key: c for c in fresh.configs}
-
-
-def _ckpt(plan: Plan, role: str, root: Path) -> str:
-    """The plan's checkpoint folder, else ROOT/checkpoints/ROLE (a copy of its config.json is
-    enough to predict: bench --no-build on a machine the weights did not travel to)."""
-    p = Path(plan.model(role).checkpoint)
-    if (p / "config.json").exists():
-        return str(p)
-    alt = root / "checkpoints" / role
-    if (alt / "config.json").exists():
-        return str(alt)
-    raise UserError(f"the plan's {role} checkpoint {p} is not here (nor {alt}/config.json)")
-
-
-def overlay(base: Profile, fresh: Profile) -> Profile:
-    """base with what `fresh` measured laid over it, function by function (an in-situ-only
-    profile leaves the prefills and isolated figures to base), and fresh's host figures."""
-    by_name = {m.name: m for m in fresh.models}
-    models = []
-    for m in base.models:
-        f = by_name.get(m.name)
-        if f is None:
-            models.append(m)
-            continue
-        latency = {k: {s: dict(fns) for s, fns in subs.items()} for k, subs in m.latency.items()}
-        for key, stages in f.latency.items():
-            for stage, fns in stages.items():
-                slot = latency.setdefault(key, {}).setdefault(stage, {})
-                for fname, st in fns.items():
-                    slot[fname] = _laid_over(slot.get(fname), st)
-        models.append(msgspec.structs.replace(m, latency=latency, step={**m.step, **{k: v for k, v in f.step.items() if v}}))
-    return msgspec.structs.replace(base, models=models, host=fresh.host or base.host)
-
-
-def _laid_over(old: FnStats | None, new: FnStats) -> FnStats:
-    if old is None:
-        return new
-    return msgspec.structs.replace(old, **{k: getattr(new, k) for k in new.__struct_fields__
-                                           if getattr(new, k) is not None})
 
 
 def _reprofiler(root: Path, plan: Plan, chosen: list[PlanConfig], prof: Profile, cpu_drivers, opts: BenchOptions):
