@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-COMMANDS = "export|compile|validate|bundle|run|profile|calibrate|plan|build|bench|verify|pack|push|demo"
-
 
 def build_parser(description: str = "") -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="build-sd", description=description)
