@@ -20,7 +20,7 @@ from pathlib import Path
 import msgspec
 
 from ..contract import (ROLES, ArtifactsManifest, BundleFile, BundleManifest, BundleModel, BundleModels,
-                        ExportRecord, IreeVersions, ModelFiles, ModuleRef)
+                        ExportRecord, IreeVersions, ModelFiles, ModuleRef, SubgraphSpec)
 from ..errors import UserError
 from ..fsutil import copy_atomic, sha256_file
 from .compile import load_artifacts
@@ -43,25 +43,44 @@ def _resolve_preset(name: str, man: ArtifactsManifest, role: str) -> str:
 
 def placement_for(role: str, want: dict[str | None, str], man: ArtifactsManifest,
                   export: ExportRecord) -> dict[str, str]:
-    """Subgraph name -> preset for every subgraph of the model."""
+    """Subgraph name -> preset for every subgraph of the model. A layer range places every
+    module inside it (an export cut to fit a device has several), the whole model all of them."""
     subs = [sg.name for sg in export.subgraphs]
+    targets = {key: _modules_in(key, export, role) for key in want if key is not None}
     default = want.get(None)
-    if default is None and set(subs) <= set(want):      # every subgraph placed by name: no default needed
-        default = want[subs[0]]
+    covered = {m for ms in targets.values() for m in ms}
+    if default is None and set(subs) <= covered:          # every subgraph placed by name: no default needed
+        default = want[next(k for k, ms in targets.items() if subs[0] in ms)]
     if default is None:
         if len(man.presets) != 1:
             raise UserError(f"no placement for the {role}: add --place {role}=PRESET "
                             f"(its artifacts hold {', '.join(man.presets)})")
         default = next(iter(man.presets))
     placement = {s: _resolve_preset(default, man, role) for s in subs}
-    for key, preset in want.items():
-        if key is None:
-            continue
-        if key not in placement:
-            labels = ", ".join(sg.label for sg in export.subgraphs)
-            raise UserError(f"--place {role}: the {role} has no subgraph {key!r} (it has: {labels})")
-        placement[key] = _resolve_preset(preset, man, role)
+    for key, modules in targets.items():
+        for m in modules:
+            placement[m] = _resolve_preset(want[key], man, role)
     return placement
+
+
+def _modules_in(key: str, export: ExportRecord, role: str) -> list[str]:
+    """The modules a placement key names: itself, or for layers[a:b] every module inside it."""
+    names = [sg.name for sg in export.subgraphs]
+    if key in names:
+        return [key]
+    labels = ", ".join(sg.label for sg in export.subgraphs)
+    spec = SubgraphSpec.from_name(key)
+    if spec.kind == "layers":
+        inside = [sg.name for sg in export.subgraphs
+                  if sg.kind == "layers" and spec.start <= sg.start and sg.end <= spec.end]
+        straddle = [sg.label for sg in export.subgraphs if sg.kind == "layers" and sg.start < spec.end
+                    and sg.end > spec.start and sg.name not in inside]
+        if straddle:
+            raise UserError(f"--place {role}.{spec.label}: module {straddle[0]} lies across its bounds "
+                            f"(the {role} has: {labels})")
+        if inside:
+            return inside
+    raise UserError(f"--place {role}: the {role} has no subgraph {key!r} (it has: {labels})")
 
 
 def make_bundle(draft: str | Path, target: str | Path, places: Places, gamma: int, out: str | Path,

@@ -24,6 +24,7 @@ import msgspec
 from ..contract import (PARAM_SCOPE, ExportRecord, FunctionRecord, KVParam, ModelConfig, Parameters, Source,
                         SubgraphRecord, SubgraphSpec, TensorShape, TensorSpec, function_name, kv_param_name,
                         subgraph_specs)
+from ..contract.layout import cut
 from ..errors import UserError
 from ..fsutil import sha256_file, write_atomic
 
@@ -137,8 +138,13 @@ def save_irpa(full, path: Path) -> None:
 
 def export_model(ckpt: str | Path, out: str | Path, split: list[int] | None = None,
                  gammas: list[int] | None = None, prefill: list[int] | None = None,
-                 max_context: int = 512, dtype: str = "f32", fuse: bool = True, log=print) -> ExportRecord:
-    """Export `ckpt` into `out` (skipped when the same checkpoint, options and exporter made it)."""
+                 max_context: int = 512, dtype: str = "f32", fuse: bool = True,
+                 max_module_bytes: int | None = None, log=print) -> ExportRecord:
+    """Export `ckpt` into `out` (skipped when the same checkpoint, options and exporter made it).
+
+    max_module_bytes: cut the model into layer ranges whose weights and KV caches each stay
+    within it, adding cuts to `split` (contract/layout.py); None: the smallest GPU allocation
+    limit of the known platforms, with a margin (plan/platforms.py); 0: no limit."""
     from .checkpoint import checkpoint_files
 
     # torch.export's pytree deprecation notices (torch 2.13) say nothing about the user's model
@@ -152,6 +158,7 @@ def export_model(ckpt: str | Path, out: str | Path, split: list[int] | None = No
     prefill = list(DEFAULT_PREFILL) if prefill is None else sorted(set(prefill))
     cfg = ModelConfig.from_hf(ckpt)
     check_export_options(cfg, gammas, prefill, max_context)
+    split = _split_to_fit(cfg, dtype, max_context, max_module_bytes, split, log)
     specs = subgraph_specs(cfg.num_layers, split)
     tok_src = ckpt / "tokenizer.json"
     source_files = [ckpt / "config.json"] + checkpoint_files(ckpt) + ([tok_src] if tok_src.exists() else [])
@@ -187,11 +194,26 @@ def export_model(ckpt: str | Path, out: str | Path, split: list[int] | None = No
     return record
 
 
+def _split_to_fit(cfg: ModelConfig, dtype: str, max_context: int, max_bytes: int | None,
+                  split: list[int] | None, log) -> list[int] | None:
+    """The user's split points plus the cuts that keep every module within max_bytes."""
+    if max_bytes is None:
+        from ..plan.platforms import default_max_module_bytes
+        max_bytes = default_max_module_bytes()
+    if max_bytes < 0:
+        raise UserError(f"--max-module-bytes must be >= 0 (0: no limit), got {max_bytes}")
+    fitted = cut(cfg, dtype, max_context, max_bytes, split)
+    if fitted and sorted(set(fitted)) != sorted({0} | set(split or [])):
+        log(f"cut at layers {','.join(map(str, fitted))} so that every module's weights and KV caches "
+            f"stay within {max_bytes} bytes (--max-module-bytes; 0 = no limit)")
+    return fitted
+
+
 def _load(ckpt: Path, dtype: str, max_context: int, cfg: ModelConfig, fuse: bool, log):
     """The torch model with its weights and KV caches marked as external parameters."""
     from .model.loader import load_checkpoint
     t0 = time.perf_counter()
-    full = load_checkpoint(ckpt, dtype, max_context, cfg)
+    full = load_checkpoint(ckpt, dtype, max_context, cfg, zero_caches=False)
     log(f"loaded {ckpt} ({cfg.model_type}, {cfg.num_parameters() / 1e6:.1f}M parameters, "
         f"{cfg.num_layers} layers) in {time.perf_counter() - t0:.1f}s")
     if fuse:
@@ -210,7 +232,8 @@ def _export_subgraph(full, spec: SubgraphSpec, fns: dict, cfg: ModelConfig, dtyp
     from .model.llama import Subgraph
     from .model.loader import DTYPES
     t = time.perf_counter()
-    fxb = aot.FxProgramsBuilder(Subgraph(full, spec.kind, spec.start, spec.end))
+    module = Subgraph(full, spec.kind, spec.start, spec.end)
+    fxb = aot.FxProgramsBuilder(module)
     for fname, (role, T, _) in fns.items():
         args = _example_args(spec, T, role, cfg.hidden_size, DTYPES[dtype])
 
@@ -233,6 +256,8 @@ def _export_subgraph(full, spec: SubgraphSpec, fns: dict, cfg: ModelConfig, dtyp
     return SubgraphRecord(
         name=spec.name, kind=spec.kind, label=spec.label, start=spec.start, end=spec.end,
         mlir=f"{spec.name}.mlir", sha256=sha256_file(out / f"{spec.name}.mlir"), functions=functions,
+        # one device allocation holds these (docs/FINDINGS.md): what must fit a device's limit
+        parameter_bytes=sum(p.numel() * p.element_size() for p in module.parameters()),
         kv_params=[KVParam(kv_param_name(i, kv), [S, KVH, Dh], S * KVH * Dh * elt)
                    for i in range(spec.start, spec.end) for kv in ("k", "v")])
 

@@ -48,8 +48,9 @@ def _artifacts_for(plan: Plan, role: str, p: Placement, out: Path, validate_mode
     presets = {plan.devices[d].preset for d in p.devices.values()}
     mlir, art = out / "mlir" / f"{role}-{layout}", out / "artifacts" / f"{role}-{layout}"
     ckpt = plan.model(role).checkpoint
+    # the plan's placement already holds the cuts its devices' allocation limits need
     export_model(ckpt, mlir, split=p.split, gammas=TARGET_GAMMAS if role == "target" else DRAFT_GAMMAS,
-                 prefill=PREFILL, max_context=plan.max_context, dtype=plan.dtype, log=log)
+                 prefill=PREFILL, max_context=plan.max_context, dtype=plan.dtype, max_module_bytes=0, log=log)
     # compile every preset this export has been asked for so far: a folder holds a union
     compile_artifacts(mlir, sorted(presets | _existing_presets(art)), art, log=log)
     if profile is not None:

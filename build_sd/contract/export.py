@@ -51,6 +51,13 @@ class SubgraphRecord(Struct, frozen=True, kw_only=True):
     sha256: str
     functions: dict[str, FunctionRecord]
     kv_params: list[KVParam] = []
+    # bytes of the weights this module holds (one device allocation; its KV caches are another):
+    # 0 in exports made before build_sd recorded it
+    parameter_bytes: int = 0
+
+    @property
+    def kv_bytes(self) -> int:
+        return sum(kv.bytes for kv in self.kv_params)
 
     @property
     def spec(self) -> SubgraphSpec:

@@ -12,6 +12,8 @@ class HostInfo(Struct, frozen=True, kw_only=True):
     mem_bw_gbs: float               # a numpy read of 64 MB: an upper bound on what IREE reaches
     gflops_f32: float               # numpy 512x512 f32 matmul
     vulkan_devices: list[str] = []  # names of the Vulkan devices present
+    # driver -> the largest single buffer its device allocates, where probed (runtime/devices.py)
+    max_allocation_bytes: dict[str, int] = {}
 
     @property
     def has_lavapipe(self) -> bool:

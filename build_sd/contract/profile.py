@@ -72,6 +72,8 @@ class Machine(Struct, frozen=True, kw_only=True):
     arch: str = ""
     node: str = ""
     devices: dict[str, str] = {}
+    # driver -> the largest single buffer the device allocated in a probe (GPU drivers only)
+    max_allocation_bytes: dict[str, int] = {}
 
 
 class Profile(Record, frozen=True, kw_only=True):

@@ -13,12 +13,14 @@ Pure Python: no torch, no IREE (a board's plan is made from config.json files al
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..contract import (Calibration, FnStats, ModelConfig, Placement, Plan, PlanConfig, PlanDevice, PlanModel,
-                        Profile, SubgraphSpec, function_name)
+                        Profile, SubgraphSpec, function_name, subgraph_specs)
+from ..contract.layout import cut, usable
 from ..errors import UserError
 from .costmodel import ModelCosts, Transfer, predict
 from .platforms import Platform, get_platform
@@ -45,6 +47,49 @@ def placements(num_layers: int, devices: list[str], same_compute: set | None = N
                     out.append(Placement(split=[0, k], devices={"embed": a, lo: a, hi: b, "head": head},
                                          label=f"{a}[embed,0:{k}] {b}[{k}:{L}] head@{head}"))
     return out
+
+
+def fit_to_limits(p: Placement, cfg: ModelConfig, dtype: str, S: int, platform: Platform) -> Placement | None:
+    """The placement with its model cut so that every module placed on a device with an
+    allocation limit fits it (contract/layout.py: cuts are added, each new module runs where its
+    layers ran); None when some part cannot fit at all (the planner never emits it). A model
+    with a module over the limit does not load: `RESOURCE_EXHAUSTED` (docs/FINDINGS.md)."""
+    limits = [platform.devices[d].max_allocation_bytes for d in p.device_set]
+    limits = [x for x in limits if x]
+    if not limits:
+        return p
+    try:
+        split = cut(cfg, dtype, S, usable(min(limits)), p.split)
+    except UserError:
+        return None
+    if split == p.split:
+        return p
+    specs = subgraph_specs(cfg.num_layers, split)
+    return Placement(split=split, devices={s.name: _device_of(p, s) for s in specs}, label=p.label)
+
+
+def _device_of(p: Placement, spec: SubgraphSpec) -> str:
+    """Where a module of a finer cut runs: where the module of `p` that contains it runs."""
+    if "whole" in p.devices:
+        return p.devices["whole"]
+    if spec.kind != "layers":
+        return p.devices[spec.kind]
+    for name, dev in p.devices.items():
+        if name.startswith("layers_"):
+            outer = SubgraphSpec.from_name(name)
+            if outer.start <= spec.start and spec.end <= outer.end:
+                return dev
+    raise ValueError(f"{spec.label} lies in no module of {p.label}")
+
+
+def with_measured_limits(platform: Platform, profile: Profile | None) -> Platform:
+    """The platform with the allocation limits the profile probed on its devices."""
+    measured = profile.machine.max_allocation_bytes if profile is not None else {}
+    if not measured:
+        return platform
+    devices = {n: (dataclasses.replace(d, max_allocation_bytes=measured[d.driver]) if d.driver in measured else d)
+               for n, d in platform.devices.items()}
+    return dataclasses.replace(platform, devices=devices)
 
 
 def config_sha(ckpt: str | Path) -> str:
@@ -175,7 +220,7 @@ def make_plan(draft_ckpt: str | Path, target_ckpt: str | Path, platform: str | P
     """Rank every configuration; split=False: every model whole on one device.
     platform: a preset name, or a Platform (the `host` one is built from this machine's
     HostInfo by the caller: plan/platforms.host_platform)."""
-    platform = platform if isinstance(platform, Platform) else get_platform(platform)
+    platform = with_measured_limits(platform if isinstance(platform, Platform) else get_platform(platform), profile)
     cfgs = {r: ModelConfig.from_hf(c) for r, c in (("draft", draft_ckpt), ("target", target_ckpt))}
     shas = {"draft": config_sha(draft_ckpt), "target": config_sha(target_ckpt)}
     if profile is not None:
@@ -216,10 +261,15 @@ def _rank(platform: Platform, profile: Profile | None, cfgs: dict, lat: dict, al
     tTs = sorted({1} | {g + 1 for g in gammas if g > 0})
     same = {frozenset((a, b)) for a in devs for b in devs
             if a != b and platform.devices[a].preset == platform.devices[b].preset}
-    t_opts = [(p, model_costs(lat["target"], p, cfgs["target"].num_layers, tTs))
-              for p in placements(cfgs["target"].num_layers, devs, same, split)]
-    d_opts = [(p, model_costs(lat["draft"], p, cfgs["draft"].num_layers, [1, 2]))
-              for p in placements(cfgs["draft"].num_layers, devs, same, split)]
+    def options(role: str, Ts: list[int]):
+        """Every placement of the model that loads (cut to its devices' limits), with its costs."""
+        cfg, lt = cfgs[role], lat[role]
+        fitted = (fit_to_limits(p, cfg, lt.dtype, lt.S, platform) for p in placements(cfg.num_layers, devs, same, split))
+        return [(p, model_costs(lt, p, cfg.num_layers, Ts)) for p in fitted if p is not None]
+    t_opts, d_opts = options("target", tTs), options("draft", [1, 2])
+    if not t_opts:
+        raise UserError(f"no placement of the target on {', '.join(devs)} fits these devices' allocation "
+                        "limits (a single layer, or the embedding or head, is larger)")
     out: list[_Ranked] = []
     for tp, tc in t_opts:
         base = predict(tc, None, 0, alpha, transfer_for(platform, profile, tp.device_set), host_ms(0))

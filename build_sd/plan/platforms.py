@@ -27,6 +27,9 @@ class DeviceSpec:
     compute_efficiency: float = 0.5
     dispatch_overhead_us: float = 5.0
     call_overhead_us: float = 20.0   # the runner's per-call host work (args, readback)
+    # the largest single buffer the device allocates (Vulkan maxMemoryAllocationSize); None: no
+    # limit that matters (CPU drivers). A module's weights, and its KV caches, must each fit.
+    max_allocation_bytes: int | None = None
 
     @property
     def profile_key(self) -> str:
@@ -67,6 +70,30 @@ def _num(x, default):
     return default if x is None else float(x)
 
 
+def _int(x) -> int | None:
+    v = _num(x, None)
+    return None if v is None else int(v)
+
+
+# What lavapipe (Mesa's software Vulkan) reports as maxMemoryAllocationSize; measured here: a
+# 2147484672-byte KV cache allocation was refused, a 2147483648-byte one loaded (docs/FINDINGS.md).
+LAVAPIPE_MAX_ALLOCATION = 2 ** 31
+
+
+def default_max_module_bytes() -> int:
+    """`export --max-module-bytes` when not given: the smallest allocation limit among the GPUs
+    the platform descriptions know (lavapipe included), less the margin (contract/layout.usable),
+    so an export made without a plan loads on any of them."""
+    from ..contract.layout import usable
+    limits = [LAVAPIPE_MAX_ALLOCATION]
+    for p in load_platforms().values():
+        for d in (p.get("devices") or {}).values() if isinstance(p, dict) else ():
+            v = _int(d.get("max_allocation_bytes"))
+            if v:
+                limits.append(v)
+    return usable(min(limits))
+
+
 def get_platform(name: str, host: HostInfo | None = None) -> Platform:
     """A board of platforms.json, or `host` (this machine: give its HostInfo)."""
     if name == "host":
@@ -89,7 +116,8 @@ def get_platform(name: str, host: HostInfo | None = None) -> Platform:
             bw_efficiency=_num(d.get("bw_efficiency"), 0.7),
             compute_efficiency=_num(d.get("compute_efficiency"), 0.5),
             dispatch_overhead_us=_num(d.get("dispatch_overhead_us"), 5.0),
-            call_overhead_us=_num(d.get("call_overhead_us"), 20.0))
+            call_overhead_us=_num(d.get("call_overhead_us"), 20.0),
+            max_allocation_bytes=_int(d.get("max_allocation_bytes")))
     return Platform(name, devices, bool(p.get("shared_memory", True)), bool(p.get("concurrent", False)),
                     _num(p.get("transfer_fixed_ms"), 0.05), _num(p.get("transfer_ms_per_mb"), 0.1),
                     _num(p.get("host_ms_per_iteration"), 0.02), p.get("notes", ""))
@@ -113,6 +141,7 @@ def host_platform(host: HostInfo) -> Platform:
     if host.has_lavapipe:
         # lavapipe runs SPIR-V on the same cores through LLVM, measured ~30x slower per call here
         devices["vulkan"] = DeviceSpec("vulkan", "gpu", "vulkan-llvmpipe", "vulkan",
-                                       {"f32": gflops / 8}, bw, 0.3, 0.2, 400.0, 2000.0)
+                                       {"f32": gflops / 8}, bw, 0.3, 0.2, 400.0, 2000.0,
+                                       host.max_allocation_bytes.get("vulkan", LAVAPIPE_MAX_ALLOCATION))
     return Platform("host", devices, True, False, 2.0, 50.0, 0.02,
                     f"fitted here: {bw:.1f} GB/s read, {gflops:.0f} GFLOP/s f32 (numpy), {cores} cores")

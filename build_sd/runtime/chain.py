@@ -65,13 +65,22 @@ class StepOutput:
 class _LoadFailed(Exception):
     """A module that would not register on its device (kept apart to tell a lost device)."""
 
-    def __init__(self, vmfb: Path, driver: str, err: Exception):
-        self.vmfb, self.driver, self.err = vmfb, driver, err
+    def __init__(self, vmfb: Path, driver: str, err: Exception, meta: SubgraphRecord | None = None):
+        self.vmfb, self.driver, self.err, self.meta = vmfb, driver, err, meta
 
     def first_line(self) -> str:
         return str(self.err).splitlines()[0][:200]
 
     def user_error(self) -> UserError:
+        if "RESOURCE_EXHAUSTED" in str(self.err) and self.meta is not None:
+            # a module over the device's largest allocation (docs/FINDINGS.md): say so in numbers
+            from .devices import max_allocation_bytes
+            limit = max_allocation_bytes(self.driver)
+            sizes = (f"weights {self.meta.parameter_bytes} bytes, KV caches {self.meta.kv_bytes} bytes"
+                     if self.meta.parameter_bytes else f"KV caches {self.meta.kv_bytes} bytes")
+            return UserError(f"{self.vmfb}: does not fit the {self.driver} device ({sizes}; its largest "
+                             f"allocation: {limit if limit else 'unknown'} bytes): export again with "
+                             "--max-module-bytes below it")
         return UserError(f"{self.vmfb}: cannot load module on {self.driver} ({self.first_line()})")
 
 
@@ -131,7 +140,7 @@ class ModelChain:
                 mod = rt.VmModule.copy_buffer(dev.instance, ps.vmfb.read_bytes())
                 ctx.add_vm_module(mod)
             except Exception as e:  # noqa: BLE001
-                raise _LoadFailed(ps.vmfb, dev.driver, e) from None
+                raise _LoadFailed(ps.vmfb, dev.driver, e, ps.meta) from None
         return ctx
 
     # ---- function choice ------------------------------------------------------------------

@@ -7,7 +7,7 @@ import platform
 import re
 from pathlib import Path
 
-from ..contract import BundleManifest
+from ..contract import BundleManifest, ExportRecord
 from ..errors import UserError
 from ..fsutil import sha256_file
 from .compat import can_run
@@ -74,6 +74,7 @@ def problems(bundle: Path, man: BundleManifest, check_hashes: bool = True, fallb
         if _major_minor(cv) and _major_minor(rv) and _major_minor(cv) != _major_minor(rv):
             out.append(f"{role}: compiled by IREE {'.'.join(map(str, _major_minor(cv)))}, this runtime is "
                        f"iree-base-runtime {rv}: install the matching 3.x release")
+    out += fit_problems(bundle, man)
     # the devices the placement needs
     for name, preset in man.presets.items():
         ok, why = can_run(preset)
@@ -88,6 +89,35 @@ def problems(bundle: Path, man: BundleManifest, check_hashes: bool = True, fallb
                      if _has_cpu_fallback(man, name) else ")")
         out.append(f"preset {name} ({preset.arch}, {preset.description}) cannot run here: "
                    f"{why}; this machine: {platform.machine()}, {_devices_here()}{hint}")
+    return out
+
+
+def fit_problems(bundle: Path, man: BundleManifest) -> list[str]:
+    """Modules placed on a GPU here whose weights or KV caches exceed one allocation of it: IREE
+    would fail to load them (RESOURCE_EXHAUSTED; docs/FINDINGS.md). Checked before loading, from
+    the bytes export.json records and the device's probed limit."""
+    from .devices import max_allocation_bytes
+    out = []
+    for role, m in man.models.items():
+        gpu = {sub: ref for sub, ref in m.modules.items()
+               if man.presets[ref.preset].backend == "vulkan-spirv" and can_run(man.presets[ref.preset])[0]}
+        if not gpu:
+            continue
+        limit = max_allocation_bytes("vulkan")
+        if limit is None:
+            continue
+        try:
+            export = ExportRecord.read(bundle / m.files.export)
+        except UserError:
+            continue                 # the load says what is wrong with it
+        for sg in export.subgraphs:
+            if sg.name in gpu:
+                out += [f"{role}.{sg.label} ({gpu[sg.name].file}): {what} of {n} bytes exceed the largest "
+                        f"allocation of the Vulkan device ({limit} bytes): export again with "
+                        f"--max-module-bytes below it{hint}, or place it on the CPU"
+                        for what, n, hint in (("weights", sg.parameter_bytes, ""),
+                                              ("KV caches", sg.kv_bytes, " or a shorter --max-context"))
+                        if n > limit]
     return out
 
 

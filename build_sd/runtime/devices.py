@@ -203,6 +203,43 @@ class DevicePool:
         return dict(self._devices)
 
 
+# Vulkan device name -> the largest single buffer it allocated in a probe (None: no limit
+# below 1 TiB). The limit belongs to the physical device, so it outlives renewed HAL devices.
+_MAX_ALLOCATION: dict[str, int | None] = {}
+
+
+def max_allocation_bytes(driver: str) -> int | None:
+    """The largest single buffer this process's `driver` device allocates (Vulkan's
+    maxMemoryAllocationSize, which IREE does not expose), found by allocations that back off:
+    a few ms, nothing kept. None for the CPU drivers, whose limit is memory itself."""
+    if driver != "vulkan":
+        return None
+    names = vulkan_device_names()
+    key = names[0] if names else driver
+    if key not in _MAX_ALLOCATION:
+        _MAX_ALLOCATION[key] = _probe_allocation(_hal_device(driver))
+    return _MAX_ALLOCATION[key]
+
+
+def _probe_allocation(hal, step: int = 1 << 20, ceiling: int = 1 << 40) -> int | None:
+    def fits(n: int) -> bool:
+        try:
+            hal.allocator.allocate_buffer(memory_type=int(MemoryType.DEVICE_LOCAL),
+                                          allowed_usage=int(BufferUsage.DEFAULT), allocation_size=n)
+            return True          # the buffer is released at once: nothing stays allocated
+        except Exception:  # noqa: BLE001 - RESOURCE_EXHAUSTED and kin: it does not fit
+            return False
+    lo, hi = 0, step
+    while fits(hi):              # double until one fails...
+        lo, hi = hi, hi * 2
+        if hi > ceiling:
+            return None
+    while hi - lo > step:        # ...then bisect to `step`
+        mid = (lo + hi) // 2 // step * step
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
 def available_drivers() -> list[str]:
     return list(rt.query_available_drivers())
 

@@ -33,7 +33,7 @@ from ..fsutil import sha256_file
 from .chain import ModelChain, PlacedSubgraph
 from .checks import runtime_version
 from .compat import can_run
-from .devices import DTYPES, DevicePool, release_vulkan, retry_if_lost
+from .devices import DTYPES, DevicePool, max_allocation_bytes, release_vulkan, retry_if_lost
 from .hostinfo import cpu_model_name
 
 
@@ -143,7 +143,10 @@ class _Profiler:
         return Profile(
             date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             machine=Machine(cpu=cpu_model_name(), arch=platform.machine(), node=platform.node(),
-                            devices={drv: d.name for drv, d in self.pool.devices.items()}),
+                            devices={drv: d.name for drv, d in self.pool.devices.items()},
+                            # what the planner cuts models to for this board's GPU
+                            max_allocation_bytes={drv: n for drv in self.pool.devices
+                                                  if (n := max_allocation_bytes(drv)) is not None}),
             iree_runtime=runtime_version(), models=self.models,
             transfer=_profile_transfers(self.pool, self.models, self.log), host=self._host())
 

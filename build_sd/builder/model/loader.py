@@ -40,8 +40,10 @@ def expected_shapes(model: Transformer) -> dict[str, tuple[int, ...]]:
 
 
 def load_checkpoint(ckpt: str | Path, dtype: str = "f32", max_context: int = 512,
-                    cfg: ModelConfig | None = None) -> Transformer:
-    """Build the model for `ckpt` in `dtype` and fill it with the checkpoint's weights."""
+                    cfg: ModelConfig | None = None, zero_caches: bool = True) -> Transformer:
+    """Build the model for `ckpt` in `dtype` and fill it with the checkpoint's weights.
+    zero_caches=False leaves the KV-cache buffers unwritten (export: they become runtime
+    parameters, and untouched pages cost no memory: 2 GiB of cache at a long context)."""
     ckpt = Path(ckpt)
     if not ckpt.is_dir():
         raise UserError(f"checkpoint folder not found: {ckpt}")
@@ -76,7 +78,8 @@ def load_checkpoint(ckpt: str | Path, dtype: str = "f32", max_context: int = 512
         model.lm_head.weight = model.model.embed_tokens.weight
     # buffers were created on meta: make them real (zero caches, the RoPE frequencies)
     model.inv_freq = torch.tensor(rope_inv_freq(cfg), dtype=torch.float32)
-    model.reset_cache()
+    if zero_caches:
+        model.reset_cache()
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
