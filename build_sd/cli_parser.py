@@ -30,8 +30,8 @@ def _export(sub) -> None:
     p.add_argument("--dtype", default="f32", choices=["f32", "f16"])
     p.add_argument("--max-module-bytes", type=int, metavar="N",
                    help="cut the model into layer ranges whose weights and KV caches each stay within N bytes, "
-                        "the largest allocation a GPU makes (added to --split; default: the smallest limit of "
-                        "the known GPUs with a margin, ~0.94 GiB; 0 = no limit)")
+                        "the largest allocation a GPU makes (added to --split; default: the smallest measured limit "
+                        "of the known GPUs less 1/16, 1.875 GiB for lavapipe; 0 = no limit)")
     p.add_argument("--no-fuse", action="store_true",
                    help="keep q/k/v and gate/up as separate matmuls (default: stacked, fewer dispatches)")
 

@@ -81,16 +81,18 @@ LAVAPIPE_MAX_ALLOCATION = 2 ** 31
 
 
 def default_max_module_bytes() -> int:
-    """`export --max-module-bytes` when not given: the smallest allocation limit among the GPUs
-    the platform descriptions know (lavapipe included), less the margin (contract/layout.usable),
-    so an export made without a plan loads on any of them."""
+    """`export --max-module-bytes` when not given: the smallest allocation limit measured or
+    sourced among the GPUs the platform descriptions know (lavapipe included), less the margin
+    (contract/layout.usable), so an export made without a plan loads on any of them. Guessed
+    limits (marked "estimate", e.g. Mali's) are left out: the plan for such a board cuts to
+    them, and a profile on the board replaces them with the real one."""
     from ..contract.layout import usable
     limits = [LAVAPIPE_MAX_ALLOCATION]
     for p in load_platforms().values():
         for d in (p.get("devices") or {}).values() if isinstance(p, dict) else ():
-            v = _int(d.get("max_allocation_bytes"))
-            if v:
-                limits.append(v)
+            x = d.get("max_allocation_bytes")
+            if _int(x) and not (isinstance(x, dict) and "estimate" in x):
+                limits.append(_int(x))
     return usable(min(limits))
 
 
