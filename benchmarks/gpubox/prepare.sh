@@ -8,11 +8,14 @@ cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 W=benchmarks/.work
 R=$W/gpubox
-CONFIGS=${CONFIGS:-1,3,5,9,12,14,22,33,34}
 $PY benchmarks/models.py $W/models --only large
 mkdir -p $R
+# whole-model placements; a target over the GPU's 4 GiB allocation limit is cut automatically
 $PY -m build_sd.cli plan --draft $W/models/draft-150m-random --target $W/models/llama-3.2-1b-random \
   --platform gpubox --alpha 0.8 --devices cpu,gpu --no-split --top 40 --out $R/plan.json
+# the best-ranked configuration of each mapping: target alone on CPU / GPU, draft x target on
+# CPU / GPU (the paper's draft GPU + target CPU among them)
+CONFIGS=${CONFIGS:-$($PY benchmarks/gpubox/pick.py $R/plan.json)}
 $PY -m build_sd.cli bench $R --plan $R/plan.json --configs $CONFIGS --prompts build_sd/demo/data/test.tsv \
   --limit 4 --build-only
 # stage: modules once, manifests, plan, the checkpoints' config.json; no .irpa, no MLIR
