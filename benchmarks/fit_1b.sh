@@ -25,7 +25,7 @@ for sg in e.subgraphs:
     print(f"  {sg.label:>14}: weights {sg.parameter_bytes / 2**30:.3f} GiB, KV caches {sg.kv_bytes / 2**20:.1f} MiB")
 PY
 for where in vulkan-llvmpipe host; do
-  step "bundle $where" $BSD bundle --draft $F/art --target $F/art --place draft=host --place target=$where \
+  step "bundle $where" $BSD bundle --link --draft $F/art --target $F/art --place draft=host --place target=$where \
     --gamma 1 --out $F/b-$where >/dev/null
   step "verify $where" $BSD verify $F/b-$where
   step "run $where" $BSD run $F/b-$where --prompt "the quick brown fox" --gamma 0 --max-new-tokens $N --json \
