@@ -192,7 +192,7 @@ def cmd_bench(a):
 
 def cmd_verify(a):
     from .runtime.verify import verify_bundle
-    verify_bundle(a.bundle, fallback=a.fallback)
+    verify_bundle(a.bundle, fallback=a.fallback, numerics=a.numerics)
 
 
 def cmd_pack(a):

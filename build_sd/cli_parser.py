@@ -179,6 +179,8 @@ def _bench(sub) -> None:
 def _verify(sub) -> None:
     p = sub.add_parser("verify", help="check a bundle's files and that this machine can run it")
     p.add_argument("bundle")
+    p.add_argument("--numerics", action="store_true",
+                   help="also run the golden case validate recorded on this machine's devices, module by module")
     p.add_argument("--fallback", choices=["cpu"], help="accept CPU fallback modules for missing GPUs")
 
 

@@ -144,9 +144,13 @@ def _tokenizer(srcs: dict, loaded: dict, tokenizer: str | Path | None) -> Path:
 def _copy_model(staging: Path, role: str, src: Path, man: ArtifactsManifest, export: ExportRecord,
                 placement: dict[str, str], fallback: str | None, link: bool, presets_used: dict) -> BundleModel:
     """One model's weights, contract and placed modules (and CPU fallbacks) into the staging folder."""
-    files = ModelFiles(irpa=f"{role}/model.irpa", export=f"{role}/export.json")
+    golden = (src / "golden.json").is_file()       # written by validate: the board's numbers check
+    files = ModelFiles(irpa=f"{role}/model.irpa", export=f"{role}/export.json",
+                       golden=f"{role}/golden.json" if golden else msgspec.UNSET)
     copy_atomic(src / "model.irpa", staging / files.irpa, link)
     copy_atomic(src / "export.json", staging / files.export, link)
+    if golden:
+        copy_atomic(src / "golden.json", staging / files.golden, link)
 
     def module(sub: str, preset: str) -> ModuleRef:
         rel = f"{role}/{preset}/{sub}.vmfb"

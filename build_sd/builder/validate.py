@@ -105,7 +105,43 @@ def validate(artifacts: str | Path, ckpt: str | Path, presets: list[str] | None 
         report.rows.extend(_validate_preset(artifacts, export, man.presets[preset].driver, preset, pool,
                                             ref_model, ref_subs, verbose, out))
     _print_report(report, out)
+    # the reference's numbers travel with the model: `verify --numerics` checks the board's modules,
+    # the compile-checked ones (Mali, Arm) included
+    golden_case(export, ref_model, ref_subs, ckpt).write(artifacts / "golden.json")
     return report.ok and bool(report.rows)
+
+
+def golden_case(export, ref_model, ref_subs, ckpt, prompt_len: int = 8, decode_steps: int = 4):
+    """A prompt and a few greedy decode steps of the f32 reference: per step the greedy id, its
+    top-2 gap, and a digest of every module's output row (contract/golden.py)."""
+    import torch
+
+    from ..contract import GoldenCase, GoldenStep, ModuleDigest
+    V, S = ref_model.cfg.vocab_size, export.max_context
+    n = min(prompt_len, max(export.prefill), S - decode_steps - 1)
+    prompt = [int(t) for t in np.random.default_rng(7).integers(1, V, size=n)]
+    P = next(b for b in sorted(export.prefill) if b >= n)
+    labels = [sg.label for sg in export.subgraphs]
+    ref_model.reset_cache()
+    steps, pos, toks = [], 0, prompt
+    for k in range(decode_steps + 1):
+        prefill = k == 0
+        padded = toks + [0] * (P - n) if prefill else toks
+        outs = _run_reference(ref_subs, torch.tensor([padded], dtype=torch.int32), pos, n if prefill else None)
+        rows = [o.reshape(-1, o.shape[-1])[(n - 1) if prefill and i < len(outs) - 1 else -1]
+                for i, o in enumerate(outs)]
+        logits = rows[-1]
+        top2 = np.sort(logits)[-2:]
+        greedy = int(np.argmax(logits))
+        steps.append(GoldenStep(role="prefill" if prefill else "decode", pos=pos, tokens=list(toks), greedy=greedy,
+                                gap=float(top2[1] - top2[0]),
+                                modules=[ModuleDigest(label=lab, absmax=float(np.abs(r).max()),
+                                                      values=[float(x) for x in r[:32]]) for lab, r in zip(labels, rows)]))
+        pos += len(toks)
+        toks = [greedy]
+    sha = export.source.config_sha256 or "?"
+    return GoldenCase(reference=f"PyTorch f32 of {Path(ckpt).name} (config.json sha256 {sha[:16]})",
+                      tol_scale=TOL_SCALE[export.dtype], steps=steps)
 
 
 def _validate_preset(artifacts: Path, export, driver: str, preset: str, pool, ref_model, ref_subs,

@@ -21,6 +21,7 @@ from .bundle import (CPU_DRIVERS, BundleFile, BundleManifest, BundleModel, Bundl
                      ModelFiles, ModuleRef)
 from .calibration import Acceptance, Calibration
 from .config import ModelConfig, RopeConfig
+from .golden import GoldenCase, GoldenStep, ModuleDigest
 from .export import (ExportRecord, FunctionRecord, KVParam, Parameters, Source, SubgraphRecord, TensorShape,
                      TensorSpec)
 from .host import HostInfo
@@ -30,6 +31,7 @@ from .plan import Placement, Plan, PlanConfig, PlanDevice, PlanModel
 from .profile import FnStats, HostCost, Machine, ProfiledModel, ProfiledSubgraph, Profile, TransferFit
 
 __all__ = [
+    "GoldenCase", "GoldenStep", "ModuleDigest",
     "ArtifactsManifest", "Compiler", "FileInfo", "ModuleFile", "PresetRecord", "SCHEMAS", "Record",
     "convert", "schema_of", "CPU_DRIVERS", "BundleFile", "BundleManifest", "BundleModel",
     "BundleModels", "IreeVersions", "ModelFiles", "ModuleRef", "Acceptance", "Calibration",

@@ -33,6 +33,7 @@ SCHEMAS: dict[str, tuple[int, int]] = {
     "build_sd.profile": (1, 1),
     "build_sd.calibration": (1, 1),
     "build_sd.pack": (1, 1),
+    "build_sd.golden": (1, 1),
 }
 
 

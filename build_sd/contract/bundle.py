@@ -27,9 +27,11 @@ class ModuleRef(Struct, frozen=True):
     file: str
 
 
-class ModelFiles(Struct, frozen=True):
+class ModelFiles(Struct, frozen=True, kw_only=True):
     irpa: str
     export: str
+    # validate's numbers check (contract/golden.py), for models whose artifacts were validated
+    golden: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class BundleModel(Struct, frozen=True, kw_only=True):
@@ -93,8 +95,9 @@ class BundleManifest(Record, frozen=True, kw_only=True):
             if p.is_absolute() or ".." in p.parts or not rel:
                 return f"file {rel!r} points outside the bundle"
         for role, m in self.models.items():
-            for key in ("irpa", "export"):
-                if getattr(m.files, key) not in self.files:
+            for key in ("irpa", "export", "golden"):
+                name = getattr(m.files, key)
+                if name is not msgspec.UNSET and name not in self.files:
                     return f"models.{role}.files.{key} is not a listed file"
             for group, refs in (("modules", m.modules), ("fallback", m.fallback)):
                 for sub, ref in refs.items():
