@@ -4,10 +4,19 @@ VENV    := .venv
 VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 JOBS    ?= $(shell nproc)
+VKGUARD := build/vkguard/libbuild_sd_vkguard.so
 
 .PHONY: demo test setup vulkan clean bench
 
-setup: $(STAMP) vulkan
+setup: $(STAMP) vulkan $(VKGUARD)
+
+# The Vulkan loader shim that keeps IREE's host semaphore signals in order (native/vkguard.c:
+# without it lavapipe loses its device now and then). The runtime uses it when BUILD_SD_VKGUARD
+# names it; `make test` and `make demo` do, and so does tests/conftest.py.
+$(VKGUARD): native/vkguard.c
+	@mkdir -p $(dir $@)
+	$(CC) -O2 -Wall -shared -fPIC -fvisibility=hidden -Wl,-soname,libbuild_sd_vkguard.so -o $@ $< -ldl -lpthread
+export BUILD_SD_VKGUARD := $(abspath $(VKGUARD))
 
 # Reinstall when the package metadata changes. torch comes from the CPU wheel on disk
 # (pip's find-links); `--extra-index-url` for the CPU index is only used where it is reachable.

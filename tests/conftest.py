@@ -21,6 +21,23 @@ BUILD = Path(os.environ.get("BUILD_SD_TEST_DIR", ROOT / "build" / "tests"))
 GAMMAS = "1,2,3,4,5,6"
 
 
+def _vkguard() -> None:
+    """Vulkan through native/vkguard.c's loader shim, in this process and the CLI processes the
+    tests start (they inherit the variable): without it lavapipe loses its device now and then
+    (docs/FINDINGS.md, "lavapipe DEVICE_LOST: the root cause"). `make` builds it; a plain
+    `pytest` run builds it here."""
+    if os.environ.get("BUILD_SD_VKGUARD"):
+        return
+    lib = ROOT / "build" / "vkguard" / "libbuild_sd_vkguard.so"
+    if not lib.exists():
+        import subprocess
+        subprocess.run(["make", "-s", "-C", str(ROOT), str(lib.relative_to(ROOT))], check=True)
+    os.environ["BUILD_SD_VKGUARD"] = str(lib)
+
+
+_vkguard()      # before anything imports build_sd.runtime.devices, which reads it
+
+
 def has_vulkan() -> bool:
     from build_sd.runtime.devices import vulkan_device_names
     return any("llvmpipe" in n for n in vulkan_device_names())

@@ -41,6 +41,27 @@ class Counters:
         self.transfer_s = 0.0
 
 
+def _use_vkguard() -> str | None:
+    """Put native/vkguard.c's loader shim in front of Vulkan when BUILD_SD_VKGUARD names it.
+
+    IREE 3.13 can signal its queue's wake-up timeline semaphore out of order from two threads,
+    and Mesa's emulated timelines (lavapipe) then lose the device (docs/FINDINGS.md, "lavapipe
+    DEVICE_LOST: the root cause"); the shim drops such signals. It has to be set before IREE
+    creates its Vulkan driver, hence at import. `make` builds it; the tests set the variable."""
+    import os
+    path = os.environ.get("BUILD_SD_VKGUARD")
+    if not path:
+        return None
+    if not os.path.isfile(path):
+        print(f"build-sd: BUILD_SD_VKGUARD={path}: no such file; Vulkan runs without the guard",
+              file=sys.stderr)
+        return None
+    rt.flags.parse_flags(f"--vulkan_libvulkan_search_path={path}")
+    return path
+
+
+VKGUARD = _use_vkguard()
+
 # One HAL device per driver for the whole process, as rt.Config(driver) keeps, but held here so
 # that a lost Vulkan device can be replaced (renew_hal_device).
 _HAL_DEVICES: dict[str, object] = {}
