@@ -45,7 +45,8 @@ def main(argv=None) -> int:
         failed += r.returncode != 0
         if r.returncode != 0 or "device was lost" in r.stderr:
             print(f"run {i + 1}: rc {r.returncode}: {r.stderr.strip().splitlines()[-1][:160]}", flush=True)
-    print(f"{a.n} runs ({a.n * 4} module loads) in {time.time() - t0:.0f} s: {lost} with a lost device, "
+    guard = os.environ.get("BUILD_SD_VKGUARD") or "none"
+    print(f"{a.n} runs ({a.n * 4} module loads, vkguard: {guard}) in {time.time() - t0:.0f} s: {lost} with a lost device, "
           f"{failed} failed")
     return 0
 

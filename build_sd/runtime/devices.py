@@ -90,7 +90,7 @@ def release_vulkan() -> None:
 def device_lost(driver: str, err: Exception) -> bool:
     """A load failed because lavapipe lost its VkDevice (VK_ERROR_DEVICE_LOST, which IREE reports
     as DATA_LOSS, also through a failed fence). Mesa keeps such a device lost for good: every
-    later call on it fails (docs/FINDINGS.md, "lavapipe DEVICE_LOST")."""
+    later call on it fails (docs/FINDINGS.md, "lavapipe DEVICE_LOST: the root cause")."""
     msg = str(err)
     return driver == "vulkan" and ("VK_ERROR_DEVICE_LOST" in msg or "DATA_LOSS" in msg)
 
@@ -100,15 +100,18 @@ class DeviceLost(UserError):
     (see device_lost)."""
 
     def __init__(self, driver: str, what: str, detail: str, doing: str = "loading"):
-        super().__init__(f"the {driver} device was lost {doing} {what} ({detail})")
+        hint = "" if VKGUARD else ("; on lavapipe (Mesa's emulated timelines) run with BUILD_SD_VKGUARD="
+                                   "<path of libbuild_sd_vkguard.so, built by `make`>: docs/FINDINGS.md")
+        super().__init__(f"the {driver} device was lost {doing} {what} ({detail}){hint}")
         self.driver = driver
 
 
 def retry_if_lost(load, what: str):
     """load(), and once more on a new device if it lost its Vulkan device.
 
-    lavapipe once in a while loses its VkDevice while a module's initializers run (the parameter
-    upload, the KV-cache fills); a lost device stays lost but a new one works (docs/FINDINGS.md).
+    Without native/vkguard.c's shim, lavapipe loses its VkDevice now and then, at a load or a call,
+    when IREE signals a timeline semaphore out of order; a lost device stays lost but a new one
+    works (docs/FINDINGS.md). With the shim no loss is known; this stays for other drivers.
     Every chain on the lost device is broken, so `load` must rebuild all of them: a new
     DevicePool, whose get() then makes a new device. A second loss is the user's error."""
     try:

@@ -73,7 +73,8 @@ def generate(target: ModelChain, draft: ModelChain | None, prompt: list[int], ga
             break
         g = _gamma_now(gamma if use_draft else 0, remaining, room, built)
         # `held`: the draft's last output stays alive through this verify. Releasing it before
-        # the verify call lost the lavapipe device in 4 of 6 full test runs (docs/FINDINGS.md)
+        # the verify call made IREE's out-of-order semaphore signal (the lavapipe device loss,
+        # docs/FINDINGS.md) more likely; native/vkguard.c removes the loss, holding costs nothing
         drafts, q_rows, d_pos, held = _draft_block(draft, acceptor, seq, d_pos, g)
         vout = target.step(np.array([seq[-1]] + drafts, np.int32), t_pos)   # x, x_1..x_g at t_pos..
         n_acc, nxt = acceptor.accept(drafts, q_rows, vout.ids, vout.logits)
