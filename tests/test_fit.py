@@ -150,6 +150,8 @@ def test_irees_refusal_at_load_names_the_sizes(oversized):
 
 @needs_vulkan
 def test_profile_records_the_devices_largest_allocation(draft_art):
+    from build_sd.runtime.memory import ram_bytes
     from build_sd.runtime.profiler import profile
     prof = profile([draft_art], devices=["vulkan"], budget_s=0.01, log=lambda m: None, in_situ_tokens=4)
     assert prof.machine.max_allocation_bytes == {"vulkan": 2 ** 31}       # lavapipe
+    assert prof.machine.ram_bytes == ram_bytes() > 2 ** 30                # MemTotal, for the planner

@@ -14,6 +14,7 @@ class HostInfo(Struct, frozen=True, kw_only=True):
     vulkan_devices: list[str] = []  # names of the Vulkan devices present
     # driver -> the largest single buffer its device allocates, where probed (runtime/devices.py)
     max_allocation_bytes: dict[str, int] = {}
+    ram_bytes: int = 0              # MemTotal; 0: unknown
 
     @property
     def has_lavapipe(self) -> bool:

@@ -34,6 +34,8 @@ class PlanConfig(Struct, frozen=True, kw_only=True):
     expected_tokens: float
     speedup: float = 1.0
     parts_ms: dict[str, float] = {}
+    # host RAM the pair holds once loaded (plan/planner.py: resident_bytes); 0: older plans
+    resident_bytes: int = 0
 
     @property
     def key(self) -> tuple:

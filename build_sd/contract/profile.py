@@ -74,6 +74,7 @@ class Machine(Struct, frozen=True, kw_only=True):
     devices: dict[str, str] = {}
     # driver -> the largest single buffer the device allocated in a probe (GPU drivers only)
     max_allocation_bytes: dict[str, int] = {}
+    ram_bytes: int = 0              # MemTotal of the board; 0: unknown (older profiles)
 
 
 class Profile(Record, frozen=True, kw_only=True):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..contract import (Calibration, FnStats, ModelConfig, Placement, Plan, PlanConfig, PlanDevice, PlanModel,
                         Profile, SubgraphSpec, function_name, subgraph_specs)
-from ..contract.layout import cut, usable
+from ..contract.layout import cut, kv_bytes, usable, weight_bytes
 from ..errors import UserError
 from .costmodel import ModelCosts, Transfer, predict
 from .platforms import Platform, get_platform
@@ -82,8 +82,40 @@ def _device_of(p: Placement, spec: SubgraphSpec) -> str:
     raise ValueError(f"{spec.label} lies in no module of {p.label}")
 
 
+# What the runner holds besides the models' weights and caches: Python, numpy, the IREE runtime,
+# the tokenizer, activations. Measured: 0.06 GB for a 1B f32 target on the CPU (4.77 GB resident,
+# 4.71 GB of weights; benchmarks/load_memory.py); rounded up.
+RUNTIME_BYTES = 2 ** 28
+
+
+def resident_bytes(p: Placement, cfg: ModelConfig, dtype: str, S: int, platform: Platform) -> int:
+    """Host RAM a model placed as `p` holds once loaded: each module's weights and KV caches,
+    on the CPU (llvm-cpu packs its own copy; the .irpa's pages are dropped after loading,
+    runtime/memory.py) and on a GPU that shares the board's memory (Mali, lavapipe); a discrete
+    GPU's buffers are not in it. While loading, the .irpa is read through the page cache too, but
+    those pages are clean and the kernel reclaims them: a 1B f32 target (4.7 GB) loaded and ran
+    under a 5 GiB memory cgroup (docs/FINDINGS.md), so they are not counted."""
+    total = 0
+    for spec in p.specs(cfg.num_layers):
+        dev = platform.devices[_device_of(p, spec)]
+        if dev.kind == "cpu" or platform.shared_memory:
+            total += weight_bytes(cfg, spec, dtype) + kv_bytes(cfg, spec, dtype, S)
+    return total
+
+
+def usable_ram(platform: Platform) -> int | None:
+    """What a board's RAM leaves to build_sd: less the OS, its services and a page cache
+    (max(1 GiB, 1/8): an estimate, not a measurement); None: RAM unknown."""
+    if not platform.ram_bytes:
+        return None
+    return platform.ram_bytes - max(2 ** 30, platform.ram_bytes // 8)
+
+
 def with_measured_limits(platform: Platform, profile: Profile | None) -> Platform:
-    """The platform with the allocation limits the profile probed on its devices."""
+    """The platform with the allocation limits the profile probed on its devices, and the
+    board's RAM it recorded."""
+    if profile is not None and profile.machine.ram_bytes:
+        platform = dataclasses.replace(platform, ram_bytes=profile.machine.ram_bytes)
     measured = profile.machine.max_allocation_bytes if profile is not None else {}
     if not measured:
         return platform
@@ -203,9 +235,10 @@ class _Ranked:
     ms_per_token: float
     expected_tokens: float
     parts: dict
+    resident: int = 0
 
     def record(self, best_ar: float) -> PlanConfig:
-        return PlanConfig(draft=self.draft, target=self.target, gamma=self.gamma,
+        return PlanConfig(draft=self.draft, target=self.target, gamma=self.gamma, resident_bytes=self.resident,
                           pred_ms_per_token=round(self.ms_per_token, 5),
                           pred_tokens_per_s=round(1000.0 / self.ms_per_token, 2),
                           expected_tokens=round(self.expected_tokens, 4),
@@ -262,24 +295,39 @@ def _rank(platform: Platform, profile: Profile | None, cfgs: dict, lat: dict, al
     same = {frozenset((a, b)) for a in devs for b in devs
             if a != b and platform.devices[a].preset == platform.devices[b].preset}
     def options(role: str, Ts: list[int]):
-        """Every placement of the model that loads (cut to its devices' limits), with its costs."""
+        """Every placement of the model that loads (cut to its devices' limits), with its costs
+        and the RAM it holds."""
         cfg, lt = cfgs[role], lat[role]
         fitted = (fit_to_limits(p, cfg, lt.dtype, lt.S, platform) for p in placements(cfg.num_layers, devs, same, split))
-        return [(p, model_costs(lt, p, cfg.num_layers, Ts)) for p in fitted if p is not None]
+        return [(p, model_costs(lt, p, cfg.num_layers, Ts), resident_bytes(p, cfg, lt.dtype, lt.S, platform))
+                for p in fitted if p is not None]
     t_opts, d_opts = options("target", tTs), options("draft", [1, 2])
     if not t_opts:
         raise UserError(f"no placement of the target on {', '.join(devs)} fits these devices' allocation "
                         "limits (a single layer, or the embedding or head, is larger)")
+    ram = usable_ram(platform)
+    fits = (lambda n: True) if ram is None else (lambda n: n + RUNTIME_BYTES <= ram)
     out: list[_Ranked] = []
-    for tp, tc in t_opts:
+    for tp, tc, t_ram in t_opts:
+        if not fits(t_ram):
+            continue
         base = predict(tc, None, 0, alpha, transfer_for(platform, profile, tp.device_set), host_ms(0))
-        out.append(_Ranked(None, tp, 0, base.ms_per_token, 1.0, base.parts))
-        for dp, dc in d_opts:
+        out.append(_Ranked(None, tp, 0, base.ms_per_token, 1.0, base.parts, t_ram + RUNTIME_BYTES))
+        for dp, dc, d_ram in d_opts:
+            if not fits(t_ram + d_ram):
+                continue
             tr = transfer_for(platform, profile, tp.device_set | dp.device_set)
             for g in gammas:
                 if g > 0:
                     pr = predict(tc, dc, g, alpha, tr, host_ms(g))
-                    out.append(_Ranked(dp, tp, g, pr.ms_per_token, pr.expected_tokens, pr.parts))
+                    out.append(_Ranked(dp, tp, g, pr.ms_per_token, pr.expected_tokens, pr.parts,
+                                       t_ram + d_ram + RUNTIME_BYTES))
+    if not out:
+        least = min(t_ram for _, _, t_ram in t_opts) + RUNTIME_BYTES
+        raise UserError(f"the target alone needs {least / 2**30:.1f} GiB of RAM in its smallest placement; "
+                        f"platform {platform.name} leaves {ram / 2**30:.1f} GiB of its "
+                        f"{platform.ram_bytes / 2**30:.1f} GiB (plan/planner.py: usable_ram): a smaller dtype "
+                        "or model, or a board with more RAM")
     return out
 
 
@@ -287,10 +335,11 @@ def print_plan(plan: Plan, top: int = 10, out=print) -> None:
     alpha = plan.alpha if not isinstance(plan.alpha, list) else "per position"
     out(f"platform {plan.platform}  alpha {alpha}  latencies: target {plan.latency_sources.get('target')}, "
         f"draft {plan.latency_sources.get('draft')}")
-    out(f"{'#':>3} {'draft':<30} {'target':<36} {'g':>2} {'E[N]':>5} {'ms/tok':>8} {'tok/s':>8} {'speedup':>8}")
+    out(f"{'#':>3} {'draft':<30} {'target':<36} {'g':>2} {'E[N]':>5} {'ms/tok':>8} {'tok/s':>8} {'speedup':>8} "
+        f"{'RAM GiB':>7}")
     for i, c in enumerate(plan.configs[:top], 1):
         out(f"{i:>3} {c.draft_label:<30} {c.target.label:<36} {c.gamma:>2} {c.expected_tokens:>5.2f} "
-            f"{c.pred_ms_per_token:>8.3f} {c.pred_tokens_per_s:>8.1f} {c.speedup:>7.2f}x")
+            f"{c.pred_ms_per_token:>8.3f} {c.pred_tokens_per_s:>8.1f} {c.speedup:>7.2f}x {c.resident_bytes / 2**30:>7.2f}")
     best0 = plan.best_target_only()
     out(f"best target-only: {best0.target.label} {best0.pred_tokens_per_s:.1f} tok/s")
 

@@ -56,6 +56,9 @@ class Platform:
     transfer_ms_per_mb: float = 0.1
     host_ms_per_iteration: float = 0.02
     notes: str = ""
+    # the board's RAM; None: unknown (nothing is refused for it). With shared_memory the GPU's
+    # buffers are in it too (plan/planner.py: resident_bytes)
+    ram_bytes: int | None = None
 
 
 def load_platforms(path: Path = PLATFORMS_FILE) -> dict:
@@ -122,7 +125,7 @@ def get_platform(name: str, host: HostInfo | None = None) -> Platform:
             max_allocation_bytes=_int(d.get("max_allocation_bytes")))
     return Platform(name, devices, bool(p.get("shared_memory", True)), bool(p.get("concurrent", False)),
                     _num(p.get("transfer_fixed_ms"), 0.05), _num(p.get("transfer_ms_per_mb"), 0.1),
-                    _num(p.get("host_ms_per_iteration"), 0.02), p.get("notes", ""))
+                    _num(p.get("host_ms_per_iteration"), 0.02), p.get("notes", ""), _int(p.get("ram_bytes")))
 
 
 def host_platform(host: HostInfo) -> Platform:
@@ -146,4 +149,5 @@ def host_platform(host: HostInfo) -> Platform:
                                        {"f32": gflops / 8}, bw, 0.3, 0.2, 400.0, 2000.0,
                                        host.max_allocation_bytes.get("vulkan", LAVAPIPE_MAX_ALLOCATION))
     return Platform("host", devices, True, False, 2.0, 50.0, 0.02,
-                    f"fitted here: {bw:.1f} GB/s read, {gflops:.0f} GFLOP/s f32 (numpy), {cores} cores")
+                    f"fitted here: {bw:.1f} GB/s read, {gflops:.0f} GFLOP/s f32 (numpy), {cores} cores",
+                    host.ram_bytes or None)

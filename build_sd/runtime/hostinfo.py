@@ -10,6 +10,7 @@ import time
 import numpy as np
 
 from ..contract import HostInfo
+from .memory import ram_bytes
 
 
 def host_cpu_flags() -> set[str]:
@@ -60,4 +61,5 @@ def detect_host(measure: bool = True) -> HostInfo:
     from .devices import vulkan_device_names
     bw, gflops = (measure_bandwidth_gbs(), measure_gflops_f32()) if measure else (20.0, 50.0)
     return HostInfo(arch=platform.machine(), cpu=cpu_model_name(), cores=os.cpu_count() or 1,
-                    mem_bw_gbs=bw, gflops_f32=gflops, vulkan_devices=vulkan_device_names())
+                    mem_bw_gbs=bw, gflops_f32=gflops, vulkan_devices=vulkan_device_names(),
+                    ram_bytes=ram_bytes())

@@ -34,6 +34,7 @@ from .chain import ModelChain, PlacedSubgraph
 from .checks import runtime_version
 from .compat import can_run
 from .devices import DTYPES, DevicePool, max_allocation_bytes, release_vulkan, retry_if_lost
+from .memory import ram_bytes
 from .hostinfo import cpu_model_name
 
 
@@ -146,7 +147,8 @@ class _Profiler:
                             devices={drv: d.name for drv, d in self.pool.devices.items()},
                             # what the planner cuts models to for this board's GPU
                             max_allocation_bytes={drv: n for drv in self.pool.devices
-                                                  if (n := max_allocation_bytes(drv)) is not None}),
+                                                  if (n := max_allocation_bytes(drv)) is not None},
+                            ram_bytes=ram_bytes()),
             iree_runtime=runtime_version(), models=self.models,
             transfer=_profile_transfers(self.pool, self.models, self.log), host=self._host())
 

@@ -10,6 +10,7 @@ from .chain import ModelChain, PlacedSubgraph
 from .checks import problems, read_bundle_manifest, recover_interrupted_swap
 from .compat import can_run
 from .devices import DevicePool, retry_if_lost
+from .memory import release_file_pages
 from .tokenizer import load_tokenizer
 
 
@@ -47,7 +48,8 @@ def check_cpu_driver(cpu_driver: dict[str, str]) -> dict[str, str]:
 
 def open_bundle(path: str | Path, load_draft: bool = True, check_hashes: bool = True,
                 fallback: str | None = None, threads: int | None = None,
-                cpu_driver: dict[str, str] | None = None, random_weights: int | None = None) -> Session:
+                cpu_driver: dict[str, str] | None = None, random_weights: int | None = None,
+                release_weights_file: bool = True) -> Session:
     """Check the bundle (files, schema, this machine: `build-sd verify`), then load it.
 
     fallback="cpu": subgraphs placed on a device this machine lacks run on the CPU modules the
@@ -58,7 +60,9 @@ def open_bundle(path: str | Path, load_draft: bool = True, check_hashes: bool = 
     section 1). Same executables, either driver; default: the bundle's `cpu_driver`, else
     local-task.
     random_weights: draw the weights (seeded) instead of reading the .irpa files, which may then
-    be absent (runtime/weights.py)."""
+    be absent (runtime/weights.py).
+    release_weights_file: once loaded, drop the .irpa pages the initializers read (the modules
+    hold their own copies; runtime/memory.py): a 1B f32 target on the CPU 9.5 -> 4.8 GB resident."""
     bundle = Path(path)
     recover_interrupted_swap(bundle)
     man = read_bundle_manifest(bundle)
@@ -75,6 +79,9 @@ def open_bundle(path: str | Path, load_draft: bool = True, check_hashes: bool = 
                   for role, (export, placed) in placement.items()}
         return pool, chains
     pool, chains = retry_if_lost(load, bundle.name)
+    if release_weights_file and random_weights is None:
+        for irpa in {bundle / man.models[role].files.irpa for role in placement}:
+            release_file_pages(irpa)
     tok = load_tokenizer(bundle / man.tokenizer)
     return Session(bundle, man, chains["target"], chains.get("draft"), tok, pool)
 
