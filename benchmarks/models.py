@@ -181,16 +181,32 @@ def large_models(work: Path) -> dict:
     return {"target": t, "draft": d}
 
 
+def small_models(work: Path) -> dict:
+    """A Llama-3.2-shaped pair small enough for lavapipe (the GPU-box flow checked locally):
+    the real vocabulary and tokenizer, hidden 256 / 4 layers (target) and 128 / 2 (draft)."""
+    base = json.loads((SHAPES / "llama-3.2-1b" / "config.json").read_text())
+    small = dict(base, hidden_size=256, intermediate_size=704, num_attention_heads=4, num_key_value_heads=2,
+                 head_dim=64, max_position_embeddings=4096)
+    tok = demo_tokenizer()
+    t = write_random(work / "llama-small-random", dict(small, num_hidden_layers=4), seed=5, tokenizer=tok)
+    d = write_random(work / "draft-small-random", dict(small, hidden_size=128, intermediate_size=352,
+                                                        num_attention_heads=2, num_key_value_heads=1,
+                                                        num_hidden_layers=2), seed=6, tokenizer=tok)
+    return {"target": t, "draft": d}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out")
-    ap.add_argument("--only", choices=["demo", "large"])
+    ap.add_argument("--only", choices=["demo", "large", "small"])
     a = ap.parse_args(argv)
     work = Path(a.out)
     if a.only in (None, "demo"):
         print(json.dumps({k: str(v) for k, v in demo_pair(work).items()}))
     if a.only in (None, "large"):
         print(json.dumps({k: str(v) for k, v in large_models(work).items()}))
+    if a.only == "small":
+        print(json.dumps({k: str(v) for k, v in small_models(work).items()}))
     return 0
 
 

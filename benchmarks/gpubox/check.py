@@ -7,7 +7,8 @@ The weights are drawn at run time (--random-weights), identically on every devic
 2. greedy speculative output (draft on CPU, target on GPU) must equal target-only greedy output
    token for token.
 
-    python benchmarks/gpubox/check.py ROOT SEED     (ROOT: a `bench --build-only` folder)
+    python benchmarks/gpubox/check.py ROOT SEED [GPU]   (ROOT: a `bench --build-only` folder;
+                                                          GPU: the plan's GPU device, default gpu)
 """
 from __future__ import annotations
 
@@ -32,9 +33,10 @@ def bundles_by_config(root: Path) -> dict:
 
 def main() -> int:
     root, seed = Path(sys.argv[1]), int(sys.argv[2])
+    gpu = sys.argv[3] if len(sys.argv) > 3 else "gpu"
     by = bundles_by_config(root)
     cpu_t = open_bundle(by[(None, "cpu", 0)], load_draft=False, random_weights=seed).target
-    spec = open_bundle(next(b for (d, t, g), b in by.items() if d == "cpu" and t == "gpu" and g > 0),
+    spec = open_bundle(next(b for (d, t, g), b in by.items() if d == "cpu" and t == gpu and g > 0),
                        random_weights=seed)
     gpu_t = spec.target
     rng = np.random.default_rng(seed)
