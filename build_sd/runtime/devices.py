@@ -47,10 +47,15 @@ def _use_vkguard() -> str | None:
     IREE 3.13 can signal its queue's wake-up timeline semaphore out of order from two threads,
     and Mesa's emulated timelines (lavapipe) then lose the device (docs/FINDINGS.md, "lavapipe
     DEVICE_LOST: the root cause"); the shim drops such signals. It has to be set before IREE
-    creates its Vulkan driver, hence at import. `make` builds it; the tests set the variable."""
+    creates its Vulkan driver, hence at import. `make` builds it into the checkout's build/vkguard/,
+    which is used when the variable is unset; BUILD_SD_VKGUARD=off turns it off."""
     import os
+    from pathlib import Path
     path = os.environ.get("BUILD_SD_VKGUARD")
-    if not path:
+    if path is None:
+        built = Path(__file__).resolve().parents[2] / "build" / "vkguard" / "libbuild_sd_vkguard.so"
+        path = str(built) if built.is_file() else None
+    if not path or path == "off":
         return None
     if not os.path.isfile(path):
         print(f"build-sd: BUILD_SD_VKGUARD={path}: no such file; Vulkan runs without the guard",
