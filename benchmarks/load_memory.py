@@ -39,7 +39,10 @@ def main(argv=None) -> int:
                           release_weights_file=not a.keep_file_pages)
     say("loaded" + (" (file pages kept)" if a.keep_file_pages else ""))
     chain = session.target
-    out = chain.step(np.array([1, 2, 3, 4], np.int32), 0)
+    prompt = np.array([1, 2, 3, 4], np.int32)
+    toks = np.zeros(chain.prefill_bucket(len(prompt)), np.int32)
+    toks[:len(prompt)] = prompt
+    out = chain.step(toks, 0, role="prefill", length=len(prompt))
     for i in range(a.steps):
         out = chain.step(np.array([int(out.ids[-1])], np.int32), 4 + i)
     say(f"prefill + {a.steps} decodes")
