@@ -96,16 +96,29 @@ def resident_bytes(p: Placement, cfg: ModelConfig, dtype: str, S: int, platform:
     those pages are clean and the kernel reclaims them: a 1B f32 target (4.7 GB) loaded and ran
     under a 5 GiB memory cgroup (docs/FINDINGS.md), so they are not counted. An `embed` module on
     the CPU gathers its rows straight from the mapping (measured: no copy of the table), so its
-    table is not counted either; on a GPU it is a buffer like any other. Measured on lavapipe, the
-    cut 1B held 1.45 GB more than its modules' weights (not modelled: no second GPU to tell whether
-    that is lavapipe's or IREE's)."""
+    table is not counted either; on a GPU it is a buffer like any other. A GPU's decoder layers
+    hold GPU_LAYER_COPY times their weights (measured on lavapipe, below)."""
     total = 0
     for spec in p.specs(cfg.num_layers):
         dev = platform.devices[_device_of(p, spec)]
         if dev.kind == "cpu" or platform.shared_memory:
             weights = 0 if (dev.kind == "cpu" and spec.kind == "embed") else weight_bytes(cfg, spec, dtype)
+            if dev.kind == "gpu" and spec.kind in ("layers", "whole"):
+                n = spec.end - spec.start if spec.kind == "layers" else cfg.num_layers
+                layers = weight_bytes(cfg, SubgraphSpec("layers", 0, n), dtype)
+                weights += int(layers * (GPU_LAYER_COPY - 1))
             total += weights + kv_bytes(cfg, spec, dtype, S)
     return total
+
+
+# A Vulkan module's decoder layers hold more than their weights once loaded: on lavapipe
+# (vulkan-spirv), the 1B's layers[0:8] (1856 MiB of weights) moved from the CPU to lavapipe added
+# 888 MiB beyond the CPU's packed copy, while its embed (1002 MiB) added 1037 MiB (the device's
+# own ~35); all four modules on lavapipe: 7447 MiB against 5992 MiB of module weights
+# (benchmarks/load_memory.py, docs/FINDINGS.md). Which copies the layers keep (relayouts the
+# initializer hoists?) is not known, nor whether a Mali target does the same: measured on one
+# GPU, applied to all, erring towards refusing a pair rather than planning one that cannot load.
+GPU_LAYER_COPY = 1.48
 
 
 def usable_ram(platform: Platform) -> int | None:
