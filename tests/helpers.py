@@ -78,3 +78,15 @@ def cpu_bundle(out: Path, draft_art: Path, target_art: Path, gamma: int = 2) -> 
                      "--place", "target=host", "--gamma", gamma, "--out", out)
     assert rc == 0, err
     return out
+
+
+def toy_pair(root: Path) -> tuple[Path, Path]:
+    """Config-only draft (2 layers, d=256) and target (8 layers, d=1024) checkpoints: enough for
+    the planner, which reads shapes only."""
+    base = dict(model_type="llama", num_attention_heads=8, num_key_value_heads=2, vocab_size=8000)
+    d, t = root / "d", root / "t"
+    for p, cfg in ((d, dict(base, hidden_size=256, num_hidden_layers=2, intermediate_size=704)),
+                   (t, dict(base, hidden_size=1024, num_hidden_layers=8, intermediate_size=2816))):
+        p.mkdir()
+        (p / "config.json").write_text(json.dumps(cfg))
+    return d, t

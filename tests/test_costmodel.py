@@ -66,13 +66,8 @@ def _platform(gpu_speed=1.0, cross_ms=0.0):
 
 @pytest.fixture()
 def pair(tmp_path):
-    base = dict(model_type="llama", num_attention_heads=8, num_key_value_heads=2, vocab_size=8000)
-    d, t = tmp_path / "d", tmp_path / "t"
-    for p, cfg in ((d, dict(base, hidden_size=256, num_hidden_layers=2, intermediate_size=704)),
-                   (t, dict(base, hidden_size=1024, num_hidden_layers=8, intermediate_size=2816))):
-        p.mkdir()
-        (p / "config.json").write_text(json.dumps(cfg))
-    return d, t
+    from helpers import toy_pair
+    return toy_pair(tmp_path)
 
 
 def test_gamma0_wins_when_alpha_is_small(pair):

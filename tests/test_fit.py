@@ -74,12 +74,8 @@ def test_planner_cuts_to_the_limit_or_refuses(tmp_path):
     from build_sd.contract.layout import kv_bytes, usable, weight_bytes
     from build_sd.plan.planner import make_plan
     from build_sd.plan.platforms import DeviceSpec, Platform
-    base = dict(model_type="llama", num_attention_heads=8, num_key_value_heads=2, vocab_size=8000)
-    d, t = tmp_path / "d", tmp_path / "t"
-    for p, cfg in ((d, dict(base, hidden_size=256, num_hidden_layers=2, intermediate_size=704)),
-                   (t, dict(base, hidden_size=1024, num_hidden_layers=8, intermediate_size=2816))):
-        p.mkdir()
-        (p / "config.json").write_text(json.dumps(cfg))
+    from helpers import toy_pair
+    d, t = toy_pair(tmp_path)
     tcfg = ModelConfig.from_hf(t)
     layer = weight_bytes(tcfg, SubgraphSpec("layers", 0, 1), "f32")      # 50 MB
 

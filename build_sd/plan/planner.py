@@ -88,6 +88,16 @@ def _device_of(p: Placement, spec: SubgraphSpec) -> str:
 RUNTIME_BYTES = 2 ** 28
 
 
+# A Vulkan module's decoder layers hold more than their weights once loaded: on lavapipe
+# (vulkan-spirv), the 1B's layers[0:8] (1856 MiB of weights) moved from the CPU to lavapipe added
+# 888 MiB beyond the CPU's packed copy, while its embed (1002 MiB) added 1037 MiB (the device's
+# own ~35); all four modules on lavapipe: 7447 MiB against 5992 MiB of module weights
+# (benchmarks/load_memory.py, docs/FINDINGS.md). Which copies the layers keep (relayouts the
+# initializer hoists?) is not known, nor whether a Mali target does the same: measured on one
+# GPU, applied to all, erring towards refusing a pair rather than planning one that cannot load.
+GPU_LAYER_COPY = 1.48
+
+
 def resident_bytes(p: Placement, cfg: ModelConfig, dtype: str, S: int, platform: Platform) -> int:
     """Host RAM a model placed as `p` holds once loaded: each module's weights and KV caches,
     on the CPU (llvm-cpu packs its own copy; the .irpa's pages are dropped after loading,
@@ -104,21 +114,11 @@ def resident_bytes(p: Placement, cfg: ModelConfig, dtype: str, S: int, platform:
         if dev.kind == "cpu" or platform.shared_memory:
             weights = 0 if (dev.kind == "cpu" and spec.kind == "embed") else weight_bytes(cfg, spec, dtype)
             if dev.kind == "gpu" and spec.kind in ("layers", "whole"):
-                n = spec.end - spec.start if spec.kind == "layers" else cfg.num_layers
-                layers = weight_bytes(cfg, SubgraphSpec("layers", 0, n), dtype)
-                weights += int(layers * (GPU_LAYER_COPY - 1))
+                layers = spec if spec.kind == "layers" else SubgraphSpec("layers", 0, cfg.num_layers)
+                weights += int(weight_bytes(cfg, layers, dtype) * (GPU_LAYER_COPY - 1))
             total += weights + kv_bytes(cfg, spec, dtype, S)
     return total
 
-
-# A Vulkan module's decoder layers hold more than their weights once loaded: on lavapipe
-# (vulkan-spirv), the 1B's layers[0:8] (1856 MiB of weights) moved from the CPU to lavapipe added
-# 888 MiB beyond the CPU's packed copy, while its embed (1002 MiB) added 1037 MiB (the device's
-# own ~35); all four modules on lavapipe: 7447 MiB against 5992 MiB of module weights
-# (benchmarks/load_memory.py, docs/FINDINGS.md). Which copies the layers keep (relayouts the
-# initializer hoists?) is not known, nor whether a Mali target does the same: measured on one
-# GPU, applied to all, erring towards refusing a pair rather than planning one that cannot load.
-GPU_LAYER_COPY = 1.48
 
 
 def usable_ram(platform: Platform) -> int | None:

@@ -12,8 +12,10 @@ Every crossing is counted (calls, bytes each way) for the metrics.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import iree.runtime as rt
@@ -49,8 +51,6 @@ def _use_vkguard() -> str | None:
     DEVICE_LOST: the root cause"); the shim drops such signals. It has to be set before IREE
     creates its Vulkan driver, hence at import. `make` builds it into the checkout's build/vkguard/,
     which is used when the variable is unset; BUILD_SD_VKGUARD=off turns it off."""
-    import os
-    from pathlib import Path
     path = os.environ.get("BUILD_SD_VKGUARD")
     if path is None:
         built = Path(__file__).resolve().parents[2] / "build" / "vkguard" / "libbuild_sd_vkguard.so"
