@@ -17,8 +17,8 @@ from .errors import BuildError, UserError
 
 # commands that need the build machine's tools (torch, iree-turbine, iree-compile): `pip install
 # 'build_sd[build]'`; everything else runs on the core install (the board's)
-BUILD_COMMANDS = ("export", "compile", "validate", "build", "demo")
-BUILD_MODULES = ("torch", "iree.turbine", "iree.compiler", "safetensors")
+BUILD_COMMANDS = ("import", "export", "compile", "validate", "build", "demo")
+BUILD_MODULES = ("torch", "iree.turbine", "iree.compiler", "safetensors", "gguf")
 
 
 # ---- arguments -> values ----------------------------------------------------------------------------
@@ -90,10 +90,24 @@ def need_build_tools(cmd: str) -> None:
                         "pip install 'build_sd[build]'")
 
 
+def model_dir(path: str) -> str:
+    """A checkpoint folder as given, or for a .gguf its import in the cache (made on first use)."""
+    from .builder.gguf import checkpoint_dir, is_gguf
+    if not is_gguf(path):
+        return path
+    need_build_tools("import")
+    return str(checkpoint_dir(path))
+
+
 # ---- commands ---------------------------------------------------------------------------------------
+def cmd_import(a):
+    from .builder.gguf import import_gguf
+    import_gguf(a.gguf, a.out, a.dtype)
+
+
 def cmd_export(a):
     from .builder.export import export_model
-    export_model(a.model, a.out, split=int_list(a.split, "--split") or None, gammas=int_list(a.gammas, "--gammas"),
+    export_model(model_dir(a.model), a.out, split=int_list(a.split, "--split") or None, gammas=int_list(a.gammas, "--gammas"),
                  prefill=int_list(a.prefill, "--prefill"), max_context=a.max_context, dtype=a.dtype,
                  fuse=not a.no_fuse, max_module_bytes=a.max_module_bytes)
 
@@ -105,7 +119,7 @@ def cmd_compile(a):
 
 def cmd_validate(a):
     from .builder.validate import validate
-    return 0 if validate(a.artifacts, a.model, presets=a.preset, verbose=a.verbose) else 1
+    return 0 if validate(a.artifacts, model_dir(a.model), presets=a.preset, verbose=a.verbose) else 1
 
 
 def cmd_bundle(a):
@@ -146,7 +160,7 @@ def _plan(a, devices: list[str] | None = None, split: bool = True):
     from .plan.planner import make_plan, read_alpha
     prof = Profile.read(a.profile) if a.profile else None
     alpha = read_alpha(a.alpha, a.calibration)
-    plan = make_plan(a.draft, a.target, platform(a.platform), alpha, prof, dtype=a.dtype,
+    plan = make_plan(model_dir(a.draft), model_dir(a.target), platform(a.platform), alpha, prof, dtype=a.dtype,
                      max_context=a.max_context, devices=devices, split=split)
     return plan, prof
 

@@ -7,7 +7,7 @@ import argparse
 def build_parser(description: str = "") -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="build-sd", description=description)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for add in (_export, _compile, _validate, _bundle, _run, _profile, _calibrate, _plan, _build, _bench,
+    for add in (_import, _export, _compile, _validate, _bundle, _run, _profile, _calibrate, _plan, _build, _bench,
                 _verify, _pack, _push, _demo):
         add(sub)
     return ap
@@ -19,9 +19,18 @@ def _random_weights_option(p) -> None:
                         ".irpa, which may then be absent; tokens are noise (pair with --simulate-alpha)")
 
 
+def _import(sub) -> None:
+    p = sub.add_parser("import", help="GGUF file (llama.cpp) -> Hugging Face checkpoint folder")
+    p.add_argument("gguf", metavar="MODEL.gguf")
+    p.add_argument("--out", required=True, help="checkpoint folder to write (replaced whole)")
+    p.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16"],
+                   help="weights in model.safetensors (default f32: quantized blocks dequantize exactly)")
+
+
 def _export(sub) -> None:
     p = sub.add_parser("export", help="checkpoint -> MLIR subgraph modules + .irpa weights")
-    p.add_argument("--model", required=True, help="Hugging Face checkpoint folder")
+    p.add_argument("--model", required=True, help="Hugging Face checkpoint folder, or a .gguf (imported once "
+                                                  "into a cache folder)")
     p.add_argument("--out", required=True, help="output folder, e.g. mlir/NAME")
     p.add_argument("--split", help="layers where subgraphs start, e.g. 0,4,8 (default: one module)")
     p.add_argument("--gammas", help="gammas to build verify functions for (default 1..8)")
@@ -47,7 +56,7 @@ def _compile(sub) -> None:
 def _validate(sub) -> None:
     p = sub.add_parser("validate", help="compare every runnable module with the PyTorch model")
     p.add_argument("artifacts")
-    p.add_argument("--model", required=True, help="the checkpoint the artifacts came from")
+    p.add_argument("--model", required=True, help="the checkpoint the artifacts came from (folder or .gguf)")
     p.add_argument("--preset", action="append", help="only these presets")
     p.add_argument("-v", "--verbose", action="store_true", help="one row per step")
 
@@ -114,8 +123,8 @@ def _calibrate(sub) -> None:
 
 def _plan(sub) -> None:
     p = sub.add_parser("plan", help="rank placements x gamma with the cost model")
-    p.add_argument("--draft", required=True, help="draft checkpoint folder (config.json is enough)")
-    p.add_argument("--target", required=True, help="target checkpoint folder (config.json is enough)")
+    p.add_argument("--draft", required=True, help="draft checkpoint folder (config.json is enough) or .gguf")
+    p.add_argument("--target", required=True, help="target checkpoint folder (config.json is enough) or .gguf")
     p.add_argument("--platform", required=True, help="imx95, rk3588, gpubox or host (plan/platforms.json; host: this machine)")
     p.add_argument("--profile", help="profile.json from `build-sd profile` (replaces what it covers)")
     p.add_argument("--alpha", type=float, help="Leviathan's alpha of the pair")
@@ -132,8 +141,8 @@ def _plan(sub) -> None:
 
 def _build(sub) -> None:
     p = sub.add_parser("build", help="plan, export + compile what it needs, validate, bundle")
-    p.add_argument("--draft", required=True)
-    p.add_argument("--target", required=True)
+    p.add_argument("--draft", required=True, help="draft checkpoint folder or .gguf")
+    p.add_argument("--target", required=True, help="target checkpoint folder or .gguf")
     p.add_argument("--platform", required=True)
     p.add_argument("--profile")
     p.add_argument("--alpha", type=float)

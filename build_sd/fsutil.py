@@ -80,3 +80,10 @@ def read_json(path: str | Path, what: str = "file"):
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: invalid JSON ({e})") from None
+
+
+def cache_dir() -> Path:
+    """build_sd's download and import cache: $BUILD_SD_CACHE, else $XDG_CACHE_HOME/build_sd, else
+    ~/.cache/build_sd (imports of GGUF files, the chat pair's target)."""
+    env = os.environ.get("BUILD_SD_CACHE")
+    return Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "build_sd"
