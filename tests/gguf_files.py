@@ -53,12 +53,14 @@ def write_gguf(ckpt: Path, out: Path, qtype: str = "F32", tokenizer: str = "gpt2
     cfg = json.loads((ckpt / "config.json").read_text())
     arch = cfg["model_type"]
     H, KV = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    rs = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
+    theta = float(cfg.get("rope_theta") or rs.get("rope_theta") or 10000.0)      # transformers 4.x or 5.x
     w = gguf.GGUFWriter(str(out), arch)
     meta = {
         f"{arch}.context_length": cfg["max_position_embeddings"], f"{arch}.embedding_length": cfg["hidden_size"],
         f"{arch}.block_count": cfg["num_hidden_layers"], f"{arch}.feed_forward_length": cfg["intermediate_size"],
         f"{arch}.attention.head_count": H, f"{arch}.attention.head_count_kv": KV,
-        f"{arch}.rope.freq_base": float(cfg.get("rope_theta", 10000.0)),
+        f"{arch}.rope.freq_base": theta,
         f"{arch}.attention.layer_norm_rms_epsilon": float(cfg["rms_norm_eps"]),
     }
     for k, v in {**meta, **(extra_meta or {})}.items():
@@ -85,6 +87,9 @@ def write_gguf(ckpt: Path, out: Path, qtype: str = "F32", tokenizer: str = "gpt2
         w.add_add_bos_token(tokenizer == "llama")
         if chat_template:
             w.add_chat_template(chat_template)
+    if rs.get("rope_type") == "llama3":
+        hd = cfg.get("head_dim") or cfg["hidden_size"] // H
+        w.add_tensor("rope_freqs.weight", llama3_rope_factors(rs, theta, hd))
     sd = load_file(str(ckpt / "model.safetensors"))
     want = {}
     for name, a in sd.items():
@@ -154,3 +159,15 @@ def spm_vocab(vocab_size: int) -> dict:
         scores.append(-1e9)
         types.append(5)
     return {"tokens": tokens, "scores": scores, "types": types}
+
+
+def llama3_rope_factors(rs: dict, theta: float, dim: int) -> np.ndarray:
+    """convert_hf_to_gguf.py LlamaModel.generate_extra_tensors: Llama 3's rope scaling as divisors."""
+    import math
+    factor, lo, hi, old = rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"], rs["original_max_position_embeddings"]
+    out = []
+    for f in 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim)):
+        wl = 2 * math.pi / f
+        out.append(1.0 if wl < old / hi else factor if wl > old / lo else
+                   1 / ((1 - (old / wl - lo) / (hi - lo)) / factor + (old / wl - lo) / (hi - lo)))
+    return np.array(out, np.float32)

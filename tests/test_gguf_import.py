@@ -73,6 +73,18 @@ def test_qwen2_and_tied_embeddings(tmp_path, tokenizer_json):
         assert f.get_tensor("model.embed_tokens.weight").dtype == np.float16
 
 
+def test_llama3_rope_scaling_comes_back_from_rope_freqs(tmp_path, tokenizer_json):
+    scaling = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8192}
+    ck = make_checkpoint(tmp_path / "l3", vocab=384, hidden=64, layers=1, heads=2, kv_heads=1, ffn=96,
+                         tokenizer=tokenizer_json, rope_scaling=dict(scaling), rope_theta=500000.0)
+    write_gguf(ck, tmp_path / "l3.gguf", "F16")
+    out = _import(tmp_path / "l3.gguf", tmp_path / "ckpt")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["rope_scaling"] == scaling and cfg["rope_theta"] == 500000.0
+    np.testing.assert_allclose(_logits(out), _logits(ck, None), atol=2e-3)     # f16 weights: rounding only
+
+
 @pytest.mark.parametrize("pre", ["gpt-2", "smollm"])
 def test_byte_level_tokenizer_encodes_like_the_original(tmp_path, tiny, pre):
     from tokenizers import Tokenizer, pre_tokenizers
