@@ -132,10 +132,22 @@ def cmd_bundle(a):
 def cmd_run(a):
     from .runtime.run import run
     from .runtime.sampling import SamplingParams
-    run(a.bundle, a.prompt, max_new_tokens=a.max_new_tokens, gamma=a.gamma,
+    from .runtime.prompts import read_prompt_file
+    prompt = read_prompt_file(a.prompt_file) if a.prompt_file else a.prompt
+    run(a.bundle, prompt, chat=a.chat, system=a.system, max_new_tokens=a.max_new_tokens, gamma=a.gamma,
         sampling=SamplingParams(a.temperature, a.top_k, a.top_p), seed=a.seed, as_json=a.json, raw=a.raw,
         fallback=a.fallback, threads=a.threads, cpu_driver=cpu_drivers(a.cpu_driver),
         random_weights=a.random_weights)
+
+
+def cmd_chat(a):
+    from .runtime.conversation import chat
+    from .runtime.sampling import SamplingParams
+    if a.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be >= 1, got {a.max_new_tokens}")
+    return chat(a.bundle, system=a.system, max_new_tokens=a.max_new_tokens, gamma=a.gamma,
+                sampling=SamplingParams(a.temperature, a.top_k, a.top_p), seed=a.seed, as_json=a.json,
+                fallback=a.fallback, threads=a.threads, cpu_driver=cpu_drivers(a.cpu_driver))
 
 
 def cmd_profile(a):

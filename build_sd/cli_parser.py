@@ -7,7 +7,7 @@ import argparse
 def build_parser(description: str = "") -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="build-sd", description=description)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for add in (_import, _export, _compile, _validate, _bundle, _run, _profile, _calibrate, _plan, _build, _bench,
+    for add in (_import, _export, _compile, _validate, _bundle, _run, _chat, _profile, _calibrate, _plan, _build, _bench,
                 _verify, _pack, _push, _demo):
         add(sub)
     return ap
@@ -83,7 +83,13 @@ def _bundle(sub) -> None:
 def _run(sub) -> None:
     p = sub.add_parser("run", help="speculative generation from a bundle (no torch)")
     p.add_argument("bundle")
-    p.add_argument("--prompt", required=True)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="the prompt text (in the bundle's --prompt-template)")
+    src.add_argument("--prompt-file", metavar="PATH", help="the prompt, read verbatim from a file (trailing "
+                                                           "newlines kept)")
+    src.add_argument("--chat", metavar="TEXT", help="a user message, in the model's chat template (with the "
+                                                    "generation prompt); generation stops at any EOS id")
+    p.add_argument("--system", metavar="TEXT", help="with --chat: the system message (default: the template's)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--gamma", type=int, help="draft length (default: the bundle's; 0 = target only)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -98,6 +104,23 @@ def _run(sub) -> None:
                    help="local-sync or local-task for the CPU modules, e.g. draft=local-sync "
                         "(default: the bundle's, else local-task)")
     _random_weights_option(p)
+
+
+def _chat(sub) -> None:
+    p = sub.add_parser("chat", help="multi-turn chat on a bundle: each turn prefills only its new tokens (no torch)")
+    p.add_argument("bundle")
+    p.add_argument("--system", metavar="TEXT", help="the system message (default: the template's)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="per answer (default 256)")
+    p.add_argument("--gamma", type=int, help="draft length (default: the bundle's; 0 = target only)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="one JSON object per turn (prompt ids, tokens, metrics)")
+    p.add_argument("--fallback", choices=["cpu"], help="run GPU-placed subgraphs on the bundle's CPU modules")
+    p.add_argument("--threads", type=int, help="CPU worker threads (default: the bundle's, else one per core)")
+    p.add_argument("--cpu-driver", action="append", metavar="[ROLE=]DRIVER",
+                   help="local-sync or local-task for the CPU modules, e.g. draft=local-sync")
 
 
 def _profile(sub) -> None:

@@ -178,6 +178,10 @@ def _write_bundle(staging, out, srcs, loaded, placements, gamma, tok_path, fallb
     models = {r: _copy_model(staging, r, srcs[r], *loaded[r], placements[r], fallback, link, presets_used)
               for r in ROLES}
     shutil.copyfile(tok_path, staging / "tokenizer.json")
+    tok_cfg = next((srcs[r] / loaded[r][1].tokenizer_config for r in ("target", "draft")
+                    if loaded[r][1].tokenizer_config and (srcs[r] / loaded[r][1].tokenizer_config).is_file()), None)
+    if tok_cfg is not None:
+        shutil.copyfile(tok_cfg, staging / "tokenizer_config.json")
     file_list = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
     manifest = BundleManifest(
         gamma=gamma, max_context=min(m.max_context for m in models.values()),
@@ -188,6 +192,7 @@ def _write_bundle(staging, out, srcs, loaded, placements, gamma, tok_path, fallb
         cpu_driver=cpu_driver or msgspec.UNSET,
         presets=presets_used, models=BundleModels(draft=models["draft"], target=models["target"]),
         tokenizer="tokenizer.json",
+        tokenizer_config="tokenizer_config.json" if tok_cfg is not None else msgspec.UNSET,
         files={f: BundleFile(sha256_file(staging / f), (staging / f).stat().st_size) for f in file_list})
     manifest.write(staging / "manifest.json")
     _swap_in(staging, out)

@@ -7,7 +7,8 @@ It never imports torch, so a no-op rebuild takes well under 2 s.
 
 Artifacts folder:
   {preset}/{subgraph}.vmfb   code only (weights are external)
-  model.irpa, tokenizer.json, export.json   copied from the export folder
+  model.irpa, tokenizer.json, tokenizer_config.json (when the checkpoint has one), export.json
+                                            copied from the export folder
   manifest.json
   .build/                    CMake/Ninja build tree
 The --preset list is what the folder holds: presets not listed are removed from it.
@@ -151,7 +152,7 @@ def _jobs(export: ExportRecord, presets: list[Preset], mlir_dir: Path, out: Path
                          "input": mlir_dir / sg.mlir, "output": out / p.name / f"{sg.name}.vmfb",
                          "flags": list(p.flags), "flagsfile": flagsfile,
                          "label": f"{sg.label} for {p.name}", "preset": p.name, "subgraph": sg.name})
-    extra = ["model.irpa", "export.json"] + ([export.tokenizer] if export.tokenizer else [])
+    extra = ["model.irpa", "export.json"] + [f for f in (export.tokenizer, export.tokenizer_config) if f]
     for i, f in enumerate(extra):
         copies.append({"id": f"C_{i}", "input": mlir_dir / f, "output": out / f, "label": f})
     return jobs, copies

@@ -161,7 +161,8 @@ def export_model(ckpt: str | Path, out: str | Path, split: list[int] | None = No
     split = _split_to_fit(cfg, dtype, max_context, max_module_bytes, split, log)
     specs = subgraph_specs(cfg.num_layers, split)
     tok_src = ckpt / "tokenizer.json"
-    source_files = [ckpt / "config.json"] + checkpoint_files(ckpt) + ([tok_src] if tok_src.exists() else [])
+    extras = [ckpt / f for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json")]
+    source_files = [ckpt / "config.json"] + checkpoint_files(ckpt) + [f for f in extras if f.exists()]
     source = Source(str(ckpt.resolve()), {p.name: sha256_file(p) for p in source_files})
     # Same checkpoint, options and exporter code -> the folder is already right: skip torch.
     fingerprint = _fingerprint(source.sha256, [s.label for s in specs], gammas, prefill, max_context, dtype, fuse)
@@ -177,17 +178,20 @@ def export_model(ckpt: str | Path, out: str | Path, split: list[int] | None = No
     fns = function_table(gammas, prefill)
     subgraphs = [_export_subgraph(full, spec, fns, cfg, dtype, max_context, out, log) for spec in specs]
     save_irpa(full, out / "model.irpa")
-    tokenizer = None
+    tokenizer = tokenizer_config = None
     if tok_src.exists():
         write_atomic(out / "tokenizer.json", tok_src.read_bytes())
         tokenizer = "tokenizer.json"
+    if (ckpt / "tokenizer_config.json").exists():
+        write_atomic(out / "tokenizer_config.json", (ckpt / "tokenizer_config.json").read_bytes())
+        tokenizer_config = "tokenizer_config.json"
     record = ExportRecord(
         name=out.name, source=source, fingerprint=fingerprint, config=cfg, dtype=dtype, max_context=max_context,
         fused_projections=fuse, gammas=gammas, prefill=prefill, subgraphs=subgraphs,
         parameters=Parameters(file="model.irpa", scope=PARAM_SCOPE, sha256=sha256_file(out / "model.irpa"),
                               tensors={n: TensorShape(list(t.shape), _dtype_name(t.dtype))
                                        for n, t in full.named_parameters()}),
-        tokenizer=tokenizer, versions=_versions())
+        tokenizer=tokenizer, tokenizer_config=tokenizer_config, versions=_versions())
     record.write(out / "export.json")
     log(f"wrote {out}/ ({len(specs)} modules, model.irpa "
         f"{(out / 'model.irpa').stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f}s")

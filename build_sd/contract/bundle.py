@@ -83,6 +83,8 @@ class BundleManifest(Record, frozen=True, kw_only=True):
     presets: dict[str, PresetRecord]
     models: BundleModels
     tokenizer: str
+    # tokenizer_config.json of the target (its chat template, for `run --chat` and `chat`)
+    tokenizer_config: str | msgspec.UnsetType = msgspec.UNSET
     files: dict[str, BundleFile]
 
     def check(self) -> str | None:
@@ -105,6 +107,8 @@ class BundleManifest(Record, frozen=True, kw_only=True):
                         return f"models.{role}.{group}[{sub!r}] names an unknown preset or file"
         if self.tokenizer not in self.files:
             return "the tokenizer is not a listed file"
+        if self.tokenizer_config is not msgspec.UNSET and self.tokenizer_config not in self.files:
+            return "the tokenizer_config is not a listed file"
         return None
 
     # ---- derived --------------------------------------------------------------------------

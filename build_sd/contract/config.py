@@ -92,7 +92,21 @@ class ModelConfig:
             raise UserError(f"{p}: invalid JSON ({e})") from None
         if not isinstance(raw, dict):
             raise UserError(f"{p}: expected a JSON object")
-        return cls.from_hf_dict(raw, source=str(p))
+        cfg = cls.from_hf_dict(raw, source=str(p))
+        # generation stops on generation_config.json's EOS ids too (chat models list their end-of-turn
+        # token there, e.g. Llama 3's <|eot_id|>): the union, config.json's first
+        gen = p.with_name("generation_config.json")
+        if gen.is_file():
+            try:
+                eos = json.loads(gen.read_text()).get("eos_token_id")
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+                raise UserError(f"{gen}: invalid JSON ({e})") from None
+            more = [int(e) for e in (eos if isinstance(eos, list) else [] if eos is None else [eos])]
+            merged = tuple(dict.fromkeys(list(cfg.eos_token_ids) + more))
+            if merged != cfg.eos_token_ids:
+                from dataclasses import replace
+                cfg = replace(cfg, eos_token_ids=merged)
+        return cfg
 
     @classmethod
     def from_hf_dict(cls, raw: dict, source: str = "config.json") -> "ModelConfig":

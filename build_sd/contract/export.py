@@ -106,6 +106,8 @@ class ExportRecord(Record, frozen=True, kw_only=True):
     subgraphs: list[SubgraphRecord]
     parameters: Parameters
     tokenizer: str | None = None
+    # the checkpoint's tokenizer_config.json (its chat template), copied beside tokenizer.json
+    tokenizer_config: str | None = None
     versions: dict[str, str | None] = {}
 
     def check(self) -> str | None:

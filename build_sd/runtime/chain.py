@@ -257,9 +257,13 @@ class ModelChain:
             start += big
         rest = n - start
         P = self.prefill_bucket(rest)
-        if pos + start + P > self.max_context:     # the padded bucket would run past the cache
-            raise UserError(f"prompt of {n} tokens: its last prefill bucket ({P}) does not fit "
-                            f"the context size {self.max_context}")
+        if pos + start + P > self.max_context:
+            # the padded bucket would run past the cache (a chat turn near the end of the context):
+            # the last tokens go in one decode call each instead
+            out = None
+            for i in range(start, n):
+                out = self.step(prompt[i:i + 1], pos + i)
+            return out
         padded = np.zeros(P, np.int32)
         padded[:rest] = prompt[start:]
         return self.step(padded, pos + start, role="prefill", length=rest, trace=trace)

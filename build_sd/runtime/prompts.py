@@ -31,3 +31,18 @@ def encode_prompt(session, text: str, raw: bool = False) -> list[int]:
     if not ids:
         raise UserError("the prompt encodes to no tokens")
     return ids
+
+
+def read_prompt_file(path: str | Path) -> str:
+    """One prompt, the file's text exactly (a shell's $(cat FILE) would drop its trailing newlines,
+    which a chat template's generation prompt ends with)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"prompt file not found: {p}")
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{p}: not UTF-8 text ({e})") from None
+    if not text:
+        raise UserError(f"{p}: empty prompt file")
+    return text

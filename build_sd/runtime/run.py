@@ -18,12 +18,19 @@ def make_acceptor(params: SamplingParams, seed: int):
     return GreedyAcceptor() if params.greedy else RejectionSampler(params, np.random.default_rng(seed))
 
 
-def run(bundle: str | Path, prompt: str, *, max_new_tokens: int = 64, gamma: int | None = None,
+def run(bundle: str | Path, prompt: str | None = None, *, chat: str | None = None, system: str | None = None,
+        max_new_tokens: int = 64, gamma: int | None = None,
         sampling: SamplingParams = SamplingParams(), seed: int = 0, as_json: bool = False, raw: bool = False,
         fallback: str | None = None, threads: int | None = None, cpu_driver: dict[str, str] | None = None,
         random_weights: int | None = None) -> dict:
-    """Generate from `prompt`; prints the text as it streams and the metrics (stderr), or one JSON
-    object (as_json). gamma None: the bundle's; 0: target only. Returns what --json prints."""
+    """Generate from `prompt` (in the bundle's prompt template), or from the user message `chat`
+    (and `system`) in the model's chat template; prints the text as it streams and the metrics
+    (stderr), or one JSON object (as_json). gamma None: the bundle's; 0: target only. Returns what
+    --json prints."""
+    if (prompt is None) == (chat is None):
+        raise UserError("give one of --prompt, --prompt-file or --chat")
+    if system is not None and chat is None:
+        raise UserError("--system goes with --chat")
     if threads is not None and threads < 1:
         raise UserError(f"--threads must be >= 1, got {threads}")
     if max_new_tokens < 1:
@@ -33,7 +40,11 @@ def run(bundle: str | Path, prompt: str, *, max_new_tokens: int = 64, gamma: int
     gamma = session.gamma if gamma is None else gamma
     if gamma < 0 or gamma > session.max_gamma():
         raise UserError(f"--gamma {gamma}: this bundle verifies up to gamma {session.max_gamma()}")
-    ids = encode_prompt(session, prompt, raw=raw)
+    if chat is not None:
+        from .chat import encode_chat, messages_for
+        ids = encode_chat(session, messages_for(chat, system))
+    else:
+        ids = encode_prompt(session, prompt, raw=raw)
     session.warmup()          # first calls pay one-time costs; keep them out of the metrics
 
     stream = _Stream(session.tokenizer, echo=not as_json)

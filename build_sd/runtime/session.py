@@ -37,6 +37,13 @@ class Session:
     def max_gamma(self) -> int:
         return max([T - 1 for T in self.target.verify_T] + [0])
 
+    def chat_template(self):
+        """The bundle's chat template (read once); UserError when the bundle has none."""
+        if getattr(self, "_chat", None) is None:
+            from .chat import load_chat_template
+            self._chat = load_chat_template(self.path, self.manifest)
+        return self._chat
+
 
 def check_cpu_driver(cpu_driver: dict[str, str]) -> dict[str, str]:
     """{role: local-task|local-sync}, or a UserError naming what is wrong."""

@@ -24,6 +24,9 @@ from .metrics import Metrics
 class Generation:
     token_ids: list[int] = field(default_factory=list)    # generated ids (prompt excluded)
     metrics: Metrics = field(default_factory=Metrics)
+    # leading tokens of prompt + token_ids whose K/V both models' caches hold at the end (the last
+    # emitted token is never among them): a next turn prefills only what follows (generate's `past`)
+    cached: int = 0
 
 
 def _trim(new: list[int], eos: set[int], budget: int) -> tuple[list[int], str | None]:
@@ -37,8 +40,10 @@ def _trim(new: list[int], eos: set[int], budget: int) -> tuple[list[int], str | 
 
 
 def generate(target: ModelChain, draft: ModelChain | None, prompt: list[int], gamma: int,
-             acceptor, max_new_tokens: int, eos_ids=(), on_tokens=None, log=None) -> Generation:
-    """Generate up to max_new_tokens after `prompt`; `on_tokens(list)` streams accepted tokens."""
+             acceptor, max_new_tokens: int, eos_ids=(), on_tokens=None, log=None, past: int = 0) -> Generation:
+    """Generate up to max_new_tokens after `prompt`; `on_tokens(list)` streams accepted tokens.
+    past: the first `past` prompt tokens are already in both caches (an earlier turn's
+    Generation.cached): only the rest is prefilled, at positions past.."""
     gen = Generation()
     m = gen.metrics
     m.gamma = gamma
@@ -46,9 +51,12 @@ def generate(target: ModelChain, draft: ModelChain | None, prompt: list[int], ga
     use_draft = gamma > 0 and draft is not None
     S = target.max_context if not use_draft else min(target.max_context, draft.max_context)
     prompt = np.asarray(prompt, np.int32)
+    if not 0 <= past < len(prompt):
+        raise ValueError(f"past={past} must leave at least one of the {len(prompt)} prompt tokens to prefill")
 
-    first = _prefill(target, draft if use_draft else None, prompt, acceptor, m)
+    first = _prefill(target, draft if use_draft else None, prompt[past:], acceptor, m, past)
     gen.token_ids.append(first)
+    gen.cached = len(prompt)
     if on_tokens:
         on_tokens([first])
     if first in eos or max_new_tokens <= 1:
@@ -57,7 +65,7 @@ def generate(target: ModelChain, draft: ModelChain | None, prompt: list[int], ga
 
     # ---- the loop ---------------------------------------------------------------------------
     t_pos = d_pos = len(prompt)
-    seq = list(prompt) + [first]
+    seq = prompt.tolist() + [first]
     before = _Snapshot.take(target, draft)
     built = set(target.verify_T) | {1}
     while True:
@@ -94,17 +102,19 @@ def generate(target: ModelChain, draft: ModelChain | None, prompt: list[int], ga
             m.stop_reason = reason
             break
     before.record_into(m, target, draft)
+    gen.cached = min(t_pos, d_pos) if use_draft else t_pos
     return gen
 
 
-def _prefill(target: ModelChain, draft: ModelChain | None, prompt: np.ndarray, acceptor, m: Metrics) -> int:
-    """Both models take the prompt; the target's output gives the first token."""
+def _prefill(target: ModelChain, draft: ModelChain | None, prompt: np.ndarray, acceptor, m: Metrics,
+             pos: int = 0) -> int:
+    """Both models take the prompt (at pos..); the target's output gives the first token."""
     t0 = time.perf_counter()
-    out = target.prefill(prompt)
+    out = target.prefill(prompt, pos)
     first = acceptor.first(out.ids, out.logits)
     m.ttft_s = time.perf_counter() - t0
     if draft is not None:
-        draft.prefill(prompt)
+        draft.prefill(prompt, pos)
     m.prefill_s = time.perf_counter() - t0
     return first
 
