@@ -148,7 +148,8 @@ def _plan(sub) -> None:
     p = sub.add_parser("plan", help="rank placements x gamma with the cost model")
     p.add_argument("--draft", required=True, help="draft checkpoint folder (config.json is enough) or .gguf")
     p.add_argument("--target", required=True, help="target checkpoint folder (config.json is enough) or .gguf")
-    p.add_argument("--platform", required=True, help="imx95, rk3588, gpubox or host (plan/platforms.json; host: this machine)")
+    p.add_argument("--platform", required=True, help=f"{', '.join(_platform_names())} or host (plan/platforms.json; "
+                                                     "host: this machine)")
     p.add_argument("--profile", help="profile.json from `build-sd profile` (replaces what it covers)")
     p.add_argument("--alpha", type=float, help="Leviathan's alpha of the pair")
     p.add_argument("--calibration", help="calib.json from `build-sd calibrate` (per-position alpha)")
@@ -162,11 +163,22 @@ def _plan(sub) -> None:
     p.add_argument("--out", required=True)
 
 
+def _platform_names() -> list[str]:
+    """The platform presets of plan/platforms.json (read here so --help never goes stale)."""
+    import json
+    from pathlib import Path
+    try:
+        data = json.loads((Path(__file__).parent / "plan" / "platforms.json").read_text())
+        return [k for k, v in data.items() if isinstance(v, dict) and "devices" in v]
+    except (OSError, ValueError, KeyError):
+        return []
+
+
 def _build(sub) -> None:
     p = sub.add_parser("build", help="plan, export + compile what it needs, validate, bundle")
     p.add_argument("--draft", required=True, help="draft checkpoint folder or .gguf")
     p.add_argument("--target", required=True, help="target checkpoint folder or .gguf")
-    p.add_argument("--platform", required=True)
+    p.add_argument("--platform", required=True, help=f"{', '.join(_platform_names())} or host")
     p.add_argument("--profile")
     p.add_argument("--alpha", type=float)
     p.add_argument("--calibration")

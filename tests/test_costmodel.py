@@ -12,6 +12,7 @@ from build_sd.plan.costmodel import (ModelCosts, expected_tokens, expected_token
 from build_sd.plan.planner import placements
 from build_sd.plan.platforms import DeviceSpec, Platform, get_platform
 from build_sd.plan.roofline import work
+from helpers import cli
 
 
 def make_plan(*args, **kw) -> dict:
@@ -329,3 +330,28 @@ def test_random_weights_last_one_command():
     for m in pkgutil.iter_modules(rt_pkg.__path__):
         mod = importlib.import_module(f"build_sd.runtime.{m.name}")
         assert not hasattr(mod, "RANDOM_WEIGHTS") and not hasattr(mod, "set_random_weights"), m.name
+
+
+def test_a_three_device_plan_keeps_the_top_and_the_best_of_each_mapping(tmp_path):
+    """imx95 ranks ~10^5 placements of a 30-layer pair (SmolLM2-135M's shape); plan.json keeps the top
+    100 and the best of every (target devices, draft devices, gamma), well under 1 MB."""
+    from build_sd.contract import Plan
+    shape = tmp_path / "smol"
+    shape.mkdir()
+    (shape / "config.json").write_text(json.dumps({
+        "model_type": "llama", "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
+        "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "rms_norm_eps": 1e-5,
+        "rope_theta": 100000.0, "tie_word_embeddings": True, "max_position_embeddings": 8192}))
+    rc, out, err = cli("plan", "--draft", shape, "--target", shape, "--platform", "imx95", "--alpha", "0.8",
+                       "--out", tmp_path / "plan.json")
+    assert rc == 0, err
+    plan = Plan.read(tmp_path / "plan.json")
+    assert plan.configs_ranked > 10_000 and len(plan.configs) < 1000
+    assert (tmp_path / "plan.json").stat().st_size < 1_000_000
+    ms = [c.pred_ms_per_token for c in plan.configs]
+    assert ms == sorted(ms)
+    keys = {(frozenset(c.target.device_set), frozenset(c.draft.device_set) if c.draft else None, c.gamma)
+            for c in plan.configs}
+    assert len(keys) > 20 and any(c.draft and c.draft.device_set == {"gpu"} and c.target.device_set == {"cpu"}
+                                  for c in plan.configs)
+    assert f"ranked {plan.configs_ranked} configurations" in out

@@ -342,3 +342,20 @@ def test_a_lost_vulkan_device_reloads_the_bundle_once_on_a_new_one(bundles, monk
         chain_mod._LoadFailed(group[0].vmfb, dev.driver, RuntimeError("DATA_LOSS"))))
     with pytest.raises(UserError, match="vulkan device was lost loading"):
         open_bundle(bundles["vulkan"])
+
+
+def test_a_pair_of_one_artifacts_folder_stores_its_files_once(draft_art, tmp_path):
+    """Self-speculation (draft = target): the .irpa and the modules are in the bundle once."""
+    out = tmp_path / "self"
+    rc, _, err = cli("bundle", "--draft", draft_art, "--target", draft_art, "--place", "draft=host", "--place",
+                     "target=host", "--gamma", 1, "--out", out)
+    assert rc == 0, err
+    man = json.loads((out / "manifest.json").read_text())
+    d, t = man["models"]["draft"], man["models"]["target"]
+    assert d["files"]["irpa"] == t["files"]["irpa"] == "draft/model.irpa"
+    assert d["modules"] == t["modules"]
+    assert not (out / "target" / "model.irpa").exists() and len(list(out.rglob("*.irpa"))) == 1
+    res = run_json(out, "the quick brown fox", max_new_tokens=6)
+    assert res["metrics"]["alpha"] == 1.0                  # the draft is the target
+    rc, _, err = cli("verify", out)
+    assert rc == 0, err

@@ -2,10 +2,11 @@
 
   B/manifest.json           schema, placement, gamma, context, presets, sha256 + size of files
                             (contract.BundleManifest)
-  B/tokenizer.json
+  B/tokenizer.json, B/tokenizer_config.json (the chat template, when the checkpoint has one)
   B/draft/model.irpa, B/draft/export.json, B/draft/{preset}/{subgraph}.vmfb   (placed ones)
   B/target/...               same for the target
-`draft/` and `target/` keep names apart even when both come from one artifacts folder.
+`draft/` and `target/` keep names apart even when both come from one artifacts folder; weights and
+modules with the same bytes are stored once (the manifest points both models at the draft's copy).
 
 Placement: {role: {subgraph name or None (the whole model): preset}} (the CLI's `--place
 MODEL=PRESET` and `--place MODEL.SUBGRAPH=PRESET`). `cpu` and `vulkan` stand for the one
@@ -142,19 +143,28 @@ def _tokenizer(srcs: dict, loaded: dict, tokenizer: str | Path | None) -> Path:
 
 
 def _copy_model(staging: Path, role: str, src: Path, man: ArtifactsManifest, export: ExportRecord,
-                placement: dict[str, str], fallback: str | None, link: bool, presets_used: dict) -> BundleModel:
-    """One model's weights, contract and placed modules (and CPU fallbacks) into the staging folder."""
+                placement: dict[str, str], fallback: str | None, link: bool, presets_used: dict,
+                stored: dict[str, str]) -> BundleModel:
+    """One model's weights, contract and placed modules (and CPU fallbacks) into the staging folder.
+    stored: sha256 -> bundle path of the weights and modules already copied; a model whose files
+    are the same (a pair of one artifacts folder, e.g. self-speculation) points at them instead."""
     golden = (src / "golden.json").is_file()       # written by validate: the board's numbers check
-    files = ModelFiles(irpa=f"{role}/model.irpa", export=f"{role}/export.json",
-                       golden=f"{role}/golden.json" if golden else msgspec.UNSET)
-    copy_atomic(src / "model.irpa", staging / files.irpa, link)
+
+    def once(path: Path, rel: str, sha: str | None = None) -> str:
+        sha = sha or sha256_file(path)
+        if sha not in stored:
+            copy_atomic(path, staging / rel, link)
+            stored[sha] = rel
+        return stored[sha]
+
+    files = ModelFiles(irpa=once(src / "model.irpa", f"{role}/model.irpa", export.parameters.sha256 or None),
+                       export=f"{role}/export.json", golden=f"{role}/golden.json" if golden else msgspec.UNSET)
     copy_atomic(src / "export.json", staging / files.export, link)
     if golden:
         copy_atomic(src / "golden.json", staging / files.golden, link)
 
     def module(sub: str, preset: str) -> ModuleRef:
-        rel = f"{role}/{preset}/{sub}.vmfb"
-        copy_atomic(src / preset / f"{sub}.vmfb", staging / rel, link)
+        rel = once(src / preset / f"{sub}.vmfb", f"{role}/{preset}/{sub}.vmfb")
         presets_used[preset] = man.presets[preset]
         return ModuleRef(preset, rel)
     modules = {sub: module(sub, preset) for sub, preset in placement.items()}
@@ -175,7 +185,8 @@ def _write_bundle(staging, out, srcs, loaded, placements, gamma, tok_path, fallb
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     presets_used: dict = {}
-    models = {r: _copy_model(staging, r, srcs[r], *loaded[r], placements[r], fallback, link, presets_used)
+    stored: dict[str, str] = {}
+    models = {r: _copy_model(staging, r, srcs[r], *loaded[r], placements[r], fallback, link, presets_used, stored)
               for r in ROLES}
     shutil.copyfile(tok_path, staging / "tokenizer.json")
     tok_cfg = next((srcs[r] / loaded[r][1].tokenizer_config for r in ("target", "draft")

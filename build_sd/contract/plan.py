@@ -77,6 +77,8 @@ class Plan(Record, frozen=True, kw_only=True):
     latency_sources: dict[str, dict[str, int]] = {}
     profile: bool = False
     target_only_best_ms_per_token: float
+    # how many configurations were ranked; `configs` keeps the best ones (plan.planner.keep_ranked)
+    configs_ranked: int = 0
     configs: list[PlanConfig]
 
     def check(self) -> str | None:

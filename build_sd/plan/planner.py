@@ -284,6 +284,8 @@ def make_plan(draft_ckpt: str | Path, target_ckpt: str | Path, platform: str | P
     ranked = _rank(platform, profile, cfgs, lat, alpha, list(gammas), devs, split)
     best_ar = min(c.ms_per_token for c in ranked if c.gamma == 0)
     ranked.sort(key=lambda c: c.ms_per_token)
+    n_ranked = len(ranked)
+    ranked = keep_ranked(ranked)
     t = lat["target"]
     return Plan(
         platform=platform.name, platform_notes=platform.notes,
@@ -292,8 +294,30 @@ def make_plan(draft_ckpt: str | Path, target_ckpt: str | Path, platform: str | P
         target=_model_record(target_ckpt, shas["target"], cfgs["target"]),
         alpha=alpha, dtype=t.dtype, max_context=t.S, split=split,
         latency_sources={r: lat[r].sources for r in ("draft", "target")},
-        profile=bool(profile), target_only_best_ms_per_token=round(best_ar, 5),
+        profile=bool(profile), target_only_best_ms_per_token=round(best_ar, 5), configs_ranked=n_ranked,
         configs=[c.record(best_ar) for c in ranked])
+
+
+KEEP_TOP = 100
+
+
+def keep_ranked(ranked: list[_Ranked], top: int = KEEP_TOP) -> list[_Ranked]:
+    """What plan.json keeps of a sorted ranking: the top `top`, and the best configuration of every
+    (target devices, draft devices, gamma), so that `bench` and the GPU study can still pick the best
+    of each mapping (draft on GPU + target on CPU, ...). A 3-device board ranks ~10^5 placements;
+    all of them made a 92 MB plan.json."""
+    keep, seen = list(ranked[:top]), set()
+    for c in ranked:
+        key = (frozenset(c.target.device_set), frozenset(c.draft.device_set) if c.draft else None, c.gamma)
+        if key not in seen:
+            seen.add(key)
+            keep.append(c)
+    out, ids = [], set()
+    for c in sorted(keep, key=lambda c: c.ms_per_token):
+        if id(c) not in ids:
+            ids.add(id(c))
+            out.append(c)
+    return out
 
 
 def _model_record(ckpt, sha: str, cfg: ModelConfig) -> PlanModel:
@@ -360,6 +384,9 @@ def print_plan(plan: Plan, top: int = 10, out=print) -> None:
             f"{c.pred_ms_per_token:>8.3f} {c.pred_tokens_per_s:>8.1f} {c.speedup:>7.2f}x {c.resident_bytes / 2**30:>7.2f}")
     best0 = plan.best_target_only()
     out(f"best target-only: {best0.target.label} {best0.pred_tokens_per_s:.1f} tok/s")
+    if plan.configs_ranked > len(plan.configs):
+        out(f"ranked {plan.configs_ranked} configurations; the plan keeps {len(plan.configs)} (the top "
+            f"{KEEP_TOP} and the best of each device mapping and gamma)")
 
 
 def read_alpha(alpha: float | None, calibration: str | Path | None) -> float | list[float]:
