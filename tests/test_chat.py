@@ -153,3 +153,12 @@ def test_a_full_context_says_so(chat_bundle, capsys):
     chat(chat_bundle, max_new_tokens=40, gamma=2, as_json=True, stdin=io.StringIO(f"{long}\n{long}\n{long}\n"))
     err = capsys.readouterr().err
     assert "context full" in err and "/reset" in err
+
+
+def test_calibrate_takes_chat_prompts(chat_bundle, tmp_path):
+    (tmp_path / "p.txt").write_text("the quick fox\nhello world\n")
+    rc, _, err = cli("calibrate", chat_bundle, "--prompts", tmp_path / "p.txt", "--chat", "--max-new-tokens", 6,
+                     "--out", tmp_path / "c.json")
+    assert rc == 0, err
+    cal = json.loads((tmp_path / "c.json").read_text())
+    assert cal["prompts"] == 2 and cal["greedy"]["iterations"] > 0

@@ -101,8 +101,8 @@ def test_faster_device_gets_the_draft(pair):
 
 
 def test_split_placements_pay_their_transfers(pair):
-    free = make_plan(*pair, _platform(cross_ms=0.0), 0.8, max_context=128)
-    costly = make_plan(*pair, _platform(cross_ms=3.0), 0.8, max_context=128)
+    free = make_plan(*pair, _platform(cross_ms=0.0), 0.8, max_context=128, keep_top=0)
+    costly = make_plan(*pair, _platform(cross_ms=3.0), 0.8, max_context=128, keep_top=0)
 
     def ms(plan, label, gamma):
         return next(c["pred_ms_per_token"] for c in plan["configs"]

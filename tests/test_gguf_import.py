@@ -245,3 +245,37 @@ def test_real_smollm2_imports_like_transformers_and_tokenizes_like_llamacpp(tmp_
         assert tok.decode(tok.encode(s).ids) == s
     chat = tok.encode("<|im_start|>user\nHi<|im_end|>\n").ids
     assert chat[0] == 1 and chat[-2] == 2
+
+
+@pytest.mark.slow
+def test_real_smollm2_chats_like_transformers(tmp_path):
+    """The real model end to end: GGUF -> export (the .gguf path itself) -> compile -> bundle -> run
+    --chat gives transformers' greedy ids on the same dequantized weights, token for token."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from build_sd.builder.gguf import checkpoint_dir
+    from conftest import BUILD
+    src = _real_gguf()
+    mlir, art = BUILD / "mlir" / "smollm2", BUILD / "artifacts" / "smollm2"
+    for args in (["export", "--model", src, "--out", mlir, "--gammas", "1,2", "--prefill", "64", "--max-context", "160"],
+                 ["compile", mlir, "--preset", "host", "--out", art],
+                 ["bundle", "--draft", art, "--target", art, "--place", "draft=host", "--place", "target=host",
+                  "--gamma", 2, "--out", tmp_path / "b"]):
+        rc, _, err = cli(*args)
+        assert rc == 0, err
+    ckpt = checkpoint_dir(src)
+    tok = AutoTokenizer.from_pretrained(str(ckpt))
+    model = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=torch.float32).eval()
+    for question in ("What is the capital of France?", "Write a haiku about the sea."):
+        rc, out, err = cli("run", tmp_path / "b", "--chat", question, "--json", "--max-new-tokens", 24)
+        assert rc == 0, err
+        got = json.loads(out)
+        ids = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                      return_tensors="pt")
+        ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+        with torch.no_grad():
+            ref = model.generate(ids, max_new_tokens=24, do_sample=False, eos_token_id=2)[0, ids.shape[1]:].tolist()
+        assert got["prompt_tokens"] == ids.shape[1]
+        assert got["token_ids"] == ref, question
+        assert got["metrics"]["alpha"] == 1.0                 # self-speculation accepts everything

@@ -5,7 +5,7 @@
   runtime/   the board (numpy, iree.runtime, tokenizers)    contract + helpers
   plan/      pure Python planning (no torch, no IREE)       contract + helpers
   builder/   the build machine (torch, iree-turbine, iree-compile)   + runtime, plan
-  drivers    cli, cli_parser, bench/, demo/                 anything; nothing imports them
+  drivers    cli, cli_parser, bench/, demo/, chatpair/      anything; nothing imports them
 """
 import ast
 import subprocess
@@ -17,7 +17,7 @@ import pytest
 PKG = Path(__file__).resolve().parent.parent / "build_sd"
 HELPERS = {"build_sd", "build_sd.errors", "build_sd.fsutil"}
 LAYERS = ("contract", "runtime", "plan", "builder")
-DRIVERS = {"cli", "cli_parser", "bench", "demo"}
+DRIVERS = {"cli", "cli_parser", "bench", "demo", "chatpair"}
 # which layers each layer may import (besides the helpers and itself)
 MAY_IMPORT = {"helpers": set(), "contract": set(), "runtime": {"contract"}, "plan": {"contract"},
               "builder": {"contract", "runtime", "plan"}}

@@ -49,12 +49,12 @@ class Runner:
 
     def __init__(self, chosen: list[PlanConfig], bundles: list[Path], prompts: list[str], opts: BenchOptions):
         from ..runtime.devices import release_vulkan
-        from ..runtime.prompts import encode_prompt
+        from ..runtime.prompts import encode_as
         self.chosen, self.bundles, self.opts = chosen, bundles, opts
         self.lavapipe = [self._on_lavapipe(b) for b in bundles]
         self.sessions = [None if lvp else self._open(b) for b, lvp in zip(bundles, self.lavapipe)]
         enc_session = next((s for s in self.sessions if s), None) or self._open(bundles[0])
-        self.prompts = [encode_prompt(enc_session, p) for p in prompts]
+        self.prompts = [encode_as(enc_session, p, opts.chat) for p in prompts]
         del enc_session
         release_vulkan()
         self.split = [Split() for _ in chosen]

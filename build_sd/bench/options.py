@@ -16,6 +16,7 @@ class BenchOptions:
     warmup: int = 1                        # untimed passes over the prompts per configuration
     link: bool = True                      # bundles hard-link the artifacts' weights and modules
     prompt_template: str | None = None
+    chat: bool = False                     # prompts are user messages in the model's chat template
     reprofile: bool = True                 # in-situ re-profile around every round
     build: str = "yes"                     # yes | only (build and stop) | no (measure what was built)
     random_weights: int | None = None

@@ -24,6 +24,7 @@ import msgspec
 from ..contract import (PARAM_SCOPE, ExportRecord, FunctionRecord, KVParam, ModelConfig, Parameters, Source,
                         SubgraphRecord, SubgraphSpec, TensorShape, TensorSpec, function_name, kv_param_name,
                         subgraph_specs)
+from ..contract.config import default_max_context
 from ..contract.layout import cut
 from ..errors import UserError
 from ..fsutil import sha256_file, write_atomic
@@ -138,7 +139,7 @@ def save_irpa(full, path: Path) -> None:
 
 def export_model(ckpt: str | Path, out: str | Path, split: list[int] | None = None,
                  gammas: list[int] | None = None, prefill: list[int] | None = None,
-                 max_context: int = 512, dtype: str = "f32", fuse: bool = True,
+                 max_context: int | None = None, dtype: str = "f32", fuse: bool = True,
                  max_module_bytes: int | None = None, log=print) -> ExportRecord:
     """Export `ckpt` into `out` (skipped when the same checkpoint, options and exporter made it).
 
@@ -157,6 +158,8 @@ def export_model(ckpt: str | Path, out: str | Path, split: list[int] | None = No
     gammas = list(DEFAULT_GAMMAS) if gammas is None else sorted(set(gammas))
     prefill = list(DEFAULT_PREFILL) if prefill is None else sorted(set(prefill))
     cfg = ModelConfig.from_hf(ckpt)
+    if max_context is None:
+        max_context = default_max_context(ckpt)
     check_export_options(cfg, gammas, prefill, max_context)
     split = _split_to_fit(cfg, dtype, max_context, max_module_bytes, split, log)
     specs = subgraph_specs(cfg.num_layers, split)

@@ -169,6 +169,24 @@ class ModelConfig:
         )
 
 
+DEFAULT_CONTEXT = 512
+CHAT_CONTEXT = 2048
+
+
+def default_max_context(ckpt: str | Path) -> int:
+    """KV cache slots when the user gives none: 512, or for a chat model (its tokenizer_config.json has
+    a chat template) 2048, enough for a real conversation, or the model's own limit when lower."""
+    p = Path(ckpt)
+    p = p if p.is_dir() else p.parent
+    try:
+        chat = bool(json.loads((p / "tokenizer_config.json").read_text()).get("chat_template"))
+    except (OSError, ValueError, AttributeError):
+        chat = False
+    if not chat:
+        return DEFAULT_CONTEXT
+    return min(CHAT_CONTEXT, ModelConfig.from_hf(p).max_position_embeddings)
+
+
 def _read_rope(raw: dict, source: str) -> RopeConfig:
     # transformers 5.x: everything in rope_parameters; 4.x: rope_theta + optional rope_scaling.
     params = raw.get("rope_parameters")

@@ -267,8 +267,9 @@ class _Ranked:
 def make_plan(draft_ckpt: str | Path, target_ckpt: str | Path, platform: str | Platform,
               alpha: float | list[float], profile: Profile | None = None, dtype: str = "f32",
               max_context: int = 512, gammas=GAMMAS, devices: list[str] | None = None,
-              split: bool = True) -> Plan:
-    """Rank every configuration; split=False: every model whole on one device.
+              split: bool = True, keep_top: int | None = None) -> Plan:
+    """Rank every configuration; split=False: every model whole on one device. keep_top: how many of
+    the best the plan keeps besides the best of each device mapping (default KEEP_TOP; 0: all).
     platform: a preset name, or a Platform (the `host` one is built from this machine's
     HostInfo by the caller: plan/platforms.host_platform)."""
     platform = with_measured_limits(platform if isinstance(platform, Platform) else get_platform(platform), profile)
@@ -285,7 +286,8 @@ def make_plan(draft_ckpt: str | Path, target_ckpt: str | Path, platform: str | P
     best_ar = min(c.ms_per_token for c in ranked if c.gamma == 0)
     ranked.sort(key=lambda c: c.ms_per_token)
     n_ranked = len(ranked)
-    ranked = keep_ranked(ranked)
+    if keep_top != 0:
+        ranked = keep_ranked(ranked, KEEP_TOP if keep_top is None else keep_top)
     t = lat["target"]
     return Plan(
         platform=platform.name, platform_notes=platform.notes,

@@ -15,7 +15,7 @@ import numpy as np
 from ..contract import Acceptance, Calibration
 from ..errors import UserError
 from .metrics import Metrics
-from .prompts import encode_prompt
+from .prompts import encode_as
 from .sampling import GreedyAcceptor, RejectionSampler, SamplingParams
 from .session import open_bundle
 from .speculative import generate
@@ -37,14 +37,15 @@ def _aggregate(ms: list[Metrics], temperature: float | None) -> Acceptance:
 
 
 def calibrate(bundle: str | Path, prompts: list[str], gamma: int | None = None, temperature: float | None = None,
-              max_new_tokens: int = 64, seed: int = 0, log=print) -> Calibration:
+              max_new_tokens: int = 64, seed: int = 0, log=print, chat: bool = False) -> Calibration:
+    """chat: each prompt is a user message in the model's chat template (alpha depends on the format)."""
     s = open_bundle(bundle)
     g = gamma or s.max_gamma()
     if g < 1 or g > s.max_gamma():
         raise UserError(f"--gamma {g}: this bundle verifies gamma 1..{s.max_gamma()}")
     if not prompts:
         raise UserError("no calibration prompts")
-    ids = [encode_prompt(s, p) for p in prompts]
+    ids = [encode_as(s, p, chat) for p in prompts]
     runs = {"greedy": None, **({"sampled": temperature} if temperature else {})}
     got = {}
     for name, temp in runs.items():

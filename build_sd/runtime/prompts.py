@@ -24,6 +24,14 @@ def read_prompts(path: str | Path, limit: int | None = None) -> list[str]:
     return prompts
 
 
+def encode_as(session, text: str, chat: bool = False, system: str | None = None) -> list[int]:
+    """`text` as a user message in the chat template (chat), else in the bundle's prompt template."""
+    if chat:
+        from .chat import encode_chat, messages_for
+        return encode_chat(session, messages_for(text, system))
+    return encode_prompt(session, text)
+
+
 def encode_prompt(session, text: str, raw: bool = False) -> list[int]:
     """Token ids of `text` in the bundle's prompt template (raw: the text as given)."""
     template = "{prompt}" if raw else session.manifest.prompt_template

@@ -40,34 +40,51 @@ class SamplingParams:
 
 
 def probs(logits: np.ndarray, sp: SamplingParams) -> np.ndarray:
-    """Row-wise distributions (N, V) float64 after temperature, top-k and top-p."""
-    z = np.asarray(logits, np.float64) / sp.temperature
+    """Row-wise distributions (N, V) float32 after temperature, top-k and top-p.
+
+    O(V) passes per row, no full sort: this runs on the host once per drafted token and once per
+    verify, on rows of the whole vocabulary (49152 for SmolLM2), so its cost is the host share of
+    sampled decoding. Top-k takes the k-th largest by partition; top-p sorts only the candidates
+    that can be in the nucleus (_nucleus)."""
+    z = np.asarray(logits, np.float32)
     if z.ndim == 1:
         z = z[None]
+    z = z * np.float32(1.0 / sp.temperature)
     V = z.shape[-1]
     if 0 < sp.top_k < V:
         kth = np.partition(z, V - sp.top_k, axis=-1)[:, V - sp.top_k][:, None]
         z = np.where(z < kth, -np.inf, z)
-    z = z - z.max(-1, keepdims=True)
-    e = np.exp(z)
-    pr = e / e.sum(-1, keepdims=True)
+    z -= z.max(-1, keepdims=True)
+    pr = np.exp(z, out=z)
+    pr /= pr.sum(-1, keepdims=True)
     if sp.top_p < 1.0:
-        # nucleus: the smallest set of most likely tokens whose mass reaches top_p (the top token
-        # always stays); ties at the boundary are broken by the sort order, like HF's warper.
-        order = np.argsort(-pr, axis=-1, kind="stable")
-        sorted_p = np.take_along_axis(pr, order, -1)
-        before = np.cumsum(sorted_p, -1) - sorted_p           # mass strictly before each token
-        keep_sorted = before < sp.top_p
-        keep = np.zeros_like(keep_sorted)
-        np.put_along_axis(keep, order, keep_sorted, -1)
-        pr = np.where(keep, pr, 0.0)
-        pr /= pr.sum(-1, keepdims=True)
+        for i in range(pr.shape[0]):
+            _nucleus(pr[i], sp.top_p)
     return pr
+
+
+def _nucleus(p: np.ndarray, top_p: float) -> None:
+    """Keep, in place, the smallest set of most likely tokens whose mass reaches top_p (the top token
+    always stays), renormalised; ties at the boundary go by token id, as a stable sort of the whole row
+    (HF's warper) breaks them. Only tokens with p >= c are sorted, for the first threshold c whose
+    tokens hold top_p of the mass: every token below c has at least that mass before it, so it is
+    outside the nucleus anyway."""
+    for c in (1e-2, 1e-3, 1e-4, 1e-5, 0.0):
+        cand = np.flatnonzero(p >= c)
+        if c == 0.0 or p[cand].sum(dtype=np.float64) >= top_p:
+            break
+    order = cand[np.argsort(-p[cand], kind="stable")]
+    sorted_p = p[order].astype(np.float64)
+    before = np.cumsum(sorted_p) - sorted_p                 # mass strictly before each token
+    keep = order[before < top_p]
+    kept = p[keep]
+    p[:] = 0.0
+    p[keep] = kept / kept.sum(dtype=np.float64)
 
 
 def sample(p: np.ndarray, rng: np.random.Generator) -> int:
     """One draw from a distribution p (V,) by inverse CDF."""
-    c = np.cumsum(p)
+    c = np.cumsum(p, dtype=np.float64)
     return int(min(np.searchsorted(c, rng.random() * c[-1], side="right"), len(p) - 1))
 
 
