@@ -119,17 +119,19 @@ class RejectionSampler:
         return sample(probs(logits_fn()[-1], self.params)[0], self.rng)
 
     def accept(self, drafts: list[int], q_rows: list[np.ndarray], target_ids, target_logits_fn):
-        p = probs(target_logits_fn(), self.params)                # (g+1, V)
+        logits = target_logits_fn()                              # (g+1, V), read once
+        # p row by row: the rows after the first rejection are never needed
         for i, x in enumerate(drafts):
+            p = probs(logits[i], self.params)[0]
             q = q_rows[i]
             # accept x with probability min(1, p(x)/q(x)); q(x) > 0 because x was drawn from q
-            if self.rng.random() * q[x] < p[i, x]:
+            if self.rng.random() * q[x] < p[x]:
                 continue
-            residual = np.maximum(p[i] - q, 0.0)                 # norm(max(0, p - q))
+            residual = np.maximum(p - q, 0.0)                    # norm(max(0, p - q))
             if residual.sum() <= 0.0:                            # p == q: nothing to correct
-                residual = p[i]
+                residual = p
             return i, sample(residual, self.rng)
-        return len(drafts), sample(p[len(drafts)], self.rng)     # bonus token from p_{g+1}
+        return len(drafts), sample(probs(logits[len(drafts)], self.params)[0], self.rng)   # bonus from p_{g+1}
 
 
 class SimulatedAcceptor(GreedyAcceptor):
