@@ -547,7 +547,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--bw-tolerance", type=float, default=0.15, help="same bandwidth level: within this fraction")
     ap.add_argument("--no-et", action="store_true", help="skip ExecuTorch")
     ap.add_argument("--no-llamacpp", action="store_true", help="skip llama.cpp")
-    ap.add_argument("--only", help="comma-separated sections: demo,demo16,1b,150m")
+    ap.add_argument("--only", help="comma-separated sections: demo,demo16,1b,150m,smollm2 (default: all but smollm2, "
+                                   "whose GGUF `make smollm2` fetches)")
     ap.add_argument("--build-only", action="store_true", help="set up and build everything, measure nothing")
     ap.add_argument("--out", default=str(RESULTS))
     return ap.parse_args(argv)
@@ -852,6 +853,51 @@ def large_rows(ctx: Ctx) -> None:
                             hf=not (sec == "1b" and dtype == "f16"), split=(sec == "1b"))
 
 
+def smollm2_rows(ctx: Ctx) -> None:
+    """SmolLM2-135M-Instruct, the real target (make smollm2 fetches its GGUF): build_sd f32 and f16
+    against llama.cpp on the same weights (GGUFs written from the import, f32 and F16) and on the
+    Q4_1 file as shipped, and transformers; chat prompts in its template, EOS honoured."""
+    from build_sd.builder.gguf import checkpoint_dir
+    from build_sd.chatpair.fetch import target_gguf
+    from build_sd.runtime.chat import ChatTemplate
+    from tokenizers import Tokenizer
+    a = ctx.a
+    src = target_gguf()
+    ck = checkpoint_dir(src)
+    cfg = json.loads((ck / "config.json").read_text())
+    tmpl = ChatTemplate(json.loads((ck / "tokenizer_config.json").read_text()))
+    tok = Tokenizer.from_file(str(ck / "tokenizer.json"))
+    ids = [tok.encode(tmpl.render([{"role": "user", "content": q}]), add_special_tokens=False).ids
+           for q in SMOL_QUESTIONS[:a.prompts_large]]
+    pf = write_ids(WORK / f"prompts-smollm2-{len(ids)}.ids", ids)
+    pos = statistics.mean(map(len, ids)) + a.max_new_large / 2
+    label = f"SmolLM2-135M-Instruct ({M.n_params(cfg) / 1e6:.0f}M)"
+    for dtype in ("f32", "f16"):
+        name = f"smollm2-{dtype}"
+        log(f"{label} {dtype}: build_sd export/compile/bundle")
+        bundle = target_only_bundle(name, ck, dtype, "64")
+        t = Target("smollm2", name, label, ck, cfg, dtype, bundle, a.max_new_large, True, pos, pf, a.warmup_large)
+        add_target_rows(ctx, t, et=False)
+    # the file as shipped: llama.cpp's own Q4_1 kernels (build_sd dequantizes: W8A8 is a later step)
+    r = Row("llama-smollm2-q4_1", "smollm2", "smollm2-q4_1", "llama.cpp", label, "q4_1", "target only",
+            bytes_per_token=src.stat().st_size + kv_bytes(cfg, 2, pos), note="the GGUF as shipped (Q4_1, token_embd Q8_0)")
+    if ctx.llama:
+        r.start = worker([ctx.llama["bsd-llama"], "-m", src, "--prompts", pf, "-t", ctx.T, "-n", a.max_new_large,
+                          "--kv", "f16", "--warmup", a.warmup_large, "--ignore-eos"], r.id)
+    else:
+        r.why = ctx.failures.get("llama.cpp", "skipped (--no-llamacpp)")
+    link = next(x for x in ctx.rows if x.id == "bsd-smollm2-f16")
+    ref = Row("bsd-smollm2-f16-ref-q4", "smollm2", "smollm2-q4_1", link.system, label, "f16", "target only",
+              bytes_per_token=link.bytes_per_token, note="link run: build_sd f16 again, alternating with the row above")
+    ref.start, ref.why = link.start, link.why
+    ctx.rows.extend([r, ref])
+
+
+SMOL_QUESTIONS = ["What is the capital of France?", "Write a haiku about the sea.",
+                  "Explain what a CPU cache is in two sentences.", "Give me three tips for learning to cook.",
+                  "How do plants make food?", "Write a short email asking for a meeting on Monday."]
+
+
 def measure_all(ctx: Ctx, membw: Path) -> None:
     """Each group of rows in turn, its runs alternating, bandwidth measured around each."""
     bw = Bandwidth(membw, ctx.T)
@@ -881,7 +927,7 @@ def write_results(ctx: Ctx, t_start: float) -> None:
         "wall_s": round(time.perf_counter() - t_start, 1),
     }
     out = Path(a.out)
-    stem = "bench-quick" if a.quick else "bench"
+    stem = "bench-quick" if a.quick else f"bench-{a.only.replace(',', '-')}" if a.only else "bench"
     write_report(res, out, stem)
     log(f"wrote {out / (stem + '.md')}, {stem}.png, {stem}.json in {res['wall_s'] / 60:.1f} min")
 
@@ -906,6 +952,8 @@ def main(argv=None) -> int:
             demo16_rows(ctx)
     if sections & {"1b", "150m"}:
         large_rows(ctx)
+    if "smollm2" in sections:
+        smollm2_rows(ctx)
     if a.build_only:
         for r in ctx.rows:
             if r.why:

@@ -12,7 +12,9 @@ from pathlib import Path
 
 SECTION_TITLES = {"demo": "Demo pair (English->German, 12.6M target / 1.6M draft)",
                   "1b": "Llama-3.2-1B shape (random weights)",
-                  "150m": "~150M draft shape (random weights)"}
+                  "150m": "~150M draft shape (random weights)",
+                  "smollm2": "SmolLM2-135M-Instruct (the real target, from its GGUF; chat prompts)"}
+SECTIONS = ("demo", "1b", "150m", "smollm2")
 
 
 def _bw(run: dict) -> float:
@@ -81,6 +83,8 @@ def comparisons(res: dict) -> tuple[dict, list[str]]:
             continue
         if r["mode"].startswith("speculative"):
             base = "bsd-spec"
+        elif r["dtype"] == "q4_1":         # llama.cpp on the shipped Q4_1 file: vs build_sd f16, same group
+            base = f"bsd-{r['section']}-f16-ref-q4"
         else:
             base = f"bsd-{r['section']}-{r['dtype']}"
             # the small models also ran under local-sync (the planner's cpu-sync): compare with
@@ -135,7 +139,7 @@ def markdown(res: dict) -> str:
         L.append(f"Plan (`build-sd plan --platform host --devices cpu,cpu-sync`, calibrated alpha {p['alpha']:.3f}, "
                  f"profiled here): top configuration gamma {p['top_gamma']}; speculative rows use gamma "
                  f"{p['gamma']}" + (f" with CPU drivers {p['drivers']}" if p.get("drivers") else "") + ".\n")
-    for sec in ("demo", "1b", "150m"):
+    for sec in SECTIONS:
         rs = [r for r in rows if r["section"] == sec]
         if not rs:
             continue
@@ -207,7 +211,7 @@ def chart(res: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    secs = [s for s in ("demo", "1b", "150m") if any(r["section"] == s and r["runs"] for r in res["rows"])]
+    secs = [s for s in SECTIONS if any(r["section"] == s and r["runs"] for r in res["rows"])]
     if not secs:
         return
     fig, axes = plt.subplots(len(secs), 1, figsize=(10, 2.2 + 0.42 * max(
