@@ -240,6 +240,13 @@ def cmd_push(a):
 
 
 def cmd_demo(a):
+    if a.pair == "chat":
+        from .demo.chat import run_chat_demo
+        out = Path(a.out) if a.out != "artifacts/demo" else Path("artifacts") / "demo-chat"
+        run_chat_demo(out, gamma=a.gamma, questions=min(a.sentences, 6), draft_dir=a.draft)
+        return
+    if a.draft:
+        raise UserError("--draft goes with --pair chat")
     from .demo.run import run_demo
     run_demo(out_dir=Path(a.out), gamma=a.gamma, sentences=a.sentences)
 

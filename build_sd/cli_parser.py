@@ -256,7 +256,11 @@ def _push(sub) -> None:
 
 
 def _demo(sub) -> None:
-    p = sub.add_parser("demo", help="build the embedded English->German pair and translate")
+    p = sub.add_parser("demo", help="build the embedded English->German pair and translate (--pair chat: "
+                                    "SmolLM2-135M-Instruct and its distilled draft, chat questions)")
+    p.add_argument("--pair", choices=["translate", "chat"], default="translate")
+    p.add_argument("--draft", metavar="DIR", help="--pair chat: another draft checkpoint for SmolLM2 (default: "
+                                                  "build_sd/chatpair/models/draft)")
     p.add_argument("--gamma", type=int, help="draft length (default: the planner's choice, from a profile "
                                               "of this CPU and the pair's calibrated alpha)")
     p.add_argument("--sentences", type=int, default=6)
