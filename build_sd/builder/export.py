@@ -121,7 +121,7 @@ def externalize(full) -> None:
 
 def _dtype_name(dt) -> str:
     import torch
-    return {torch.float32: "f32", torch.float16: "f16"}[dt]
+    return {torch.float32: "f32", torch.float16: "f16", torch.int8: "i8"}[dt]
 
 
 def save_irpa(full, path: Path) -> None:
@@ -140,7 +140,7 @@ def save_irpa(full, path: Path) -> None:
 def export_model(ckpt: str | Path, out: str | Path, split: list[int] | None = None,
                  gammas: list[int] | None = None, prefill: list[int] | None = None,
                  max_context: int | None = None, dtype: str = "f32", fuse: bool = True,
-                 max_module_bytes: int | None = None, log=print) -> ExportRecord:
+                 max_module_bytes: int | None = None, log=print, quant: str = "none") -> ExportRecord:
     """Export `ckpt` into `out` (skipped when the same checkpoint, options and exporter made it).
 
     max_module_bytes: cut the model into layer ranges whose weights and KV caches each stay
@@ -168,7 +168,11 @@ def export_model(ckpt: str | Path, out: str | Path, split: list[int] | None = No
     source_files = [ckpt / "config.json"] + checkpoint_files(ckpt) + [f for f in extras if f.exists()]
     source = Source(str(ckpt.resolve()), {p.name: sha256_file(p) for p in source_files})
     # Same checkpoint, options and exporter code -> the folder is already right: skip torch.
-    fingerprint = _fingerprint(source.sha256, [s.label for s in specs], gammas, prefill, max_context, dtype, fuse)
+    from .model.quant import QUANTS
+    if quant not in QUANTS:
+        raise UserError(f"--quant must be one of {', '.join(QUANTS)}, got {quant!r}")
+    fingerprint = _fingerprint(source.sha256, [s.label for s in specs], gammas, prefill, max_context, dtype, fuse,
+                               quant)
     prev = _previous_export(out)
     if prev is not None and prev.fingerprint == fingerprint and all(
             (out / f).exists() for f in [sg.mlir for sg in prev.subgraphs] + ["model.irpa"]):
@@ -176,7 +180,7 @@ def export_model(ckpt: str | Path, out: str | Path, split: list[int] | None = No
         return prev
 
     t0 = time.perf_counter()
-    full = _load(ckpt, dtype, max_context, cfg, fuse, log)
+    full = _load(ckpt, dtype, max_context, cfg, fuse, log, quant)
     out.mkdir(parents=True, exist_ok=True)
     fns = function_table(gammas, prefill)
     subgraphs = [_export_subgraph(full, spec, fns, cfg, dtype, max_context, out, log) for spec in specs]
@@ -189,7 +193,8 @@ def export_model(ckpt: str | Path, out: str | Path, split: list[int] | None = No
         write_atomic(out / "tokenizer_config.json", (ckpt / "tokenizer_config.json").read_bytes())
         tokenizer_config = "tokenizer_config.json"
     record = ExportRecord(
-        name=out.name, source=source, fingerprint=fingerprint, config=cfg, dtype=dtype, max_context=max_context,
+        name=out.name, source=source, fingerprint=fingerprint, config=cfg, dtype=dtype, quant=quant,
+        max_context=max_context,
         fused_projections=fuse, gammas=gammas, prefill=prefill, subgraphs=subgraphs,
         parameters=Parameters(file="model.irpa", scope=PARAM_SCOPE, sha256=sha256_file(out / "model.irpa"),
                               tensors={n: TensorShape(list(t.shape), _dtype_name(t.dtype))
@@ -216,7 +221,7 @@ def _split_to_fit(cfg: ModelConfig, dtype: str, max_context: int, max_bytes: int
     return fitted
 
 
-def _load(ckpt: Path, dtype: str, max_context: int, cfg: ModelConfig, fuse: bool, log):
+def _load(ckpt: Path, dtype: str, max_context: int, cfg: ModelConfig, fuse: bool, log, quant: str = "none"):
     """The torch model with its weights and KV caches marked as external parameters."""
     from .model.loader import load_checkpoint
     t0 = time.perf_counter()
@@ -226,6 +231,9 @@ def _load(ckpt: Path, dtype: str, max_context: int, cfg: ModelConfig, fuse: bool
     if fuse:
         # q/k/v and gate/up stacked: 7 -> 4 matmuls per layer, each a chain of dispatches
         full.fuse_projections()
+    if quant != "none":
+        from .model.quant import quantize_projections
+        quantize_projections(full, quant)
     externalize(full)
     return full
 
@@ -269,14 +277,14 @@ def _export_subgraph(full, spec: SubgraphSpec, fns: dict, cfg: ModelConfig, dtyp
                    for i in range(spec.start, spec.end) for kv in ("k", "v")])
 
 
-def _fingerprint(source_sha: dict, labels, gammas, prefill, max_context, dtype, fuse=True) -> str:
+def _fingerprint(source_sha: dict, labels, gammas, prefill, max_context, dtype, fuse=True, quant="none") -> str:
     h = hashlib.sha256()
     here = Path(__file__).parent
     code = sorted(here.joinpath("model").glob("*.py")) + [Path(__file__)]
     for f in code:
         h.update(f.read_bytes())
-    h.update(json.dumps([source_sha, labels, gammas, prefill, max_context, dtype, fuse, _versions()],
-                        sort_keys=True).encode())
+    h.update(json.dumps([source_sha, labels, gammas, prefill, max_context, dtype, fuse, _versions()]
+                        + ([quant] if quant != "none" else []), sort_keys=True).encode())
     return h.hexdigest()
 
 

@@ -41,6 +41,10 @@ def add_weights(idx: rt.ParameterIndex, export: ExportRecord, irpa: Path, random
         if a is None:
             if name.endswith("norm.weight"):
                 a = np.ones(t.shape, DTYPES[t.dtype])
+            elif t.dtype == "i8":            # a W8A8 projection: int8 weights, their scales are f32
+                a = np.random.default_rng([random_weights, i]).integers(-127, 128, t.shape, dtype=np.int8)
+            elif name.endswith(".scale"):
+                a = np.full(t.shape, 0.02 / 127 * 3, np.float32)
             else:
                 # one stream per tensor: the same seed gives the same weights whatever the placement
                 rng = np.random.default_rng([random_weights, i])
