@@ -39,8 +39,8 @@ def _export(sub) -> None:
                                                    "own limit when lower)")
     p.add_argument("--dtype", default="f32", choices=["f32", "f16"])
     p.add_argument("--quant", default="none", choices=["none", "w8a8"],
-                   help="w8a8: every projection in int8 (weights per output channel, activations per token); "
-                        "embedding, head, norms, attention and KV cache stay in --dtype")
+                   help="w8a8: every projection and the LM head in int8 (weights per output channel, activations "
+                        "per token); embedding, norms, attention and KV cache stay in --dtype")
     p.add_argument("--max-module-bytes", type=int, metavar="N",
                    help="cut the model into layer ranges whose weights and KV caches each stay within N bytes, "
                         "the largest allocation a GPU makes (added to --split; default: the smallest measured limit "

@@ -47,7 +47,8 @@ def test_w8a8_export_records_int8_projections(target_w8a8):
     assert t["model.layers.0.self_attn.qkv_proj.weight"]["dtype"] == "i8"
     assert t["model.layers.0.self_attn.qkv_proj.scale"]["dtype"] == "f32"
     assert t["model.layers.0.mlp.down_proj.weight"]["dtype"] == "i8"
-    assert t["model.embed_tokens.weight"]["dtype"] == "f32" and t["lm_head.weight"]["dtype"] == "f32"
+    assert t["model.embed_tokens.weight"]["dtype"] == "f32"                # the lookup stays float
+    assert t["lm_head.weight"]["dtype"] == "i8" and t["lm_head.scale"]["shape"] == [311]
 
 
 def test_w8a8_modules_match_the_quantized_torch_model(target_w8a8, target_ckpt):

@@ -30,9 +30,11 @@ from .compile import load_artifacts
 TOL_SCALE = {"f32": 1e-4, "f16": 2e-2}
 # W8A8 against the same arithmetic in torch: equal to ~1e-6 except where an activation lands on the
 # other side of a rounding step in one and not the other (f32 sums in another order): that moves one
-# int8 code, ~1/127 of its row's range, which the later layers carry (the tests' tiny model: 2.5e-6
-# everywhere on the CPU, one flip on lavapipe giving 3.4e-2 on logits of ~5, i.e. 7e-3 relative)
-TOL_SCALE_QUANT = {"w8a8": 1e-2}
+# int8 code, up to 1/127 of its row's range times the next weight row's, which the later layers carry.
+# The tests' tiny model: <= 2e-6 everywhere on the CPU; on lavapipe one flip in a verify call gave
+# 3.4e-2 on logits of ~5 (7e-3 relative) with f32 logits, 5.3e-2 (1.0e-2) with the head in int8 too.
+# So: 2e-2 of the magnitude (two codes' worth); argmax agreement is checked as for every dtype
+TOL_SCALE_QUANT = {"w8a8": 2e-2}
 
 
 def tol_scale(export) -> float:

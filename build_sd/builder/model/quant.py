@@ -8,8 +8,11 @@ of the weights in the graph is ~12x slower than f32 there (IREE writes a float c
 
 Weights are quantized symmetrically per output channel (s_w = amax|w_row| / 127, round to nearest),
 at export, from the float checkpoint. Stacked projections (q/k/v, gate/up) quantize exactly as the
-separate ones: the scales are per row and the activation is the same. Norms, RoPE, attention, the
-KV cache, the embedding and the LM head stay in the model's float dtype.
+separate ones: the scales are per row and the activation is the same. The LM head is quantized too
+(the largest matrix of a small model: SmolLM2's 49152 x 576 is a third of its weights; agreement with
+f32 measured the same with it as without, 92.0 %, docs/FINDINGS.md); a tied embedding keeps its float
+table for the lookup (one row a token: nothing to gain) and the head gets its own int8 copy. Norms,
+RoPE, attention and the KV cache stay in the model's float dtype.
 """
 from __future__ import annotations
 
@@ -62,3 +65,4 @@ def quantize_projections(model, quant: str) -> None:
             for name, child in list(block.named_children()):
                 if isinstance(child, nn.Linear):
                     setattr(block, name, W8A8Linear(child))
+    model.lm_head = W8A8Linear(model.lm_head)
