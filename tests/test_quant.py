@@ -83,3 +83,11 @@ def test_speculative_decoding_is_exact_for_a_w8a8_target(target_w8a8, draft_art,
 def test_unknown_quant_is_refused(target_ckpt, tmp_path):
     rc, _, err = cli("export", "--model", target_ckpt, "--out", tmp_path / "m", "--quant", "w3a3")
     assert rc == 2 and "invalid choice" in err
+
+
+def test_w8a8_cross_compiles_for_arm_and_mali(target_ckpt):
+    """The int8 form compiles for the board presets (compile-checked only here: no Arm, no Mali)."""
+    art = _build("target_w8a8_cross", target_ckpt, ["a55", "valhall3"], quant="w8a8", gammas="2", prefill="8",
+                 max_context=32)
+    for preset in ("a55", "valhall3"):
+        assert (art / preset / "whole.vmfb").stat().st_size > 0
