@@ -20,16 +20,19 @@ from ..errors import UserError
 DRAFT_DIR = Path(__file__).resolve().parent.parent / "chatpair" / "models" / "draft"
 CONTEXT = 1024             # the demo's conversations are one turn; `build` defaults chat models to 2048
 PREFILL = [32, 128]
-# questions of kinds and topics the draft's training prompts hold out (build_sd/chatpair/prompts.py)
-QUESTIONS = ["What is the capital of France?", "Write a haiku about the sea.",
-             "Explain what a CPU cache is in two sentences.", "Give me three tips for learning to cook.",
-             "How do plants make food?", "Write a short email asking for a meeting on Monday."]
-CALIBRATION = ["What causes the seasons on Earth?", "Write a limerick about a cat.",
-               "Describe how a bicycle works.", "List three benefits of regular exercise.",
-               "What is the difference between weather and climate?", "Suggest a name for a bakery.",
-               "Explain recursion to a child.", "Write two sentences about autumn.",
-               "How does a refrigerator keep food cold?", "Give me a tip for better sleep.",
-               "What is photosynthesis?", "Summarise the plot of Cinderella in one sentence."]
+
+
+def questions() -> tuple[list[str], list[str]]:
+    """(the questions the demo answers, the prompts it calibrates alpha on): both from the draft's
+    held-out prompts (subjects, and half the template families, that its training never saw;
+    build_sd/chatpair/prompts.py), disjoint."""
+    from ..chatpair.prompts import heldout_prompts
+    held = heldout_prompts(40, seed=1)
+    return held[0::2], held[1::2]
+
+
+def questions_asked(n: int) -> list[str]:
+    return questions()[0][:n]
 
 
 def run_chat_demo(out_dir: str | Path, gamma: int | None = None, questions: int = 4, max_new_tokens: int = 64,
@@ -42,7 +45,7 @@ def run_chat_demo(out_dir: str | Path, gamma: int | None = None, questions: int 
     con.print(f"built in {time.perf_counter() - t0:.1f}s; gamma {gamma}"
               + (f", the planner's pick ({pick['label']}): predicted {pick['speedup']:.2f}x over target-only"
                  if pick else " (given)") + "\n")
-    summary = _answer(bundle, gamma, QUESTIONS[:questions], max_new_tokens, con)
+    summary = _answer(bundle, gamma, questions_asked(questions), max_new_tokens, con)
     summary["predicted_speedup"] = pick["speedup"] if pick else None
     (out_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -113,7 +116,7 @@ def _plan(out_dir: Path, arts: dict, ckpts: dict, con):
         probe = out_dir / "probe"
         make_bundle(arts["draft"], arts["target"], {"draft": {None: "host"}, "target": {None: "host"}}, 6, probe,
                     link=True, log=lambda m: None)
-        cal = calibrate(str(probe), CALIBRATION, gamma=6, max_new_tokens=48, log=lambda m: None, chat=True)
+        cal = calibrate(str(probe), questions()[1][:12], gamma=6, max_new_tokens=48, log=lambda m: None, chat=True)
         prof = profile([arts["draft"], arts["target"]], devices=["cpu"], budget_s=0.25, log=lambda m: None)
         got = {"key": key, "alpha": cal.greedy.for_planner(), "profile": prof.to_dict()}
         write_json(cache, got)

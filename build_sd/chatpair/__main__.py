@@ -1,0 +1,97 @@
+"""CLI of the chat-pair distillation pipeline (everything under --out, default build/chatpair):
+
+    python -m build_sd.chatpair prompts  [--n-train 8000] [--seed 0]        # train_prompts.txt, heldout.txt
+    python -m build_sd.chatpair teacher  [--bench] [--batch 64] [--max-new 128] ...   # shards/ (resumable)
+    python -m build_sd.chatpair train    [--steps N] [--lr ...] ...         # runs/draft/{last,best}.pt (resumable)
+    python -m build_sd.chatpair eval     [--ckpt build/chatpair/runs/draft/last.pt]   # held-out alpha
+    python -m build_sd.chatpair export   [--ckpt ...] [--dst build_sd/chatpair/models/draft]
+
+Run long jobs with `nice -n 19`; every command takes --threads (default 2).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+warnings.filterwarnings("ignore", message=".*past_key_values.*")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m build_sd.chatpair", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def common(p):
+        p.add_argument("--out", type=Path, default=Path("build/chatpair"))
+        p.add_argument("--threads", type=int, default=2)
+        p.add_argument("--seed", type=int, default=0)
+        return p
+
+    p = common(sub.add_parser("prompts", help="write train_prompts.txt and heldout.txt"))
+    p.add_argument("--n-train", type=int, default=8000)
+    p.add_argument("--n-heldout", type=int, default=40)
+
+    p = common(sub.add_parser("teacher", help="generate the teacher's answers + top-k into shards (resumable)"))
+    p.add_argument("--bench", action="store_true", help="only measure decode throughput for a few batch sizes")
+    p.add_argument("--shard-size", type=int, default=64)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--max-new", type=int, default=128)
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--greedy-frac", type=float, default=0.6)
+    p.add_argument("--temps", default="0.7,0.85,1.0")
+    p.add_argument("--max-shards", type=int)
+
+    p = common(sub.add_parser("train", help="train the draft on the shards (resumable)"))
+    p.add_argument("--run", type=Path, help="default OUT/runs/draft")
+    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--batch-tokens", type=int, default=4096)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--kl-weight", type=float, default=0.7)
+    p.add_argument("--ckpt-minutes", type=float, default=5.0)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--max-passes", type=float, default=0,
+                   help="wait for new shards once answer tokens seen >= this x the data's (0: never wait)")
+    p.add_argument("--neg", type=int, default=0, help="sampled softmax: candidates + N random ids (0: full vocab)")
+    p.add_argument("--eval-every", type=int, default=0, help="steps between held-out alpha checks (0: never)")
+    p.add_argument("--device", default=None)
+
+    p = common(sub.add_parser("eval", help="greedy alpha of a draft on the held-out prompts"))
+    p.add_argument("--ckpt", type=Path, help="a train checkpoint (.pt) or an HF folder; default OUT/runs/draft/last.pt")
+    p.add_argument("--max-new", type=int, default=128)
+    p.add_argument("--json", type=Path)
+
+    p = common(sub.add_parser("export", help="write the best draft as an f16 HF folder + model card"))
+    p.add_argument("--ckpt", type=Path, help="default OUT/runs/draft/best.pt")
+    p.add_argument("--dst", type=Path, default=Path(__file__).parent / "models" / "draft")
+    p.add_argument("--eval-json", type=Path, help="default OUT/eval_best.json")
+
+    a = ap.parse_args(argv)
+    import torch
+    torch.set_num_threads(a.threads)
+    if a.cmd == "prompts":
+        from . import prompts
+        print(prompts.describe())
+        print(*prompts.write(a.out, a.n_train, a.n_heldout, a.seed))
+    elif a.cmd == "teacher":
+        from . import teacher
+        if a.bench:
+            teacher.bench(a.out, threads=a.threads)
+        else:
+            teacher.run(a.out, a.shard_size, a.batch, a.max_new, a.k, a.greedy_frac,
+                        tuple(float(x) for x in a.temps.split(",")), a.seed, a.max_shards, a.threads)
+    elif a.cmd == "train":
+        from . import train
+        train.run(a)
+    elif a.cmd == "eval":
+        from . import evaluate
+        evaluate.main(a)
+    elif a.cmd == "export":
+        from . import export
+        export.main(a)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

