@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .prompts import encode_prompt
+from .prompts import encode_as, encode_prompt
 from .sampling import GreedyAcceptor, RejectionSampler, SamplingParams
 from .session import open_bundle
 from .speculative import generate
@@ -40,11 +40,7 @@ def run(bundle: str | Path, prompt: str | None = None, *, chat: str | None = Non
     gamma = session.gamma if gamma is None else gamma
     if gamma < 0 or gamma > session.max_gamma():
         raise UserError(f"--gamma {gamma}: this bundle verifies up to gamma {session.max_gamma()}")
-    if chat is not None:
-        from .chat import encode_chat, messages_for
-        ids = encode_chat(session, messages_for(chat, system))
-    else:
-        ids = encode_prompt(session, prompt, raw=raw)
+    ids = encode_as(session, chat, True, system) if chat is not None else encode_prompt(session, prompt, raw=raw)
     session.warmup()          # first calls pay one-time costs; keep them out of the metrics
 
     stream = _Stream(session.tokenizer, echo=not as_json)
