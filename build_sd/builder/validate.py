@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from ..contract import function_name
+from ..contract.golden import VALUES
 from ..errors import UserError
+from ..runtime.numerics import absmax, digest_values, row_diff
 from .compile import load_artifacts
 
 TOL_SCALE = {"f32": 1e-4, "f16": 2e-2}
@@ -151,8 +153,8 @@ def golden_case(export, ref_model, ref_subs, ckpt, prompt_len: int = 8, decode_s
         greedy = int(np.argmax(logits))
         steps.append(GoldenStep(role="prefill" if prefill else "decode", pos=pos, tokens=list(toks), greedy=greedy,
                                 gap=float(top2[1] - top2[0]),
-                                modules=[ModuleDigest(label=lab, absmax=float(np.abs(r).max()),
-                                                      values=[float(x) for x in r[:32]]) for lab, r in zip(labels, rows)]))
+                                modules=[ModuleDigest(label=lab, absmax=absmax(r), values=digest_values(r, VALUES))
+                                         for lab, r in zip(labels, rows)]))
         pos += len(toks)
         toks = [greedy]
     sha = export.source.config_sha256 or "?"
@@ -195,8 +197,8 @@ def _validate_preset(artifacts: Path, export, driver: str, preset: str, pool, re
             outs = [h for _, h in got.hidden] + [got_logits]
             for label, g, r in zip(labels, outs, refs):
                 r = r.reshape(g.shape).astype(np.float32)
-                diff = float(np.abs(g.astype(np.float32) - r).max())
-                tol = scale * max(1.0, float(np.abs(r).max()))
+                diff = row_diff(g, r)
+                tol = scale * max(1.0, absmax(r))
                 rows.setdefault((label, fname), Row(label, fname, dev_name)).add(diff, tol)
             head = rows[(labels[-1], fname)]
             _check_argmax(head, got.ids, refs[-1].reshape(got_logits.shape), scale)
@@ -234,7 +236,7 @@ def _check_argmax(row: Row, ids: np.ndarray, ref_logits: np.ndarray, scale: floa
             row.argmax_agree += 1
             continue
         top2 = np.sort(r)[-2:]
-        tol = scale * max(1.0, float(np.abs(r).max()))
+        tol = scale * max(1.0, absmax(r))
         if top2[1] - top2[0] <= tol:
             row.ties += 1          # a near tie: either token is the model's argmax within rounding
         else:

@@ -51,8 +51,18 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     checkpoint_dtype: str = "float32"
+    # A draft's LM head may score only K of the V ids (config.json `draft_vocab_size`, EAGLE-3's
+    # name; the ids in the checkpoint tensor `lm_head.vocab_ids`): a drafter needs the tokens the
+    # target actually writes, and the head is most of a small draft's cost (49152 x 256 of a
+    # 256-wide draft). Its logits stay [.., V], -inf on the ids it cannot propose. None: all V.
+    head_vocab_size: int | None = None
 
     # ---- derived ---------------------------------------------------------------------------
+    @property
+    def head_rows(self) -> int:
+        """Rows of the LM head's weight: K when restricted, else V."""
+        return self.head_vocab_size or self.vocab_size
+
     @property
     def q_per_kv(self) -> int:
         return self.num_heads // self.num_kv_heads
@@ -65,7 +75,7 @@ class ModelConfig:
         mlp = 3 * D * F + (2 * F + D) * self.mlp_bias
         layer = attn + mlp + 2 * D
         emb = V * D
-        return emb + self.num_layers * layer + D + (0 if self.tie_word_embeddings else V * D)
+        return emb + self.num_layers * layer + D + (0 if self.tie_word_embeddings else self.head_rows * D)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -147,9 +157,19 @@ class ModelConfig:
         eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
 
         attention_bias = bool(raw.get("attention_bias", False))
+        V = need("vocab_size")
+        tied = bool(raw.get("tie_word_embeddings", False))
+        K = raw.get("draft_vocab_size")
+        if K is not None:
+            if isinstance(K, bool) or not isinstance(K, int) or not 1 < K <= V:
+                raise UserError(f"{source}: 'draft_vocab_size' must be an integer in 2..vocab_size ({V}), got {K!r}")
+            if tied and K < V:
+                raise UserError(f"{source}: 'draft_vocab_size' {K} < vocab_size needs an untied LM head "
+                                "(tie_word_embeddings false, lm_head.weight of K rows)")
+            K = None if K == V else K
         return cls(
             model_type=mt,
-            vocab_size=need("vocab_size"),
+            vocab_size=V,
             hidden_size=D,
             num_layers=need("num_hidden_layers"),
             num_heads=H,
@@ -158,7 +178,7 @@ class ModelConfig:
             intermediate_size=need("intermediate_size"),
             rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
             rope=_read_rope(raw, source),
-            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            tie_word_embeddings=tied,
             qkv_bias=True if mt == "qwen2" else attention_bias,
             o_bias=False if mt == "qwen2" else attention_bias,
             mlp_bias=bool(raw.get("mlp_bias", False)),
@@ -166,6 +186,7 @@ class ModelConfig:
             bos_token_id=raw.get("bos_token_id"),
             eos_token_ids=eos_ids,
             checkpoint_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "float32"),
+            head_vocab_size=K,
         )
 
 

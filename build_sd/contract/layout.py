@@ -35,7 +35,7 @@ def weight_bytes(cfg: ModelConfig, spec: SubgraphSpec, dtype: str) -> int:
     if spec.kind in ("layers", "whole"):
         n += (spec.end - spec.start) * layer_weights(cfg)
     if spec.kind in ("head", "whole"):
-        n += D + (0 if spec.kind == "whole" and cfg.tie_word_embeddings else V * D)
+        n += D + (0 if spec.kind == "whole" and cfg.tie_word_embeddings else cfg.head_rows * D)
     return n * e
 
 

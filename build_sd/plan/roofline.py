@@ -51,5 +51,6 @@ def work(cfg: ModelConfig, kind: str, start: int, end: int, T: int, S: int, elt:
         w += Work(per.flops * n, per.bytes * n, per.dispatches * n)
     if kind in ("head", "whole"):
         rows = 1 if prefill else T
-        w += Work(2.0 * rows * D * V, float(D * V * elt + rows * V * 4), DISPATCHES_HEAD)
+        K = cfg.head_rows                    # a restricted head scores K ids, writes all V logits
+        w += Work(2.0 * rows * D * K, float(D * K * elt + rows * V * 4), DISPATCHES_HEAD)
     return w

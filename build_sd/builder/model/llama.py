@@ -170,9 +170,15 @@ class Transformer(nn.Module):
         super().__init__()
         self.cfg, self.max_context, self.dtype = cfg, max_context, dtype
         self.model = Backbone(cfg, max_context, dtype)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False, dtype=dtype)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.head_rows, bias=False, dtype=dtype)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        if cfg.head_vocab_size:
+            # A restricted head (contract/config.py): row r scores id head_ids[r]; head_map takes an
+            # id to its row, or to K (a -inf column) when the head cannot propose it. Constants of
+            # the module (set by the loader), not parameters: ids are not weights.
+            self.register_buffer("head_ids", torch.zeros(cfg.head_rows, dtype=torch.int32), persistent=False)
+            self.register_buffer("head_map", torch.zeros(cfg.vocab_size, dtype=torch.int32), persistent=False)
         # f32 inverse frequencies, computed as transformers does (llama3/linear scaling included)
         self.register_buffer("inv_freq", torch.tensor(rope_inv_freq(cfg), dtype=torch.float32),
                              persistent=False)
@@ -256,6 +262,10 @@ class Subgraph(nn.Module):
         if kind in ("head", "whole"):
             self.norm = full.model.norm
             self.lm_head = full.lm_head
+            self.restricted = bool(full.cfg.head_vocab_size)
+            if self.restricted:
+                self.register_buffer("head_ids", full.head_ids.clone(), persistent=False)
+                self.register_buffer("head_map", full.head_map.clone(), persistent=False)
 
     def run_layers(self, h, pos):
         T = h.shape[1]
@@ -269,8 +279,15 @@ class Subgraph(nn.Module):
         if length is not None:
             # (1, P, D) -> (1, 1, D): only the last real prompt row is needed
             h = h.index_select(1, (length.to(torch.int32) - 1).reshape(1))
-        logits = self.lm_head(self.norm(h))                              # (1, T', V)
-        return argmax_rows(logits).to(torch.int32), logits.float()
+        logits = self.lm_head(self.norm(h))                              # (1, T', V) or (1, T', K)
+        if not self.restricted:
+            return argmax_rows(logits).to(torch.int32), logits.float()
+        # restricted head: the greedy id through head_ids; the full row by a gather from the K scores
+        # and one -inf column (a gather, not a scatter: one read per id, the form IREE runs well)
+        ids = self.head_ids.index_select(0, argmax_rows(logits).reshape(-1)).reshape(logits.shape[:-1])
+        ninf = torch.full((*logits.shape[:-1], 1), float("-inf"), dtype=torch.float32)
+        full = torch.cat([logits.float(), ninf], dim=-1).index_select(-1, self.head_map)
+        return ids, full
 
     def forward(self, x, pos=None, length=None):
         if self.kind == "embed":

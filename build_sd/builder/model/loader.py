@@ -15,6 +15,7 @@ from safetensors import SafetensorError, safe_open
 from ..checkpoint import checkpoint_files
 from ...contract.config import ModelConfig, rope_inv_freq
 from ...errors import UserError
+from .head import HEAD_IDS
 from .llama import Transformer
 
 DTYPES = {"f32": torch.float32, "f16": torch.float16}
@@ -67,6 +68,7 @@ def load_checkpoint(ckpt: str | Path, dtype: str = "f32", max_context: int = 512
             raise UserError(f"{ckpt}: tensor {name} has shape {list(got)}, expected {list(shape)}")
         if not sd[name].is_floating_point():
             raise UserError(f"{ckpt}: tensor {name} has dtype {sd[name].dtype}, expected a float")
+    head_ids = _head_ids(ckpt, cfg, sd.pop(HEAD_IDS, None))
     extra = [k for k in sd if k not in want and not k.endswith(_IGNORED_SUFFIXES)]
     if extra:
         print(f"warning: {ckpt}: {len(extra)} tensors not used by the model, e.g. {extra[0]}",
@@ -78,9 +80,30 @@ def load_checkpoint(ckpt: str | Path, dtype: str = "f32", max_context: int = 512
         model.lm_head.weight = model.model.embed_tokens.weight
     # buffers were created on meta: make them real (zero caches, the RoPE frequencies)
     model.inv_freq = torch.tensor(rope_inv_freq(cfg), dtype=torch.float32)
+    if head_ids is not None:
+        model.head_ids = head_ids
+        model.head_map = torch.full((cfg.vocab_size,), cfg.head_rows, dtype=torch.int32)
+        model.head_map[head_ids.long()] = torch.arange(cfg.head_rows, dtype=torch.int32)
     if zero_caches:
         model.reset_cache()
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def _head_ids(ckpt: Path, cfg: ModelConfig, t: torch.Tensor | None) -> torch.Tensor | None:
+    """The ids a restricted head scores: K distinct ids in 0..V-1 (int32), or None for a full head."""
+    K = cfg.head_vocab_size
+    if K is None:
+        if t is not None:
+            raise UserError(f"{ckpt}: tensor {HEAD_IDS} given but config.json has no draft_vocab_size")
+        return None
+    if t is None:
+        raise UserError(f"{ckpt}: draft_vocab_size {K} needs the tensor {HEAD_IDS} (the {K} ids the head scores)")
+    if t.is_floating_point() or tuple(t.shape) != (K,):
+        raise UserError(f"{ckpt}: tensor {HEAD_IDS} must be {K} integers, got {t.dtype} {list(t.shape)}")
+    t = t.long()
+    if int(t.min()) < 0 or int(t.max()) >= cfg.vocab_size or len(torch.unique(t)) != K:
+        raise UserError(f"{ckpt}: tensor {HEAD_IDS} must hold {K} distinct ids in 0..{cfg.vocab_size - 1}")
+    return t.to(torch.int32)
