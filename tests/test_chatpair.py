@@ -21,3 +21,42 @@ def test_the_chat_demo_asks_and_calibrates_on_held_out_prompts():
     held = set(prompts.heldout_prompts(40, seed=1))
     assert set(asked) <= held and set(calib) <= held and not set(asked) & set(calib)
     assert not set(asked) & set(prompts.train_prompts(3000, seed=0))
+
+
+def test_a_restricted_draft_saves_and_loads_in_build_sd(tmp_path):
+    """The trainer's restricted head (chatpair/model.py) is what build_sd's loader reads: same logits
+    on its ids, -inf elsewhere, and the f16 file holds the K-row head and its ids."""
+    import json
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from build_sd.builder.model.llama import Subgraph
+    from build_sd.builder.model.loader import load_checkpoint
+    from build_sd.chatpair import model as M
+    from build_sd.chatpair.evaluate import load_draft
+    from build_sd.chatpair.export import save_draft
+    from build_sd.chatpair.train import head_map
+
+    torch.manual_seed(0)
+    m = LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                                     initializer_range=0.2)).eval()
+    ids = [0, 1, 2, 5, 8, 13, 21, 34, 55, 89]
+    M.restrict(m, ids)
+    assert M.head_rows(m.config) == 10 and head_map(M.head_ids(m), 97)[34] == 7
+    save_draft(m, tmp_path / "d")
+    cfg = json.loads((tmp_path / "d" / "config.json").read_text())
+    assert cfg["draft_vocab_size"] == 10 and cfg["tie_word_embeddings"] is False
+    back, _ = load_draft(tmp_path / "d")
+    ours = load_checkpoint(tmp_path / "d", "f32", 16)
+    tok = torch.tensor([[3, 40, 7, 96, 12]])
+    with torch.no_grad():
+        ref = back(input_ids=tok).logits[0]                                  # [T, K]
+        got_ids, got = Subgraph(ours, "whole")(tok.to(torch.int32), torch.tensor(0, dtype=torch.int32))
+    got = got[0]
+    assert torch.allclose(got[:, ids], ref, atol=1e-5)
+    mask = torch.ones(97, dtype=torch.bool)
+    mask[ids] = False
+    assert torch.isneginf(got[:, mask]).all()
+    assert got_ids[0].tolist() == [ids[i] for i in ref.argmax(-1).tolist()]

@@ -55,6 +55,8 @@ def main(argv=None) -> int:
                    help="wait for new shards once answer tokens seen >= this x the data's (0: never wait)")
     p.add_argument("--neg", type=int, default=0, help="sampled softmax: candidates + N random ids (0: full vocab)")
     p.add_argument("--eval-every", type=int, default=0, help="steps between held-out alpha checks (0: never)")
+    p.add_argument("--head-vocab", type=int, default=0,
+                   help="a new run's LM head scores only the K ids the teacher writes most (0: all ids)")
     p.add_argument("--device", default=None)
 
     p = common(sub.add_parser("eval", help="greedy alpha of a draft on the held-out prompts"))

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import model as M
+
 
 def heldout_answers(out: Path, max_new: int = 128) -> list[dict]:
     path = out / "heldout_answers.json"
@@ -42,7 +44,9 @@ def alpha(model, items: list[dict], device=torch.device("cpu")) -> dict:
         x = torch.tensor([seq[:-1]], device=device)
         s = len(it["ids"])
         h = model.model(input_ids=x).last_hidden_state[0, s - 1:]     # head only where it is judged
-        pred = model.lm_head(h).float().argmax(-1).cpu().numpy()
+        pred = model.lm_head(h).float().argmax(-1)
+        ids = M.head_ids(model)
+        pred = (pred if ids is None else ids.to(pred.device).long()[pred]).cpu().numpy()
         ok = int((pred == np.array(it["answer"])).sum())
         per.append((ok, len(it["answer"])))
     a, n = sum(p[0] for p in per), sum(p[1] for p in per)
@@ -50,23 +54,33 @@ def alpha(model, items: list[dict], device=torch.device("cpu")) -> dict:
 
 
 def load_draft(ckpt: Path):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """A train checkpoint (.pt) or an exported folder (restricted heads too, which transformers'
+    from_pretrained cannot size) as an f32 HF model, and the train state ({} for a folder)."""
     if ckpt.is_dir():
-        return LlamaForCausalLM.from_pretrained(str(ckpt), torch_dtype=torch.float32).eval(), {}
+        from safetensors.torch import load_file
+        state = {k: (v.float() if v.is_floating_point() else v)
+                 for k, v in load_file(str(ckpt / "model.safetensors")).items()}
+        cfg = json.loads((ckpt / "config.json").read_text())
+        if cfg.get("tie_word_embeddings"):
+            state.setdefault("lm_head.weight", state["model.embed_tokens.weight"])
+        return M.from_state(cfg, state).float().eval(), {}
     ck = torch.load(ckpt, map_location="cpu", weights_only=False)
-    m = LlamaForCausalLM(LlamaConfig(**ck["config"]))
-    m.load_state_dict(ck["model"])
-    return m.float().eval(), ck["state"]
+    return M.from_state(ck["config"], ck["model"]).float().eval(), ck["state"]
 
 
 def cost(draft_cfg) -> dict:
     from transformers import AutoConfig
-    from . import model as M
     from .teacher import target_dir
     tc = AutoConfig.from_pretrained(str(target_dir()))
     d, t = M.macs_per_token(draft_cfg), M.macs_per_token(tc)
+    K = M.head_rows(draft_cfg)
+    head = (f"tied head" if draft_cfg.tie_word_embeddings else
+            f"untied head over the {K} ids the teacher writes most" if K < draft_cfg.vocab_size else "untied head")
     return dict(draft_params=M.params(draft_cfg), target_params=M.params(tc), draft_macs=d["total"],
-                target_macs=t["total"], cost_ratio=d["total"] / t["total"])
+                target_macs=t["total"], cost_ratio=d["total"] / t["total"], head_share=d["head"] / d["total"],
+                hidden=draft_cfg.hidden_size, layers=draft_cfg.num_hidden_layers,
+                heads=draft_cfg.num_attention_heads, kv_heads=draft_cfg.num_key_value_heads,
+                ffn=draft_cfg.intermediate_size, vocab=draft_cfg.vocab_size, head=head)
 
 
 def main(a) -> None:

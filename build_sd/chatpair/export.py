@@ -34,10 +34,7 @@ def main(a) -> None:
         ckpt = out / "runs" / "draft" / "last.pt"
     model, state = load_draft(ckpt)
     dst: Path = a.dst
-    dst.mkdir(parents=True, exist_ok=True)
-    m16 = model.to(torch.float16)
-    m16.config.torch_dtype = "float16"
-    m16.save_pretrained(str(dst), safe_serialization=True)
+    save_draft(model, dst)
     # also the transformers-4 spellings, as in build_sd/demo/models (both dialects are read everywhere)
     cj = json.loads((dst / "config.json").read_text())
     cj.setdefault("rope_theta", float(cj.get("rope_parameters", {}).get("rope_theta", 100000.0)))
@@ -48,8 +45,7 @@ def main(a) -> None:
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(target_dir() / f, dst / f)
     # held-out alpha of exactly the exported f16 weights (run in f32, as the evaluation does)
-    from transformers import LlamaForCausalLM
-    exported = LlamaForCausalLM.from_pretrained(str(dst), torch_dtype=torch.float32).eval()
+    exported, _ = load_draft(dst)
     items = heldout_answers(out)
     r = alpha(exported, items)
     c = cost(exported.config)
@@ -67,6 +63,20 @@ def main(a) -> None:
     print(json.dumps(summary, indent=1))
 
 
+def save_draft(model, dst: Path) -> None:
+    """model.safetensors (f16) + config.json, written by hand rather than by save_pretrained: a
+    restricted head's lm_head.vocab_ids (int32) must travel, and a tied head is stored once."""
+    from safetensors.torch import save_file
+    dst.mkdir(parents=True, exist_ok=True)
+    m16 = model.to(torch.float16)
+    m16.config.torch_dtype = "float16"
+    state = {k: v.detach().contiguous() for k, v in m16.state_dict().items()}
+    if m16.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    m16.config.save_pretrained(str(dst))
+
+
 def render_card(d, state, args, r, c, size, n_prompts, evals, ckpt) -> str:
     cfg = d["cfg"]
     ev = "\n".join(f"| {e['step']} | {e['tokens']:,} | {e['alpha']:.4f} |" for e in evals) or "| - | - | - |"
@@ -78,8 +88,8 @@ template, EOS `<|im_end|>` = 2). Made by `build_sd/chatpair` (prompts, teacher, 
 
 ## Shape and cost
 
-hidden 256, 4 layers, 4 heads / 2 KV heads (head_dim 64), SwiGLU 768, tied 49152 x 256 embedding,
-RMSNorm eps 1e-5, rope_theta 100000, max_position_embeddings 2048, bos 1 / eos 2 / pad 2.
+hidden {c['hidden']}, {c['layers']} layers, {c['heads']} heads / {c['kv_heads']} KV heads, SwiGLU {c['ffn']}, {c['vocab']} x {c['hidden']}
+embedding, {c['head']}, RMSNorm eps 1e-5, rope_theta 100000, max_position_embeddings 2048, bos 1 / eos 2 / pad 2.
 
 | | draft | target |
 |---|---:|---:|
@@ -87,8 +97,8 @@ RMSNorm eps 1e-5, rope_theta 100000, max_position_embeddings 2048, bos 1 / eos 2
 | non-embedding parameters | {c['draft_params']['non_embedding']:,} | {c['target_params']['non_embedding']:,} |
 | matmul multiply-adds per token (incl. LM head, excl. attention scores) | {c['draft_macs']:,} | {c['target_macs']:,} |
 
-Cost ratio {c['cost_ratio']:.4f} ({1 / c['cost_ratio']:.2f}x cheaper); 80 % of the draft's multiply-adds are
-its LM head. `model.safetensors`: float16, {size:,} bytes.
+Cost ratio {c['cost_ratio']:.4f} ({1 / c['cost_ratio']:.2f}x cheaper); its LM head is {c['head_share']:.0%} of the draft's
+multiply-adds. `model.safetensors`: float16, {size:,} bytes.
 
 ## Data (teacher = the target, f32, CPU)
 

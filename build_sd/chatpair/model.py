@@ -6,6 +6,12 @@ Draft: LlamaForCausalLM, hidden 256, 4 layers, 4 heads / 2 KV heads (head_dim 64
 output head then scores tokens like the target's head restricted to that subspace, which is the part of
 the model that needs the most data to learn, so most of the training is saved. Layers start at random
 (HF's init); the final norm starts at ones.
+
+With head_ids (train --head-vocab K) the LM head scores only those K ids (build_sd/builder/model/head.py:
+config.json draft_vocab_size, an untied K x 256 `lm_head.weight` started from the same projected
+embedding rows, and the buffer `lm_head.vocab_ids`, which state_dict and save_pretrained carry). The
+head was 80 % of the draft's multiply-adds; 8192 frequent answer ids cover ~95 % of the teacher's
+answer tokens, so it shrinks 6x for a small cap on alpha.
 """
 from __future__ import annotations
 
@@ -27,8 +33,36 @@ def draft_config(**over):
     return c
 
 
-def new_draft(target_dir: Path, seed: int = 0, **over):
-    """A fresh draft with the PCA-projected target embedding."""
+def restrict(m, ids) -> None:
+    """Give HF model `m` a head over `ids` only (rows copied from its current head)."""
+    ids = torch.as_tensor(ids, dtype=torch.int32)
+    W = m.lm_head.weight.detach()[ids.long()].clone()
+    head = torch.nn.Linear(W.shape[1], len(ids), bias=False, dtype=W.dtype)
+    with torch.no_grad():
+        head.weight.copy_(W)
+    head.register_buffer("vocab_ids", ids)
+    m.config.tie_word_embeddings = False
+    m.config.draft_vocab_size = len(ids)
+    m.lm_head = head
+
+
+def head_ids(m) -> torch.Tensor | None:
+    """The ids a restricted head scores (row order), or None for a full head."""
+    return getattr(m.lm_head, "vocab_ids", None)
+
+
+def from_state(config: dict, state: dict):
+    """An HF draft from a config dict and a state dict, restricted head included."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    m = LlamaForCausalLM(LlamaConfig(**config))
+    if "lm_head.vocab_ids" in state:
+        restrict(m, state["lm_head.vocab_ids"])
+    m.load_state_dict(state)
+    return m
+
+
+def new_draft(target_dir: Path, seed: int = 0, head_ids=None, **over):
+    """A fresh draft with the PCA-projected target embedding (and a head over head_ids only)."""
     from safetensors import safe_open
     from transformers import LlamaForCausalLM
     torch.manual_seed(seed)
@@ -44,6 +78,8 @@ def new_draft(target_dir: Path, seed: int = 0, **over):
         m.model.embed_tokens.weight.copy_(W)
     m.tie_weights()
     kept = float((S[:d] ** 2).sum() / (S ** 2).sum())
+    if head_ids is not None:
+        restrict(m, head_ids)
     return m, kept
 
 
@@ -53,7 +89,7 @@ def params(cfg) -> dict:
     hd = getattr(cfg, "head_dim", None) or h // cfg.num_attention_heads
     q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
     layer = h * q + 2 * h * kv + q * h + 3 * h * i + 2 * h
-    emb = v * h * (1 if cfg.tie_word_embeddings else 2)
+    emb = v * h + (0 if cfg.tie_word_embeddings else head_rows(cfg) * h)
     return dict(total=L * layer + emb + h, non_embedding=L * layer + h, embedding=emb)
 
 
@@ -64,4 +100,9 @@ def macs_per_token(cfg, context: int = 0) -> dict:
     q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
     proj = L * (h * q + 2 * h * kv + q * h + 3 * h * i)
     attn = L * 2 * cfg.num_attention_heads * hd * context
-    return dict(layers=proj, head=h * v, attention=attn, total=proj + h * v + attn)
+    k = head_rows(cfg)
+    return dict(layers=proj, head=h * k, attention=attn, total=proj + h * k + attn)
+
+
+def head_rows(cfg) -> int:
+    return getattr(cfg, "draft_vocab_size", None) or cfg.vocab_size

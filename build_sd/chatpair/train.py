@@ -95,7 +95,30 @@ def collate(seqs: list[dict]):
     return x, torch.cat(rows), torch.cat(pos), torch.cat(tgt), torch.cat(tki), torch.cat(tkl)
 
 
-def loss_fn(model, batch, kl_w: float, device, autocast, neg: int = 0):
+def frequent_ids(out: Path, K: int, always=(0, 1, 2)) -> list[int]:
+    """The K ids the teacher writes most often in its answers (all shards present now; ties: lower id
+    first), the special ids always among them; sorted."""
+    counts = np.zeros(0, np.int64)
+    for name in list_shards(out):
+        z = np.load(out / "shards" / name)
+        ids, off, st = z["ids"], z["seq_off"], z["ans_start"]
+        ans = np.concatenate([ids[off[i] + st[i]:off[i + 1]] for i in range(len(st))])
+        c = np.bincount(ans, minlength=max(len(counts), int(ans.max()) + 1))
+        c[:len(counts)] += counts
+        counts = c
+    counts[list(always)] = counts.max() + 1
+    order = np.lexsort((np.arange(len(counts)), -counts))
+    return sorted(int(i) for i in order[:K])
+
+
+def head_map(ids: torch.Tensor, V: int) -> torch.Tensor:
+    """id -> row of a restricted head, -1 where it has none."""
+    m = torch.full((V,), -1, dtype=torch.long)
+    m[ids.long()] = torch.arange(len(ids))
+    return m
+
+
+def loss_fn(model, batch, kl_w: float, device, autocast, neg: int = 0, hmap: torch.Tensor | None = None):
     """neg > 0: sampled softmax over the batch's candidates (every teacher top-k id and target in the
     batch) plus `neg` uniformly drawn other ids, instead of all 49,152 ids: the LM head and the
     softmax (most of a step on the CPU) shrink several-fold; the random negatives, new every step, keep
@@ -103,7 +126,16 @@ def loss_fn(model, batch, kl_w: float, device, autocast, neg: int = 0):
     x, rows, pos, tgt, tki, tkl = (t.to(device) for t in batch)
     with autocast():
         h = model.model(input_ids=x).last_hidden_state[rows, pos]   # only answer positions
-        if neg > 0:
+        if hmap is not None:
+            # restricted head: ids it cannot score drop out of the CE (ignored) and of the teacher's
+            # top-k (masked before renormalising); agreement still counts them as misses
+            logits = model.lm_head(h)
+            tgt_all = tgt
+            tgt, tki_r = hmap[tgt], hmap[tki]
+            tkl = tkl.masked_fill(tki_r < 0, float("-inf"))
+            keep = (tki_r >= 0).any(-1)
+            tki = tki_r.clamp(min=0)
+        elif neg > 0:
             V = model.lm_head.weight.shape[0]
             cand = torch.unique(torch.cat([tki.flatten(), tgt, torch.randint(0, V, (neg,), device=device)]))
             logits = h @ model.lm_head.weight[cand].T
@@ -112,6 +144,13 @@ def loss_fn(model, batch, kl_w: float, device, autocast, neg: int = 0):
         else:
             logits = model.lm_head(h)
     lq = torch.log_softmax(logits.float(), -1)
+    if hmap is not None:
+        ce = F.nll_loss(lq, tgt, ignore_index=-1)
+        lp = torch.log_softmax(tkl[keep], -1)
+        t = lp.exp() * (lp - lq[keep].gather(1, tki[keep]))
+        kl = torch.where(lp.isneginf(), 0.0, t).sum(-1).mean()
+        agree = ((lq.argmax(-1) == tki[:, 0]) & (tki_r[:, 0] >= 0)).float().mean()
+        return (1 - kl_w) * ce + kl_w * kl, ce.detach(), kl.detach(), agree.detach(), len(tgt_all)
     ce = F.nll_loss(lq, tgt)
     lp = torch.log_softmax(tkl, -1)                                  # renormalise teacher's top-k
     kl = (lp.exp() * (lp - lq.gather(1, tki))).sum(-1).mean()
@@ -151,17 +190,22 @@ def run(a) -> None:
     else:
         import contextlib
         autocast = contextlib.nullcontext
-    model, kept = M.new_draft(target_dir(), seed=a.seed)
+    last = run_dir / "last.pt"
+    ck = torch.load(last, map_location="cpu", weights_only=False) if last.exists() else None
+    if ck is not None:
+        model, kept = M.from_state(ck["config"], ck["model"]), None
+    else:
+        ids = frequent_ids(out, a.head_vocab) if a.head_vocab else None
+        model, kept = M.new_draft(target_dir(), seed=a.seed, head_ids=ids)
+    hids = M.head_ids(model)
+    hmap = None if hids is None else head_map(hids, model.config.vocab_size).to(device)
     model.to(device).train()
     decay = [p for n, p in model.named_parameters() if p.dim() == 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() == 2 and "embed" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=a.lr, betas=(0.9, 0.95))
     st = dict(step=0, epoch=0, pos=0, shards=None, best_alpha=-1.0, tokens=0)
-    last = run_dir / "last.pt"
-    if last.exists():
-        ck = torch.load(last, map_location="cpu", weights_only=False)
-        model.load_state_dict(ck["model"])
+    if ck is not None:
         opt.load_state_dict(ck["opt"])
         st = ck["state"]
         random.setstate(ck["rng"]["py"])
@@ -218,7 +262,7 @@ def run(a) -> None:
             batch = collate([seqs[i] for i in batches[st["pos"]]])
             for g in opt.param_groups:
                 g["lr"] = lr_at(st["step"], a.steps, a.warmup, a.lr)
-            loss, ce, kl, agree, n = loss_fn(model, batch, a.kl_weight, device, autocast, a.neg)
+            loss, ce, kl, agree, n = loss_fn(model, batch, a.kl_weight, device, autocast, a.neg, hmap)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
