@@ -1,0 +1,107 @@
+"""The stages both demos share (run.py: English->German, chat.py: SmolLM2 + its draft).
+
+export + compile each model -> validate the target -> plan on this CPU (profile both IREE CPU
+drivers and calibrate alpha once, cached while the modules are unchanged) -> bundle -> generate
+speculatively and target-only from the same bundle, alternating, equal token for token.
+Lavapipe is left out of the plan: it runs on these same cores ~30x slower per call.
+"""
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Callable
+
+from ..errors import UserError
+
+PLACE_HOST = {"draft": {None: "host"}, "target": {None: "host"}}
+
+
+def build_models(out_dir: Path, models: dict, presets: list[str], prefill: list[int], max_context: int,
+                 status, con) -> dict[str, Path]:
+    """models: role -> (checkpoint folder, gammas). Export and compile each (cached); artifacts per role."""
+    from ..builder.compile import compile_artifacts
+    from ..builder.export import export_model
+    arts = {}
+    for role, (ckpt, gammas) in models.items():
+        status.update(f"[bold]export[/] {role}")
+        export_model(ckpt, out_dir / "mlir" / role, gammas=gammas, prefill=prefill, max_context=max_context,
+                     log=lambda m: con.print(f"  {m}"))
+        status.update(f"[bold]compile[/] {role} for {', '.join(presets)} (minutes on a fresh machine)")
+        arts[role] = out_dir / "artifacts" / role
+        compile_artifacts(out_dir / "mlir" / role, presets, arts[role], log=lambda m: con.print(f"  {m}"))
+    return arts
+
+
+def validate_target(art: Path, ckpt: Path, status, con) -> None:
+    from ..builder.validate import validate
+    status.update("[bold]validate[/] target against PyTorch")
+    lines = []
+    if not validate(art, ckpt, presets=["host"], out=lines.append):
+        con.print("\n".join(lines))
+        raise UserError("the compiled target does not match PyTorch (see the table)")
+    con.print(f"  {lines[-1]}")
+
+
+def plan_here(out_dir: Path, arts: dict, ckpts: dict, max_context: int, calibrate_probe: Callable,
+              con, what: str = "", template: str | None = None):
+    """(gamma, CPU driver per role, the pick as a dict with a label). calibrate_probe(bundle) -> the
+    calibration of a gamma-6 probe bundle of the pair on the host."""
+    import msgspec
+
+    from ..builder.bundle import make_bundle
+    from ..contract import Profile, convert
+    from ..fsutil import read_json, sha256_file, write_json
+    from ..plan.planner import make_plan
+    from ..plan.platforms import host_platform
+    from ..runtime.hostinfo import detect_host
+    from ..runtime.profiler import profile
+    key = {r: sha256_file(arts[r] / "host" / "whole.vmfb") for r in arts}
+    cache = out_dir / "plan_inputs.json"
+    got = read_json(cache) if cache.exists() else {}
+    prof = None
+    if got.get("key") == key:
+        try:
+            prof = convert(got.get("profile"), Profile, str(cache))
+        except UserError:       # written by another build_sd: measure again
+            prof = None
+    if prof is None:
+        probe = out_dir / "probe"
+        make_bundle(arts["draft"], arts["target"], PLACE_HOST, 6, probe, prompt_template=template, link=True,
+                    log=lambda m: None)
+        cal = calibrate_probe(probe)
+        prof = profile([arts["draft"], arts["target"]], devices=["cpu"], budget_s=0.25, log=lambda m: None)
+        got = {"key": key, "alpha": cal.greedy.for_planner(), "profile": prof.to_dict()}
+        write_json(cache, got)
+    con.print(f"  alpha per position {', '.join(f'{a:.2f}' for a in got['alpha'])} (calibrated here{what})")
+    plan = make_plan(ckpts["draft"], ckpts["target"], host_platform(detect_host()), got["alpha"], prof,
+                     max_context=max_context, gammas=range(0, 7), devices=["cpu", "cpu-sync"])
+    pick = plan.configs[0]
+    drivers = {}
+    for role, p in (("draft", pick.draft), ("target", pick.target)):
+        if p and plan.devices[p.devices["whole"]].driver == "local-sync":
+            drivers[role] = "local-sync"
+    if pick.gamma == 0 and plan.devices[pick.target.devices["whole"]].driver == "local-sync":
+        drivers["draft"] = "local-sync"
+    label = f"draft {pick.draft_label}, target {pick.target.label}"
+    return pick.gamma, drivers, dict(msgspec.to_builtins(pick), label=label)
+
+
+def side_by_side(session, prompts: list[list[int]], gamma: int, max_new_tokens: int) -> dict:
+    """Speculative then target-only for each prompt (ids), alternating so both see the same machine
+    state; raises if the outputs differ. Medians of tokens/s, alpha over all, the outputs."""
+    from ..runtime.sampling import GreedyAcceptor
+    from ..runtime.speculative import generate
+    spec_tps, base_tps, acc, rej, outputs = [], [], 0, 0, []
+    for ids in prompts:
+        spec = generate(session.target, session.draft if gamma else None, ids, gamma, GreedyAcceptor(),
+                        max_new_tokens, session.eos_ids)
+        base = generate(session.target, None, ids, 0, GreedyAcceptor(), max_new_tokens, session.eos_ids)
+        if spec.token_ids != base.token_ids:
+            raise UserError(f"speculative output differs from target-only output for prompt ids {ids[:12]}...")
+        outputs.append(spec.token_ids)
+        for g, tps in ((spec, spec_tps), (base, base_tps)):
+            if g.metrics.tokens_per_s:          # None when nothing was generated
+                tps.append(g.metrics.tokens_per_s)
+        acc, rej = acc + spec.metrics.accepted, rej + spec.metrics.rejected
+    s, b = statistics.median(spec_tps), statistics.median(base_tps)
+    return dict(outputs=outputs, alpha=acc / max(1, acc + rej), spec=s, base=b, speedup=s / b)
