@@ -38,9 +38,11 @@ def _export(sub) -> None:
     p.add_argument("--max-context", type=int, help="KV cache slots S (default 512; 2048 for a chat model, or its "
                                                    "own limit when lower)")
     p.add_argument("--dtype", default="f32", choices=["f32", "f16"])
-    p.add_argument("--quant", default="none", choices=["none", "w8a8"],
+    p.add_argument("--quant", default="none", choices=["none", "w8a8", "w4a8"],
                    help="w8a8: every projection and the LM head in int8 (weights per output channel, activations "
-                        "per token); embedding, norms, attention and KV cache stay in --dtype")
+                        "per token); w4a8: the same arithmetic from 4-bit weights in groups of 32 (the .irpa holds 4.5 "
+                        "bits a weight; expanded to int8 at load); embedding, norms, attention and KV cache stay in "
+                        "--dtype")
     p.add_argument("--max-module-bytes", type=int, metavar="N",
                    help="cut the model into layer ranges whose weights and KV caches each stay within N bytes, "
                         "the largest allocation a GPU makes (added to --split; default: the smallest measured limit "

@@ -91,3 +91,140 @@ def test_w8a8_cross_compiles_for_arm_and_mali(target_ckpt):
                  max_context=32)
     for preset in ("a55", "valhall3"):
         assert (art / preset / "whole.vmfb").stat().st_size > 0
+
+
+# ---- w4a8: 4-bit groups of 32 along K (dimensions a multiple of 32) --------------------------------
+
+@pytest.fixture(scope="module")
+def ckpt32(tokenizer_json):
+    from conftest import BUILD
+    from helpers import make_checkpoint
+    return make_checkpoint(BUILD / "ckpt" / "target32", vocab=311, hidden=64, layers=2, heads=4, kv_heads=2,
+                           ffn=96, seed=5, tokenizer=tokenizer_json)
+
+
+@pytest.fixture(scope="module")
+def target_w4a8(ckpt32):
+    return _build("target_w4a8", ckpt32, _presets(), quant="w4a8", gammas="1,2,3,4", prefill="8,16",
+                  max_context=96)
+
+
+def test_w4_groups_round_trip():
+    from build_sd.builder.model.quant import GROUP, W4A8Linear, expand_groups4, quantize_groups4
+    torch.manual_seed(0)
+    w = torch.randn(24, 96) * torch.linspace(0.1, 3.0, 96)             # scales that differ per group
+    w[5] = 0.0
+    packed, ratio, sc = quantize_groups4(w)
+    assert packed.dtype == torch.uint8 and packed.shape == (24, 48) and ratio.dtype == torch.float16
+    w8 = expand_groups4(packed, ratio)
+    assert w8.dtype == torch.int8 and w8.abs().max() <= 127 and not w8[5].any()
+    # the 4-bit grid: every weight within half a group step (+ the int8 re-rounding: half an int8 step)
+    sg = w.reshape(24, -1, GROUP).abs().amax(-1) / 7
+    step = sg.repeat_interleave(GROUP, dim=1)
+    err = (w8.float() * sc[:, None] - w).abs()
+    assert (err <= step / 2 + sc[:, None] / 2 + 1e-6).all()
+    # groups beat one 4-bit scale per row on weights whose size varies along K
+    s_row = w.abs().amax(1, keepdim=True) / 7
+    per_row = (torch.round(w / s_row.clamp(min=1e-12)).clamp(-7, 7) * s_row - w).pow(2).mean()
+    assert err.pow(2).mean() < per_row
+    lin = torch.nn.Linear(96, 24, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    q = W4A8Linear(lin)
+    assert torch.equal(q.weight, w8)
+
+
+def test_w4a8_export_stores_nibbles_and_validates(target_w4a8, ckpt32):
+    exp = json.loads((target_w4a8 / "export.json").read_text())
+    assert exp["quant"] == "w4a8"
+    t = exp["parameters"]["tensors"]
+    assert t["model.layers.0.mlp.down_proj.packed"] == {"shape": [64, 48], "dtype": "u8"}
+    assert t["model.layers.0.mlp.down_proj.ratio"] == {"shape": [64, 3], "dtype": "f16"}
+    assert t["lm_head.packed"]["shape"] == [311, 32]
+    rc, out, err = cli("validate", target_w4a8, "--model", ckpt32)
+    assert rc == 0 and "validate: PASS" in out, out + err
+
+
+def test_speculative_decoding_is_exact_for_quantized_pairs(target_w4a8, ckpt32, tmp_path):
+    """A w4a8 target with an f16 draft, and with a w8a8 draft (of the same shape, seeded apart)."""
+    from conftest import BUILD
+    from helpers import make_checkpoint
+    d = make_checkpoint(BUILD / "ckpt" / "draft32", vocab=311, hidden=32, layers=1, heads=2, kv_heads=1, ffn=64,
+                        seed=6, tokenizer=ckpt32 / "tokenizer.json")
+    drafts = {"f16": _build("draft32_f16", d, ["host"], dtype="f16", gammas="1", prefill="8,16", max_context=96),
+              "w8a8": _build("draft32_w8a8", d, ["host"], quant="w8a8", gammas="1", prefill="8,16", max_context=96)}
+    from build_sd.runtime.prompts import encode_prompt
+    from build_sd.runtime.sampling import GreedyAcceptor
+    from build_sd.runtime.session import open_bundle
+    from build_sd.runtime.speculative import generate
+    for name, art in drafts.items():
+        out = tmp_path / name
+        rc, _, err = cli("bundle", "--draft", art, "--target", target_w4a8, "--place", "draft=host",
+                         "--place", "target=host", "--gamma", 4, "--out", out)
+        assert rc == 0, err
+        s = open_bundle(out)
+        ids = encode_prompt(s, "the quick brown fox")
+        spec = generate(s.target, s.draft, ids, 4, GreedyAcceptor(), 24, [])
+        base = generate(s.target, None, ids, 0, GreedyAcceptor(), 24, [])
+        assert spec.token_ids == base.token_ids and len(base.token_ids) == 24, name
+
+
+def test_w4a8_refuses_dimensions_the_groups_do_not_divide(target_ckpt, tmp_path):
+    rc, _, err = cli("export", "--model", target_ckpt, "--out", tmp_path / "m", "--quant", "w4a8")
+    assert rc == 2 and "hidden_size = 56 is not a multiple of 32" in err and len(err.strip().splitlines()) == 1
+
+
+def _dispatches(flow: str) -> dict[str, list[str]]:
+    """Dispatch names per function of a flow-level module ('init' = all initializers, run at load)."""
+    import re
+    cur, out = None, {}
+    for line in flow.splitlines():
+        s = line.strip()
+        if s.startswith("util.initializer"):
+            cur = "init"
+        elif s.startswith("util.func public @"):
+            cur = re.match(r"util\.func public @([\w$]+)", s).group(1)
+        elif s.startswith(("util.func", "flow.executable")):
+            cur = None
+        m = re.search(r"flow\.dispatch @[\w$]+::@([\w$]+)\(", s)
+        if m and cur:
+            out.setdefault(cur, []).append(re.sub(r"^.*_dispatch_\d+_", "", m.group(1)))
+    return out
+
+
+@pytest.mark.parametrize("name", ["target_w8a8", "target_w4a8"])
+def test_cpu_modules_never_dequantize_a_weight_per_call(name, request):
+    """The quantized CPU modules multiply int8 x int8 -> int32 (mmt4d) on every call, and nothing a
+    call runs turns integer weights into floats (IREE would write a float copy of the weights every
+    call: ~12x slower than f32, ../shared/probes/q8); w4a8's expansion runs once, at load."""
+    import re
+    import subprocess
+
+    from build_sd.builder.compile import iree_compile_path
+    from build_sd.builder.targets import get_preset
+    from conftest import BUILD
+    request.getfixturevalue(name)                                     # exported (and compiled)
+    exp = json.loads((BUILD / "mlir" / name / "export.json").read_text())
+    # a weight's shapes as a dispatch may see them: [N, K], transposed, or in groups [N, K/32, 32]
+    weight_shapes = set()
+    for t in exp["parameters"]["tensors"].values():
+        if t["dtype"] in ("i8", "u8"):
+            n, k = t["shape"][0], t["shape"][1] * (2 if t["dtype"] == "u8" else 1)
+            weight_shapes |= {(n, k), (k, n), (n, k // 32, 32)}
+    flow = subprocess.run([iree_compile_path(), str(BUILD / "mlir" / name / "whole.mlir"), *get_preset("host").flags,
+                           "--compile-to=flow"], capture_output=True, text=True, check=True).stdout
+    d = _dispatches(flow)
+    calls = {f: v for f, v in d.items() if f != "init" and not f.startswith("__")}
+    assert calls and all(any(re.match(r"mmt4d_.*_i8xi8xi32", n) for n in v) for v in calls.values()), calls
+    for f, names in calls.items():
+        for n in names:
+            m = re.match(r"(?:\w+?_)?((?:\d+x)*\d+)_((?:[a-z]+\d+x)*[a-z]+\d+)$", n)
+            if not m:
+                continue
+            dims = tuple(int(x) for x in m.group(1).split("x"))
+            types = m.group(2).split("x")
+            int_to_float = types[0].lstrip("u").startswith("i") and any(t.startswith("f") for t in types[1:])
+            weight_sized = dims in weight_shapes or dims[-2:] in weight_shapes
+            assert not (int_to_float and weight_sized), f"{f}: per-call dequantization {n}"
+    if name == "target_w4a8":
+        assert any("i16" in n and "f16" in n for n in d["init"]), "the 4-bit expansion is not hoisted to load"

@@ -121,7 +121,7 @@ def externalize(full) -> None:
 
 def _dtype_name(dt) -> str:
     import torch
-    return {torch.float32: "f32", torch.float16: "f16", torch.int8: "i8"}[dt]
+    return {torch.float32: "f32", torch.float16: "f16", torch.int8: "i8", torch.uint8: "u8"}[dt]
 
 
 def save_irpa(full, path: Path) -> None:
@@ -168,9 +168,10 @@ def export_model(ckpt: str | Path, out: str | Path, split: list[int] | None = No
     source_files = [ckpt / "config.json"] + checkpoint_files(ckpt) + [f for f in extras if f.exists()]
     source = Source(str(ckpt.resolve()), {p.name: sha256_file(p) for p in source_files})
     # Same checkpoint, options and exporter code -> the folder is already right: skip torch.
-    from .model.quant import QUANTS
+    from .model.quant import QUANTS, check_quant_shapes
     if quant not in QUANTS:
         raise UserError(f"--quant must be one of {', '.join(QUANTS)}, got {quant!r}")
+    check_quant_shapes(cfg, quant)
     fingerprint = _fingerprint(source.sha256, [s.label for s in specs], gammas, prefill, max_context, dtype, fuse,
                                quant)
     prev = _previous_export(out)

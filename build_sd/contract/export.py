@@ -100,7 +100,7 @@ class ExportRecord(Record, frozen=True, kw_only=True):
     config: ModelConfig
     dtype: Dtype
     # projections in 8-bit (builder/model/quant.py); everything else stays in `dtype`
-    quant: Literal["none", "w8a8"] = "none"
+    quant: Literal["none", "w8a8", "w4a8"] = "none"
     max_context: Annotated[int, Meta(ge=2)]
     fused_projections: bool = True
     gammas: list[int] = []

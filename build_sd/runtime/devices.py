@@ -29,7 +29,7 @@ _ELT = {
     np.dtype(np.int32): HalElementType.SINT_32,
 }
 DTYPES = {"f32": np.dtype(np.float32), "f16": np.dtype(np.float16), "i32": np.dtype(np.int32),
-          "i8": np.dtype(np.int8)}
+          "i8": np.dtype(np.int8), "u8": np.dtype(np.uint8)}
 
 
 class Counters:

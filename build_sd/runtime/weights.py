@@ -43,6 +43,10 @@ def add_weights(idx: rt.ParameterIndex, export: ExportRecord, irpa: Path, random
                 a = np.ones(t.shape, DTYPES[t.dtype])
             elif t.dtype == "i8":            # a W8A8 projection: int8 weights, their scales are f32
                 a = np.random.default_rng([random_weights, i]).integers(-127, 128, t.shape, dtype=np.int8)
+            elif t.dtype == "u8":            # a W4A8 projection: two 4-bit codes a byte
+                a = np.random.default_rng([random_weights, i]).integers(0, 256, t.shape, dtype=np.uint8)
+            elif name.endswith(".ratio"):    # its group scales over the row's int8 scale (<= 127/7)
+                a = np.full(t.shape, 127 / 7 / 2, DTYPES[t.dtype])
             elif name.endswith(".scale"):
                 a = np.full(t.shape, 0.02 / 127 * 3, np.float32)
             else:

@@ -13,14 +13,26 @@ separate ones: the scales are per row and the activation is the same. The LM hea
 f32 measured the same with it as without, 92.0 %, docs/FINDINGS.md); a tied embedding keeps its float
 table for the lookup (one row a token: nothing to gain) and the head gets its own int8 copy. Norms,
 RoPE, attention and the KV cache stay in the model's float dtype.
+
+W4A8 (--quant w4a8) stores 4-bit weights and computes exactly as W8A8. Weights are quantized in groups
+of GROUP along K (s_g = amax|w_g| / 7, q = round(w / s_g) in -7..7, as llama.cpp's Q4_0 with a symmetric
+grid), two codes a byte. In the graph they become per-channel int8 codes, round(q * s_g / s_c) with
+s_c = the row's amax|q s_g| / 127 (`ratio` = s_g / s_c stored as f16): a computation of parameters
+only, which IREE hoists and runs once at load (../shared/probes/q8: int4 unpacked to int8 runs as
+fast as int8), so the i8 mmt4d ukernel runs on them. The 4-bit grid is 18x coarser than the int8
+one, so the re-rounding adds ~5 % to the int4 error, while the groups keep int4 usable (per-channel
+int4 agreed 64.9 % with f32 on SmolLM2-135M; docs/FINDINGS.md). The .irpa holds 4.5 bits a weight
+(codes + f16 ratios) + an f32 scale a row; the expanded int8 copy lives in device memory.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-QUANTS = ("none", "w8a8")
+QUANTS = ("none", "w8a8", "w4a8")
 QMAX = 127.0
+GROUP = 32                  # w4a8: weights a group along K (llama.cpp's Q4_0 block)
+Q4MAX = 7.0
 
 
 def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,15 +66,75 @@ class W8A8Linear(nn.Module):
         return y.to(dtype).reshape(*shape[:-1], self.out_features)
 
 
+def quantize_groups4(w: torch.Tensor, group: int = GROUP):
+    """(packed uint8 [N, K/2], f16 ratio s_g / s_c [N, K/group], f32 s_c [N]) for W4A8Linear."""
+    w = w.float()
+    N, K = w.shape
+    wg = w.reshape(N, K // group, group)
+    sg = wg.abs().amax(dim=-1) / Q4MAX
+    sg = torch.where(sg > 0, sg, torch.ones_like(sg))
+    q = torch.round(wg / sg[..., None]).clamp(-Q4MAX, Q4MAX)                 # [N, K/g, g]
+    sc = (q.abs().amax(dim=-1) * sg).amax(dim=-1) / QMAX                   # the row's amax |q s_g| / 127
+    sc = torch.where(sc > 0, sc, torch.ones_like(sc))
+    ratio = (sg / sc[:, None]).to(torch.float16)
+    u = (q + 8).to(torch.uint8).reshape(N, K)
+    return (u[:, 0::2] | (u[:, 1::2] << 4)).contiguous(), ratio, sc
+
+
+def expand_groups4(packed: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+    """int8 codes [N, K] from packed nibbles and f16 ratios (in the graph: hoisted to load time).
+    Unpacking goes through int16: `(p & 15).to(int8) - 8` crashes IREE's torch frontend (probe)."""
+    N, Kh = packed.shape
+    lo = (packed & 15).to(torch.int16) - 8
+    hi = (packed >> 4).to(torch.int16) - 8
+    q = torch.stack([lo, hi], dim=-1).reshape(N, ratio.shape[1], -1)      # [N, K/g, g]
+    w8 = torch.round(q.to(torch.float32) * ratio.to(torch.float32)[..., None]).clamp(-QMAX, QMAX)
+    return w8.to(torch.int8).reshape(N, 2 * Kh)
+
+
+class W4A8Linear(W8A8Linear):
+    """W8A8Linear whose int8 codes are expanded from 4-bit groups (see the module docstring)."""
+
+    def __init__(self, linear: nn.Linear, group: int = GROUP):
+        nn.Module.__init__(self)
+        N, K = linear.weight.shape
+        if K % group:
+            raise ValueError(f"w4a8 groups of {group} do not divide K={K}")
+        packed, ratio, sc = quantize_groups4(linear.weight.detach(), group)
+        self.in_features, self.out_features = K, N
+        self.packed = nn.Parameter(packed, requires_grad=False)          # [N, K/2] uint8
+        self.ratio = nn.Parameter(ratio, requires_grad=False)            # [N, K/group] f16
+        self.scale = nn.Parameter(sc, requires_grad=False)               # [N] f32
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), requires_grad=False)
+
+    @property
+    def weight(self):
+        return expand_groups4(self.packed, self.ratio)
+
+
+def check_quant_shapes(cfg, quant: str, group: int = GROUP) -> None:
+    """w4a8 needs every projection's input size (hidden, heads x head_dim, intermediate) to be a
+    multiple of the group: a one-line UserError naming the one that is not."""
+    if quant != "w4a8":
+        return
+    from ...errors import UserError
+    for what, k in (("hidden_size", cfg.hidden_size), ("num_heads x head_dim", cfg.num_heads * cfg.head_dim),
+                    ("intermediate_size", cfg.intermediate_size)):
+        if k % group:
+            raise UserError(f"--quant w4a8 quantizes weights in groups of {group} along the input; "
+                            f"{what} = {k} is not a multiple of {group} (use --quant w8a8)")
+
+
 def quantize_projections(model, quant: str) -> None:
     """Replace every projection of every decoder layer (q/k/v/o or qkv, gate/up/down or gate_up)."""
     if quant == "none":
         return
-    if quant != "w8a8":
+    if quant not in QUANTS:
         raise ValueError(f"unknown quantization {quant!r}")
+    Q = W4A8Linear if quant == "w4a8" else W8A8Linear
     for layer in model.model.layers:
         for block in (layer.self_attn, layer.mlp):
             for name, child in list(block.named_children()):
                 if isinstance(child, nn.Linear):
-                    setattr(block, name, W8A8Linear(child))
-    model.lm_head = W8A8Linear(model.lm_head)
+                    setattr(block, name, Q(child))
+    model.lm_head = Q(model.lm_head)
