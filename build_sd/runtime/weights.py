@@ -45,8 +45,10 @@ def add_weights(idx: rt.ParameterIndex, export: ExportRecord, irpa: Path, random
                 a = np.random.default_rng([random_weights, i]).integers(-127, 128, t.shape, dtype=np.int8)
             elif t.dtype == "u8":            # a W4A8 projection: two 4-bit codes a byte
                 a = np.random.default_rng([random_weights, i]).integers(0, 256, t.shape, dtype=np.uint8)
-            elif name.endswith(".ratio"):    # its group scales over the row's int8 scale (<= 127/7)
-                a = np.full(t.shape, 127 / 7 / 2, DTYPES[t.dtype])
+            elif name.endswith(".ratio"):    # its group steps over the row's int8 scale: codes within +-127
+                a = np.full(t.shape, 127 / 15, DTYPES[t.dtype])
+            elif name.endswith(".offset"):   # its group minimums, likewise
+                a = np.full(t.shape, -127 / 2, DTYPES[t.dtype])
             elif name.endswith(".scale"):
                 a = np.full(t.shape, 0.02 / 127 * 3, np.float32)
             else:

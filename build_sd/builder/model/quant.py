@@ -14,15 +14,17 @@ f32 measured the same with it as without, 92.0 %, docs/FINDINGS.md); a tied embe
 table for the lookup (one row a token: nothing to gain) and the head gets its own int8 copy. Norms,
 RoPE, attention and the KV cache stay in the model's float dtype.
 
-W4A8 (--quant w4a8) stores 4-bit weights and computes exactly as W8A8. Weights are quantized in groups
-of GROUP along K (s_g = amax|w_g| / 7, q = round(w / s_g) in -7..7, as llama.cpp's Q4_0 with a symmetric
-grid), two codes a byte. In the graph they become per-channel int8 codes, round(q * s_g / s_c) with
-s_c = the row's amax|q s_g| / 127 (`ratio` = s_g / s_c stored as f16): a computation of parameters
-only, which IREE hoists and runs once at load (../shared/probes/q8: int4 unpacked to int8 runs as
-fast as int8), so the i8 mmt4d ukernel runs on them. The 4-bit grid is 18x coarser than the int8
-one, so the re-rounding adds ~5 % to the int4 error, while the groups keep int4 usable (per-channel
-int4 agreed 64.9 % with f32 on SmolLM2-135M; docs/FINDINGS.md). The .irpa holds 4.5 bits a weight
-(codes + f16 ratios) + an f32 scale a row; the expanded int8 copy lives in device memory.
+W4A8 (--quant w4a8) stores the projections' weights in 4 bits and computes exactly as W8A8. Weights
+are quantized in groups of GROUP along K with a scale and a minimum (w ~ d q + m, q in 0..15: the grid
+of llama.cpp's Q4_1, so a checkpoint imported from a Q4_1 GGUF is represented exactly), two codes a
+byte. In the graph they become per-channel int8 codes, round(q d/s_c + m/s_c) with s_c the row's
+amax |d q + m| / 127 (`ratio` d/s_c and `offset` m/s_c stored as f16): a computation of parameters
+only, which IREE hoists and runs once at load (../shared/probes/q8: int4 unpacked to int8 runs as fast
+as int8), so the i8 mmt4d ukernel runs on them. The int8 grid is much finer than the 4-bit one: the
+re-rounding costs what W8A8's rounding costs. The .irpa holds 5 bits a weight (codes + two f16 per
+group) + an f32 scale a row; the expanded int8 copy lives in device memory. The LM head stays int8
+(see quantize_projections). Symmetric groups (Q4_0-like) agreed only 66.3 % on SmolLM2, per-channel
+int4 64.9 % (docs/FINDINGS.md).
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ import torch.nn as nn
 QUANTS = ("none", "w8a8", "w4a8")
 QMAX = 127.0
 GROUP = 32                  # w4a8: weights a group along K (llama.cpp's Q4_0 block)
-Q4MAX = 7.0
+Q4LEVELS = 15.0             # w4a8 codes 0..15
 
 
 def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,28 +69,32 @@ class W8A8Linear(nn.Module):
 
 
 def quantize_groups4(w: torch.Tensor, group: int = GROUP):
-    """(packed uint8 [N, K/2], f16 ratio s_g / s_c [N, K/group], f32 s_c [N]) for W4A8Linear."""
+    """(packed uint8 [N, K/2], f16 ratio d / s_c and f16 offset m / s_c [N, K/group], f32 s_c [N]):
+    w ~ d q + m per group, q in 0..15 (llama.cpp's Q4_1 grid), s_c the row's int8 scale."""
     w = w.float()
     N, K = w.shape
     wg = w.reshape(N, K // group, group)
-    sg = wg.abs().amax(dim=-1) / Q4MAX
-    sg = torch.where(sg > 0, sg, torch.ones_like(sg))
-    q = torch.round(wg / sg[..., None]).clamp(-Q4MAX, Q4MAX)                 # [N, K/g, g]
-    sc = (q.abs().amax(dim=-1) * sg).amax(dim=-1) / QMAX                   # the row's amax |q s_g| / 127
+    lo, hi = wg.amin(dim=-1), wg.amax(dim=-1)
+    d = (hi - lo) / Q4LEVELS
+    d = torch.where(d > 0, d, torch.ones_like(d))
+    q = torch.round((wg - lo[..., None]) / d[..., None]).clamp(0, Q4LEVELS)  # [N, K/g, g]
+    w4 = q * d[..., None] + lo[..., None]
+    sc = w4.abs().amax(dim=(1, 2)) / QMAX
     sc = torch.where(sc > 0, sc, torch.ones_like(sc))
-    ratio = (sg / sc[:, None]).to(torch.float16)
-    u = (q + 8).to(torch.uint8).reshape(N, K)
-    return (u[:, 0::2] | (u[:, 1::2] << 4)).contiguous(), ratio, sc
+    ratio, offset = (d / sc[:, None]).to(torch.float16), (lo / sc[:, None]).to(torch.float16)
+    u = q.to(torch.uint8).reshape(N, K)
+    return (u[:, 0::2] | (u[:, 1::2] << 4)).contiguous(), ratio, offset, sc
 
 
-def expand_groups4(packed: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
-    """int8 codes [N, K] from packed nibbles and f16 ratios (in the graph: hoisted to load time).
-    Unpacking goes through int16: `(p & 15).to(int8) - 8` crashes IREE's torch frontend (probe)."""
+def expand_groups4(packed: torch.Tensor, ratio: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """int8 codes [N, K] = round(q ratio + offset) (in the graph: hoisted to load time). Unpacking goes
+    through int16: `(p & 15).to(int8)` then arithmetic crashes IREE's torch frontend (probe)."""
     N, Kh = packed.shape
-    lo = (packed & 15).to(torch.int16) - 8
-    hi = (packed >> 4).to(torch.int16) - 8
+    lo = (packed & 15).to(torch.int16)
+    hi = (packed >> 4).to(torch.int16)
     q = torch.stack([lo, hi], dim=-1).reshape(N, ratio.shape[1], -1)      # [N, K/g, g]
-    w8 = torch.round(q.to(torch.float32) * ratio.to(torch.float32)[..., None]).clamp(-QMAX, QMAX)
+    w8 = torch.round(q.to(torch.float32) * ratio.to(torch.float32)[..., None]
+                     + offset.to(torch.float32)[..., None]).clamp(-QMAX, QMAX)
     return w8.to(torch.int8).reshape(N, 2 * Kh)
 
 
@@ -100,16 +106,17 @@ class W4A8Linear(W8A8Linear):
         N, K = linear.weight.shape
         if K % group:
             raise ValueError(f"w4a8 groups of {group} do not divide K={K}")
-        packed, ratio, sc = quantize_groups4(linear.weight.detach(), group)
+        packed, ratio, offset, sc = quantize_groups4(linear.weight.detach(), group)
         self.in_features, self.out_features = K, N
         self.packed = nn.Parameter(packed, requires_grad=False)          # [N, K/2] uint8
         self.ratio = nn.Parameter(ratio, requires_grad=False)            # [N, K/group] f16
+        self.offset = nn.Parameter(offset, requires_grad=False)          # [N, K/group] f16
         self.scale = nn.Parameter(sc, requires_grad=False)               # [N] f32
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), requires_grad=False)
 
     @property
     def weight(self):
-        return expand_groups4(self.packed, self.ratio)
+        return expand_groups4(self.packed, self.ratio, self.offset)
 
 
 def check_quant_shapes(cfg, quant: str, group: int = GROUP) -> None:
@@ -137,4 +144,8 @@ def quantize_projections(model, quant: str) -> None:
             for name, child in list(block.named_children()):
                 if isinstance(child, nn.Linear):
                     setattr(block, name, Q(child))
-    model.lm_head = Q(model.lm_head)
+    # w4a8 keeps the LM head in int8: a checkpoint's head is often not on a 4-bit grid even when its
+    # projections are (SmolLM2's Q4_1 GGUF: the projections are exactly, the tied embedding is not), and
+    # its 4-bit error costs the most: agreement 85.4 % with a 4-bit head, 89.2 % with an int8 one
+    # (benchmarks/quant_agreement.py, docs/FINDINGS.md)
+    model.lm_head = W8A8Linear(model.lm_head)
