@@ -182,11 +182,12 @@ def dedupe(files: list[Path]) -> None:
 
 
 
-def bsd_export_compile(name: str, ckpt: Path, dtype: str, gammas: str | None, prefill: str) -> Path:
+def bsd_export_compile(name: str, ckpt: Path, dtype: str, gammas: str | None, prefill: str,
+                       quant: str = "none") -> Path:
     mlir, art = WORK / "mlir" / name, WORK / "artifacts" / name
     lg = WORK / "logs" / f"bsd-{name}.log"
     cmd = [BSD, "export", "--model", ckpt, "--out", mlir, "--prefill", prefill, "--max-context", "512",
-           "--dtype", dtype]
+           "--dtype", dtype, "--quant", quant]
     if gammas is not None:
         cmd += ["--gammas", gammas]
     t = time.perf_counter()
@@ -246,6 +247,16 @@ def bsd_plan(bundle: Path, draft: Path, target: Path, prompts_file: Path, thread
             "top": [{"gamma": c.gamma, "pred_tokens_per_s": c.pred_tokens_per_s, "speedup": c.speedup,
                      "target": c.target.label, "draft": c.draft.label if c.draft else None}
                     for c in plan.configs[:5]]}
+
+
+def quant_weight_bytes(cfg: dict, quant: str) -> int:
+    """weight_bytes for a build_sd quantized export (int8 codes, or w4a8's 5 bits: nibbles + two f16 a
+    group of 32, the LM head int8 either way; scales, norms and the embedding row are noise), or for
+    llama.cpp's Q8_0 (8.5 bits) / Q4_0 (4.5 bits) blocks on every 2-D weight."""
+    D, V = cfg["hidden_size"], cfg["vocab_size"]
+    proj = M.n_params(cfg) - V * D * (1 if cfg.get("tie_word_embeddings") else 2)
+    bits = {"w8a8": (8, 8), "w4a8": (5, 8), "q8_0": (8.5, 8.5), "q4_0": (4.5, 4.5)}[quant]
+    return int(proj * bits[0] / 8 + V * D * bits[1] / 8)
 
 
 def gguf_file(ckpt: Path, dtype: str) -> Path:
@@ -547,8 +558,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--bw-tolerance", type=float, default=0.15, help="same bandwidth level: within this fraction")
     ap.add_argument("--no-et", action="store_true", help="skip ExecuTorch")
     ap.add_argument("--no-llamacpp", action="store_true", help="skip llama.cpp")
-    ap.add_argument("--only", help="comma-separated sections: demo,demo16,1b,150m,smollm2 (default: all but smollm2, "
-                                   "whose GGUF `make smollm2` fetches)")
+    ap.add_argument("--only", help="comma-separated sections: demo,demo16,1b,150m,smollm2,smollm2q (default: all "
+                                   "but the SmolLM2 ones, whose GGUF `make smollm2` fetches; smollm2q: its w8a8/w4a8 "
+                                   "against llama.cpp Q8_0/Q4_0)")
     ap.add_argument("--build-only", action="store_true", help="set up and build everything, measure nothing")
     ap.add_argument("--out", default=str(RESULTS))
     return ap.parse_args(argv)
@@ -740,10 +752,10 @@ def et_target_row(ctx: Ctx, t: Target) -> Row:
     return r
 
 
-def target_only_bundle(name: str, ckpt: Path, dtype: str, prefill: str) -> Path | str:
+def target_only_bundle(name: str, ckpt: Path, dtype: str, prefill: str, quant: str = "none") -> Path | str:
     """A target-only bundle of one model and dtype, or why build_sd could not build it."""
     try:
-        art = bsd_export_compile(name, ckpt, dtype, "", prefill)
+        art = bsd_export_compile(name, ckpt, dtype, "", prefill, quant)
         return bsd_bundle(name, art, art, 0)
     except StepFailed as e:
         return f"build_sd build failed: {e}"
@@ -859,18 +871,12 @@ def smollm2_rows(ctx: Ctx) -> None:
     Q4_1 file as shipped, and transformers; chat prompts in its template, EOS honoured."""
     from build_sd.builder.gguf import checkpoint_dir
     from build_sd.chatpair.fetch import target_gguf
-    from build_sd.runtime.chat import ChatTemplate
-    from tokenizers import Tokenizer
     a = ctx.a
     src = target_gguf()
     ck = checkpoint_dir(src)
     cfg = json.loads((ck / "config.json").read_text())
-    tmpl = ChatTemplate(json.loads((ck / "tokenizer_config.json").read_text()))
-    tok = Tokenizer.from_file(str(ck / "tokenizer.json"))
-    ids = [tok.encode(tmpl.render([{"role": "user", "content": q}]), add_special_tokens=False).ids
-           for q in SMOL_QUESTIONS[:a.prompts_large]]
-    pf = write_ids(WORK / f"prompts-smollm2-{len(ids)}.ids", ids)
-    pos = statistics.mean(map(len, ids)) + a.max_new_large / 2
+    pf = smol_prompts(ctx, ck)
+    pos = statistics.mean(len(x.split(",")) for x in pf.read_text().splitlines()) + a.max_new_large / 2
     label = f"SmolLM2-135M-Instruct ({M.n_params(cfg) / 1e6:.0f}M)"
     for dtype in ("f32", "f16"):
         name = f"smollm2-{dtype}"
@@ -891,6 +897,52 @@ def smollm2_rows(ctx: Ctx) -> None:
               bytes_per_token=link.bytes_per_token, note="link run: build_sd f16 again, alternating with the row above")
     ref.start, ref.why = link.start, link.why
     ctx.rows.extend([r, ref])
+
+
+def smollm2q_rows(ctx: Ctx) -> None:
+    """SmolLM2-135M-Instruct quantized: build_sd w8a8 and w4a8 (float parts f16) against llama.cpp Q8_0
+    and Q4_0 GGUFs written from the same dequantized weights, with build_sd f16 as the link, one group."""
+    from build_sd.builder.gguf import checkpoint_dir
+    from build_sd.chatpair.fetch import target_gguf
+    a = ctx.a
+    ck = checkpoint_dir(target_gguf())
+    cfg = json.loads((ck / "config.json").read_text())
+    pf = smol_prompts(ctx, ck)
+    pos = statistics.mean(len(x.split(",")) for x in pf.read_text().splitlines()) + a.max_new_large / 2
+    label = f"SmolLM2-135M-Instruct ({M.n_params(cfg) / 1e6:.0f}M)"
+    kv = kv_bytes(cfg, 2, pos)
+    for q in ("none", "w8a8", "w4a8"):
+        name = "smollm2-f16" if q == "none" else f"smollm2-{q}"
+        log(f"{label} {q}: build_sd export/compile/bundle")
+        bundle = target_only_bundle(name, ck, "f16", "64", q)
+        r = Row(f"bsd-{name}-q", "smollm2q", "smollm2q", "build_sd (IREE, host)", label, "f16" if q == "none" else q,
+                "target only", bytes_per_token=(weight_bytes(cfg, 2) if q == "none" else quant_weight_bytes(cfg, q)) + kv,
+                note="" if q == "none" else "float parts (embedding, attention, KV cache) f16")
+        if isinstance(bundle, str):
+            r.why = bundle
+        else:
+            r.start = worker(WORKERS + ["bsd", "--bundle", bundle, "--gamma", 0, "--max-new", a.max_new_large]
+                             + ctx.common(pf, a.warmup_large) + ["--ignore-eos"], r.id)
+        ctx.rows.append(r)
+    for q in ("q8_0", "q4_0"):
+        r = Row(f"llama-smollm2-{q}", "smollm2q", "smollm2q", "llama.cpp", label, q, "target only",
+                bytes_per_token=quant_weight_bytes(cfg, q) + kv, note=f"GGUF {q.upper()} on every 2-D weight, KV f16")
+        g = model_file(r, None if ctx.llama else ctx.failures.get("llama.cpp", "skipped (--no-llamacpp)"),
+                       lambda q=q: gguf_file(ck, q), "GGUF")
+        if g is not None:
+            r.start = worker([ctx.llama["bsd-llama"], "-m", g, "--prompts", pf, "-t", ctx.T, "-n", a.max_new_large,
+                              "--kv", "f16", "--warmup", a.warmup_large, "--ignore-eos"], r.id)
+        ctx.rows.append(r)
+
+
+def smol_prompts(ctx: Ctx, ck: Path) -> Path:
+    from build_sd.runtime.chat import ChatTemplate
+    from tokenizers import Tokenizer
+    tmpl = ChatTemplate(json.loads((ck / "tokenizer_config.json").read_text()))
+    tok = Tokenizer.from_file(str(ck / "tokenizer.json"))
+    ids = [tok.encode(tmpl.render([{"role": "user", "content": q}]), add_special_tokens=False).ids
+           for q in SMOL_QUESTIONS[:ctx.a.prompts_large]]
+    return write_ids(WORK / f"prompts-smollm2-{len(ids)}.ids", ids)
 
 
 SMOL_QUESTIONS = ["What is the capital of France?", "Write a haiku about the sea.",
@@ -954,6 +1006,8 @@ def main(argv=None) -> int:
         large_rows(ctx)
     if "smollm2" in sections:
         smollm2_rows(ctx)
+    if "smollm2q" in sections:
+        smollm2q_rows(ctx)
     if a.build_only:
         for r in ctx.rows:
             if r.why:

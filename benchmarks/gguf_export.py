@@ -8,9 +8,11 @@ llama.cpp's convert_hf_to_gguf.py refuses tokenizers whose pre-tokenizer hash it
   vocab_size), merges, bos/eos/pad ids, no automatic BOS (our prompts carry "<s>" themselves);
 - tensors in GGUF naming; Q and K rows permuted for llama.cpp's RoPE layout (HF rotates halves,
   llama.cpp pairs; convert_hf_to_gguf.py LlamaModel.permute); rope_freqs for llama3 scaling;
-- f32, or f16 for the 2-D weights (norms and rope_freqs stay f32, as the converter does).
+- f32, or f16 for the 2-D weights (norms and rope_freqs stay f32, as the converter does), or
+  q8_0 / q4_0 for them (the gguf package's reference quantizers, llama.cpp's own block formats;
+  every 2-D weight incl. the embedding, like `llama-quantize --pure`).
 
-    python benchmarks/gguf_export.py CKPT_DIR OUT.gguf [--dtype f32|f16]
+    python benchmarks/gguf_export.py CKPT_DIR OUT.gguf [--dtype f32|f16|q8_0|q4_0]
 """
 from __future__ import annotations
 
@@ -80,9 +82,9 @@ def export(ckpt: Path, out: Path, dtype: str = "f32") -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     w = gguf.GGUFWriter(str(tmp), "llama")
-    add_hparams(w, ckpt.name, cfg, dtype == "f16")
+    add_hparams(w, ckpt.name, cfg, dtype)
     add_tokenizer(w, ckpt, cfg)
-    add_tensors(w, ckpt, cfg, dtype == "f16")
+    add_tensors(w, ckpt, cfg, dtype)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -97,7 +99,10 @@ def shape(cfg: dict) -> tuple[int, int, int]:
     return H, cfg.get("num_key_value_heads", H), cfg.get("head_dim") or cfg["hidden_size"] // H
 
 
-def add_hparams(w, name: str, cfg: dict, f16: bool) -> None:
+FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0"}
+
+
+def add_hparams(w, name: str, cfg: dict, dtype: str) -> None:
     """llama.* hyperparameters and the file type."""
     import gguf
     D = cfg["hidden_size"]
@@ -116,7 +121,7 @@ def add_hparams(w, name: str, cfg: dict, f16: bool) -> None:
     w.add_rope_freq_base(float(rope_params(cfg)["rope_theta"]))
     w.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", 1e-5)))
     w.add_vocab_size(cfg["vocab_size"])
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if f16 else gguf.LlamaFileType.ALL_F32)
+    w.add_file_type(getattr(gguf.LlamaFileType, FILE_TYPES[dtype]))
 
 
 def add_tokenizer(w, ckpt: Path, cfg: dict) -> None:
@@ -170,8 +175,9 @@ PER_LAYER = {"self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weigh
              "post_attention_layernorm.weight": "ffn_norm.weight"}
 
 
-def add_tensors(w, ckpt: Path, cfg: dict, f16: bool) -> None:
-    """The weights under GGUF names (Q/K permuted), rope_freqs for llama3 scaling; f16: 2-D ones."""
+def add_tensors(w, ckpt: Path, cfg: dict, dtype: str) -> None:
+    """The weights under GGUF names (Q/K permuted), rope_freqs for llama3 scaling; 2-D ones in dtype."""
+    import gguf
     H, KV, hd = shape(cfg)
     rp = rope_params(cfg)
     if str(rp.get("rope_type", "")).lower() == "llama3":
@@ -191,8 +197,12 @@ def add_tensors(w, ckpt: Path, cfg: dict, f16: bool) -> None:
                 a = permute(a, KV)
         else:
             raise SystemExit(f"unexpected tensor {name}")
-        if f16 and a.ndim == 2:
+        if dtype == "f16" and a.ndim == 2:
             a = a.astype(np.float16)
+        elif dtype in ("q8_0", "q4_0") and a.ndim == 2:
+            qt = getattr(gguf.GGMLQuantizationType, dtype.upper())
+            w.add_tensor(g, gguf.quants.quantize(np.ascontiguousarray(a), qt), raw_dtype=qt)
+            continue
         w.add_tensor(g, np.ascontiguousarray(a))
 
 
@@ -200,7 +210,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("ckpt")
     ap.add_argument("out")
-    ap.add_argument("--dtype", default="f32", choices=["f32", "f16"])
+    ap.add_argument("--dtype", default="f32", choices=list(FILE_TYPES))
     a = ap.parse_args(argv)
     print(export(Path(a.ckpt), Path(a.out), a.dtype))
     return 0

@@ -14,7 +14,7 @@ SECTION_TITLES = {"demo": "Demo pair (English->German, 12.6M target / 1.6M draft
                   "1b": "Llama-3.2-1B shape (random weights)",
                   "150m": "~150M draft shape (random weights)",
                   "smollm2": "SmolLM2-135M-Instruct (the real target, from its GGUF; chat prompts)"}
-SECTIONS = ("demo", "1b", "150m", "smollm2")
+SECTIONS = ("demo", "1b", "150m", "smollm2", "smollm2q")
 
 
 def _bw(run: dict) -> float:
@@ -73,6 +73,9 @@ def _f(x, fmt="{:.1f}"):
     return "-" if x is None else fmt.format(x)
 
 
+QUANT_PEER = {"q8_0": "w8a8", "q4_0": "w4a8"}
+
+
 def comparisons(res: dict) -> tuple[dict, list[str]]:
     """Per row: build_sd / this row; and the goal lines."""
     rows = {r["id"]: r for r in res["rows"]}
@@ -85,6 +88,8 @@ def comparisons(res: dict) -> tuple[dict, list[str]]:
             base = "bsd-spec"
         elif r["dtype"] == "q4_1":         # llama.cpp on the shipped Q4_1 file: vs build_sd f16, same group
             base = f"bsd-{r['section']}-f16-ref-q4"
+        elif r["dtype"] in QUANT_PEER:       # llama.cpp Q8_0 / Q4_0: vs build_sd w8a8 / w4a8, same group
+            base = f"bsd-smollm2-{QUANT_PEER[r['dtype']]}-q"
         else:
             base = f"bsd-{r['section']}-{r['dtype']}"
             # the small models also ran under local-sync (the planner's cpu-sync): compare with
@@ -109,6 +114,14 @@ def comparisons(res: dict) -> tuple[dict, list[str]]:
     goal("build_sd / PyTorch eager, demo target f32", vs.get("hf-demo-f32", (None,))[0], 2.5)
     goal("build_sd / PyTorch eager, 1B shape f32", vs.get("hf-1b-f32", (None,))[0], 2.5)
     goal("build_sd speculative / HF assisted generation, demo pair", vs.get("hf-spec", (None,))[0], 3.0)
+    goal("build_sd w8a8 / llama.cpp Q8_0, SmolLM2", vs.get("llama-smollm2-q8_0", (None,))[0], 1.0)
+    goal("build_sd w4a8 / llama.cpp Q4_0, SmolLM2", vs.get("llama-smollm2-q4_0", (None,))[0], 1.0)
+    # w8a8 turns the bytes it saves into speed: decode speedup over f16 >= 0.9 x the bytes ratio
+    f16, w8 = rows.get("bsd-smollm2-f16-q"), rows.get("bsd-smollm2-w8a8-q")
+    if f16 and w8 and f16.get("runs") and w8.get("runs"):
+        sp = ratio(rows, "bsd-smollm2-w8a8-q", "bsd-smollm2-f16-q", tol)[0]
+        need = 0.9 * f16["bytes_per_token"] / w8["bytes_per_token"]
+        goal(f"build_sd w8a8 / f16 decode, SmolLM2 (target 0.9 x bytes ratio = {need:.2f})", sp, round(need, 2))
     for d in ("f32", "f16"):
         r = rows.get(f"bsd-1b-{d}")
         goal(f"build_sd share of the memory roofline, 1B shape {d}", roofline(r) if r else None, 0.9)

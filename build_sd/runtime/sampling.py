@@ -82,10 +82,40 @@ def _nucleus(p: np.ndarray, top_p: float) -> None:
     p[keep] = kept / kept.sum(dtype=np.float64)
 
 
+BLOCK = 256
+
+
 def sample(p: np.ndarray, rng: np.random.Generator) -> int:
-    """One draw from a distribution p (V,) by inverse CDF."""
+    """One draw from a distribution p (V,) (unnormalised is fine) by inverse CDF in two levels: the
+    block of BLOCK ids by the cumulative block sums, then the id within it. A float64 cumsum of the
+    whole row was the largest host cost of sampled decoding at V = 49152 (0.48 ms a draw); the block
+    sums are one vectorised reduction. A token of probability 0 is never drawn (the first cumulative
+    sum above the uniform is a token with mass; float round-off at the very top falls back to the last
+    token with mass)."""
+    V = len(p)
+    if V <= BLOCK:
+        return _inverse_cdf(p, rng.random())
+    starts = np.arange(0, V, BLOCK)
+    bs = np.add.reduceat(p, starts, dtype=np.float64)
+    cb = np.cumsum(bs)
+    u = rng.random() * cb[-1]
+    b = int(np.searchsorted(cb, u, side="right"))
+    if b >= len(bs) or bs[b] <= 0.0:
+        b = int(np.flatnonzero(bs)[-1])
+        return int(starts[b]) + _last_nonzero(p[starts[b]:starts[b] + BLOCK])
+    block = p[starts[b]:starts[b] + BLOCK]
+    return int(starts[b]) + _inverse_cdf(block, (u - (cb[b] - bs[b])) / bs[b])
+
+
+def _inverse_cdf(p: np.ndarray, frac: float) -> int:
+    """The id whose cumulative mass first exceeds frac of p's total."""
     c = np.cumsum(p, dtype=np.float64)
-    return int(min(np.searchsorted(c, rng.random() * c[-1], side="right"), len(p) - 1))
+    i = int(np.searchsorted(c, frac * c[-1], side="right"))
+    return i if i < len(p) and p[i] > 0 else _last_nonzero(p)
+
+
+def _last_nonzero(p: np.ndarray) -> int:
+    return int(np.flatnonzero(p)[-1])
 
 
 class GreedyAcceptor:
