@@ -250,12 +250,13 @@ def bsd_plan(bundle: Path, draft: Path, target: Path, prompts_file: Path, thread
 
 
 def quant_weight_bytes(cfg: dict, quant: str) -> int:
-    """weight_bytes for a build_sd quantized export (int8 codes, or w4a8's 5 bits: nibbles + two f16 a
-    group of 32, the LM head int8 either way; scales, norms and the embedding row are noise), or for
-    llama.cpp's Q8_0 (8.5 bits) / Q4_0 (4.5 bits) blocks on every 2-D weight."""
+    """Weight bytes a decode step reads for a build_sd quantized export (int8 codes; w4a8 too: its 4-bit
+    codes are expanded to int8 at load, so a step reads 8 bits a weight, the file holds 5; scales,
+    norms and the embedding row are noise), or for llama.cpp's Q8_0 (8.5 bits) / Q4_0 (4.5 bits)
+    blocks on every 2-D weight."""
     D, V = cfg["hidden_size"], cfg["vocab_size"]
     proj = M.n_params(cfg) - V * D * (1 if cfg.get("tie_word_embeddings") else 2)
-    bits = {"w8a8": (8, 8), "w4a8": (5, 8), "q8_0": (8.5, 8.5), "q4_0": (4.5, 4.5)}[quant]
+    bits = {"w8a8": (8, 8), "w4a8": (8, 8), "q8_0": (8.5, 8.5), "q4_0": (4.5, 4.5)}[quant]
     return int(proj * bits[0] / 8 + V * D * bits[1] / 8)
 
 

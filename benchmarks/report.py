@@ -13,7 +13,8 @@ from pathlib import Path
 SECTION_TITLES = {"demo": "Demo pair (English->German, 12.6M target / 1.6M draft)",
                   "1b": "Llama-3.2-1B shape (random weights)",
                   "150m": "~150M draft shape (random weights)",
-                  "smollm2": "SmolLM2-135M-Instruct (the real target, from its GGUF; chat prompts)"}
+                  "smollm2": "SmolLM2-135M-Instruct (the real target, from its GGUF; chat prompts)",
+                  "smollm2q": "SmolLM2-135M-Instruct quantized: build_sd w8a8/w4a8 vs llama.cpp Q8_0/Q4_0"}
 SECTIONS = ("demo", "1b", "150m", "smollm2", "smollm2q")
 
 
