@@ -223,16 +223,18 @@ def bsd_bundle(name: str, draft_art: Path, target_art: Path, gamma: int) -> Path
     return out
 
 
-def bsd_plan(bundle: Path, draft: Path, target: Path, prompts_file: Path, threads: int, n_prompts: int) -> dict:
+def bsd_plan(bundle: Path, draft: Path, target: Path, prompts_file: Path, threads: int, n_prompts: int,
+             chat: bool = False, dtype: str = "f32") -> dict:
     """calibrate (alpha per draft position) + profile (this machine) + plan --platform host."""
-    d = WORK / "plan"
+    d = WORK / "plan" / bundle.name          # one folder per bundle: the inputs stay for a look afterwards
     d.mkdir(parents=True, exist_ok=True)
     lg = WORK / "logs" / "plan.log"
     env = {"IREE_PY_RUNTIME_FLAGS": f"--task_topology_group_count={threads}"}
     sh([BSD, "calibrate", bundle, "--prompts", prompts_file, "--limit", str(n_prompts), "--gamma", "8",
-        "--out", d / "calib.json"], lg, env=env, timeout=1800)
+        "--out", d / "calib.json"] + (["--chat"] if chat else []), lg, env=env, timeout=1800)
     sh([BSD, "profile", bundle, "--devices", "cpu", "--out", d / "profile.json"], lg, env=env, timeout=1800)
     out = sh([BSD, "plan", "--draft", draft, "--target", target, "--platform", "host", "--devices", "cpu,cpu-sync",
+              "--dtype", dtype, "--max-context", "512",
               "--calibration", d / "calib.json", "--profile", d / "profile.json", "--out", d / "plan.json"],
              lg, env=env, timeout=600)
     from build_sd.contract import Calibration, Plan
@@ -453,7 +455,7 @@ def measure(rows: list[Row], rounds: int, bw: Bandwidth, run_timeout: float, loa
                 r.runs.append({"round": k, "tps": tps, "tokens": res["tokens"], "decode_s": res["decode_s"],
                                "bw_before": b0, "bw_after": b1, "accepted": res.get("accepted", 0),
                                "rejected": res.get("rejected", 0), "drafted": res.get("drafted"),
-                               "iterations": res.get("iterations", 0)})
+                               "iterations": res.get("iterations", 0), "host_s": res.get("host_s")})
                 if res.get("outputs"):
                     r.outputs = res["outputs"]
                 log(f"    round {k + 1}/{rounds} {r.id}: {tps:8.2f} tok/s  ({res['tokens']} tokens, "
@@ -561,8 +563,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--no-llamacpp", action="store_true", help="skip llama.cpp")
     ap.add_argument("--only", help="comma-separated sections: demo,demo16,1b,150m,smollm2,smollm2q (default: all "
                                    "but the SmolLM2 ones, whose GGUF `make smollm2` fetches; smollm2q: its w8a8/w4a8 "
-                                   "against llama.cpp Q8_0/Q4_0)")
+                                   "against llama.cpp Q8_0/Q4_0; chatspec: the real pair, speculative vs target-only)")
     ap.add_argument("--build-only", action="store_true", help="set up and build everything, measure nothing")
+    ap.add_argument("--chat-draft", help="chatspec: the draft checkpoint (default build_sd/chatpair/models/draft)")
     ap.add_argument("--out", default=str(RESULTS))
     return ap.parse_args(argv)
 
@@ -936,14 +939,70 @@ def smollm2q_rows(ctx: Ctx) -> None:
         ctx.rows.append(r)
 
 
-def smol_prompts(ctx: Ctx, ck: Path) -> Path:
+def chatspec_rows(ctx: Ctx) -> None:
+    """The real pair: SmolLM2-135M-Instruct + its distilled draft (build_sd/chatpair/models/draft, or
+    --chat-draft), f32 and f16, on the chat demo's held-out questions. Per dtype one group: target-only
+    under both CPU drivers, speculative greedy at the planner's gamma and drivers (calibrated on other
+    held-out prompts), and sampled (temperature 0.8) target-only and speculative. The goals compare
+    speculative with the best target-only row of the same dtype."""
+    from build_sd.builder.gguf import checkpoint_dir
+    from build_sd.chatpair.fetch import target_gguf
+    from build_sd.demo.chat import DRAFT_DIR, questions
+    a = ctx.a
+    ck = checkpoint_dir(target_gguf())
+    draft = Path(a.chat_draft) if a.chat_draft else DRAFT_DIR
+    cfg = json.loads((ck / "config.json").read_text())
+    asked, calib = questions()
+    pf = smol_prompts(ctx, ck, asked[:a.prompts_large], "chat")
+    tf = WORK / "prompts-chat-calib.txt"
+    tf.write_text("\n".join(calib[:12]) + "\n")
+    pos = statistics.mean(len(x.split(",")) for x in pf.read_text().splitlines()) + a.max_new_large / 2
+    label = f"SmolLM2-135M-Instruct + draft ({M.n_params(cfg) / 1e6:.0f}M target)"
+    for dtype in ("f32", "f16"):
+        group, elt = f"chat-{dtype}", 4 if dtype == "f32" else 2
+        bpt = weight_bytes(cfg, elt) + kv_bytes(cfg, elt, pos)
+        log(f"{label} {dtype}: build_sd export/compile/bundle/plan")
+        plan, bundle = None, None
+        try:
+            ta = bsd_export_compile(f"chat-target-{dtype}", ck, dtype, None, "64")
+            da = bsd_export_compile(f"chat-draft-{dtype}", draft, dtype, "1", "64")
+            bundle = bsd_bundle(f"chat-{dtype}", da, ta, 4)
+            if not a.build_only:
+                plan = bsd_plan(bundle, draft, ck, tf, ctx.T, 12, chat=True, dtype=dtype)
+                log(f"  plan: top gamma {plan['top_gamma']}, speculative rows gamma {plan['gamma']} "
+                    f"(alpha {plan['alpha']:.3f}), drivers {plan['drivers']}")
+        except StepFailed as e:
+            bundle = f"build_sd build failed: {e}"
+        gamma = plan["gamma"] if plan else 4
+        drv = sum((["--cpu-driver", f"{k}={v}"] for k, v in (plan or {}).get("drivers", {}).items()), [])
+        base = WORKERS + ["bsd", "--bundle", bundle, "--max-new", a.max_new_large] + ctx.common(pf, a.warmup_large)
+        specs = [(f"bsd-chat-{dtype}", "target only", ["--gamma", 0]),
+                 (f"bsd-chat-{dtype}-sync", "target only (local-sync)", ["--gamma", 0, "--driver", "local-sync"]),
+                 (f"bsd-chat-{dtype}-spec", f"speculative g={gamma}", ["--gamma", gamma] + drv),
+                 (f"bsd-chat-{dtype}-t08", "target only, sampled T=0.8", ["--gamma", 0, "--temperature", 0.8]),
+                 (f"bsd-chat-{dtype}-sync-t08", "target only (local-sync), sampled T=0.8",
+                  ["--gamma", 0, "--driver", "local-sync", "--temperature", 0.8]),
+                 (f"bsd-chat-{dtype}-spec-t08", f"speculative g={gamma}, sampled T=0.8",
+                  ["--gamma", gamma, "--temperature", 0.8] + drv)]
+        for rid, mode, extra in specs:
+            r = Row(rid, "chatspec", group, "build_sd (IREE, host)", label, dtype, mode, bytes_per_token=bpt,
+                    note="the plan's CPU drivers: " + ", ".join(drv[1::2]) if drv and "spec" in rid else "")
+            if isinstance(bundle, str):
+                r.why = bundle
+            else:
+                r.start = worker(base + extra, rid)
+            r.info["plan"] = plan
+            ctx.rows.append(r)
+
+
+def smol_prompts(ctx: Ctx, ck: Path, questions: list[str] | None = None, tag: str = "smollm2") -> Path:
     from build_sd.runtime.chat import ChatTemplate
     from tokenizers import Tokenizer
     tmpl = ChatTemplate(json.loads((ck / "tokenizer_config.json").read_text()))
     tok = Tokenizer.from_file(str(ck / "tokenizer.json"))
     ids = [tok.encode(tmpl.render([{"role": "user", "content": q}]), add_special_tokens=False).ids
-           for q in SMOL_QUESTIONS[:ctx.a.prompts_large]]
-    return write_ids(WORK / f"prompts-smollm2-{len(ids)}.ids", ids)
+           for q in (questions or SMOL_QUESTIONS[:ctx.a.prompts_large])]
+    return write_ids(WORK / f"prompts-{tag}-{len(ids)}.ids", ids)
 
 
 SMOL_QUESTIONS = ["What is the capital of France?", "Write a haiku about the sea.",
@@ -1009,6 +1068,8 @@ def main(argv=None) -> int:
         smollm2_rows(ctx)
     if "smollm2q" in sections:
         smollm2q_rows(ctx)
+    if "chatspec" in sections:
+        chatspec_rows(ctx)
     if a.build_only:
         for r in ctx.rows:
             if r.why:

@@ -14,8 +14,9 @@ SECTION_TITLES = {"demo": "Demo pair (English->German, 12.6M target / 1.6M draft
                   "1b": "Llama-3.2-1B shape (random weights)",
                   "150m": "~150M draft shape (random weights)",
                   "smollm2": "SmolLM2-135M-Instruct (the real target, from its GGUF; chat prompts)",
-                  "smollm2q": "SmolLM2-135M-Instruct quantized: build_sd w8a8/w4a8 vs llama.cpp Q8_0/Q4_0"}
-SECTIONS = ("demo", "1b", "150m", "smollm2", "smollm2q")
+                  "smollm2q": "SmolLM2-135M-Instruct quantized: build_sd w8a8/w4a8 vs llama.cpp Q8_0/Q4_0",
+                  "chatspec": "The real pair: SmolLM2-135M-Instruct + its distilled draft, speculative vs target-only"}
+SECTIONS = ("demo", "1b", "150m", "smollm2", "smollm2q", "chatspec")
 
 
 def _bw(run: dict) -> float:
@@ -123,6 +124,20 @@ def comparisons(res: dict) -> tuple[dict, list[str]]:
         sp = ratio(rows, "bsd-smollm2-w8a8-q", "bsd-smollm2-f16-q", tol)[0]
         need = 0.9 * f16["bytes_per_token"] / w8["bytes_per_token"]
         goal(f"build_sd w8a8 / f16 decode, SmolLM2 (target 0.9 x bytes ratio = {need:.2f})", sp, round(need, 2))
+    # the real pair (chatspec): speculative vs the best target-only row of the same dtype, same group
+    for d in ("f32", "f16"):
+        for sfx, target, what in (("", 1.8, "greedy"), ("-t08", 1.5, "sampled T=0.8")):
+            spec = f"bsd-chat-{d}-spec{sfx}"
+            if not rows.get(spec, {}).get("runs"):
+                continue
+            rs = [ratio(rows, spec, f"bsd-chat-{d}{drv}{sfx}", tol)[0] for drv in ("", "-sync")]
+            rs = [x for x in rs if x]
+            goal(f"real pair {d}, {what}: speculative / best target-only", min(rs) if rs else None, target)
+        r = rows.get(f"bsd-chat-{d}-spec-t08")
+        if r and r.get("runs") and all(x.get("host_s") is not None for x in r["runs"]):
+            share = sum(x["host_s"] for x in r["runs"]) / sum(x["decode_s"] for x in r["runs"])
+            goals.append(f"| real pair {d}, sampled: host share of speculative decoding | {share:.3f} | <= 0.10 | "
+                         f"{'met' if share <= 0.10 else 'NOT met'} |")
     for d in ("f32", "f16"):
         r = rows.get(f"bsd-1b-{d}")
         goal(f"build_sd share of the memory roofline, 1B shape {d}", roofline(r) if r else None, 0.9)

@@ -50,10 +50,10 @@ def serve(gen_one, prompts, info: dict) -> None:
         if cmd != "run":
             continue
         res = {"tokens": 0, "decode_s": 0.0, "prefill_s": 0.0, "accepted": 0, "rejected": 0,
-               "iterations": 0, "outputs": []}
+               "iterations": 0, "host_s": 0.0, "outputs": []}
         for p in prompts:
             r = gen_one(p)
-            for k in ("tokens", "decode_s", "prefill_s", "accepted", "rejected", "iterations"):
+            for k in ("tokens", "decode_s", "prefill_s", "accepted", "rejected", "iterations", "host_s"):
                 res[k] += r.get(k, 0)
             res["outputs"].append(r["ids"])
         print(json.dumps(res), flush=True)
@@ -66,7 +66,9 @@ def bsd(a) -> None:
     rt.flags.parse_flags(f"--task_topology_group_count={a.threads}")
     sys.path.insert(0, str(ROOT))
     from build_sd.cli import cpu_drivers
-    from build_sd.runtime.sampling import GreedyAcceptor
+    import numpy as np
+
+    from build_sd.runtime.sampling import GreedyAcceptor, RejectionSampler, SamplingParams
     from build_sd.runtime.session import open_bundle
     from build_sd.runtime.speculative import generate
 
@@ -80,8 +82,18 @@ def bsd(a) -> None:
     eos = () if a.ignore_eos else s.eos_ids
     draft = s.draft if a.gamma > 0 else None
 
+    calls = [0]
+
+    def acceptor():
+        # sampled: exact speculative sampling, a seeded generator per generation (run k, prompt i)
+        if not a.temperature:
+            return GreedyAcceptor()
+        calls[0] += 1
+        return RejectionSampler(SamplingParams(temperature=a.temperature, top_p=a.top_p),
+                                np.random.default_rng([a.seed, calls[0]]))
+
     def gen_one(p):
-        g = generate(s.target, draft, p, a.gamma, GreedyAcceptor(), a.max_new, eos)
+        g = generate(s.target, draft, p, a.gamma, acceptor(), a.max_new, eos)
         m = g.metrics
         return {"ids": [int(x) for x in g.token_ids], "tokens": m.emitted, "decode_s": m.decode_s,
                 "prefill_s": m.prefill_s, "accepted": m.accepted, "rejected": m.rejected,
@@ -200,6 +212,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ignore-eos", action="store_true")
     ap.add_argument("--warmup", type=int, default=0, help="warm up on the first N prompts (0: all)")
     ap.add_argument("--gamma", type=int, default=0)
+    ap.add_argument("--temperature", type=float, default=0.0, help="bsd: 0 greedy, else exact speculative sampling")
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bundle")
     ap.add_argument("--model")
     ap.add_argument("--draft")
