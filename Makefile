@@ -51,7 +51,7 @@ test: setup
 
 demo: setup
 	@$(VPY) -m build_sd.chatpair.fetch || echo "warning: SmolLM2's GGUF could not be fetched (demo --pair chat needs it)"
-	$(VENV)/bin/build-sd demo
+	$(VENV)/bin/build-sd demo --pair both
 
 clean:
 	rm -rf mlir/* artifacts/* build/

@@ -240,15 +240,24 @@ def cmd_push(a):
 
 
 def cmd_demo(a):
-    if a.pair == "chat":
-        from .demo.chat import run_chat_demo
-        out = Path(a.out) if a.out != "artifacts/demo" else Path("artifacts") / "demo-chat"
+    if a.draft and a.pair == "translate":
+        raise UserError("--draft goes with --pair chat (or both)")
+    if a.pair in ("translate", "both"):
+        from .demo.run import run_demo
+        run_demo(out_dir=Path(a.out), gamma=a.gamma, sentences=a.sentences)
+    if a.pair in ("chat", "both"):
+        from .demo.chat import chat_demo_missing, run_chat_demo
+        # default folder artifacts/demo-chat; with --out DIR: DIR (chat) or DIR-chat (both)
+        out = Path(a.out) if a.pair == "chat" else Path(a.out + "-chat")
+        if a.out == "artifacts/demo":
+            out = Path("artifacts") / "demo-chat"
+        if a.pair == "both":
+            missing = chat_demo_missing(a.draft)
+            if missing:              # the translation demo ran: say why the chat pair does not
+                print(f"\nthe chat pair is skipped: {missing}")
+                return
+            print()
         run_chat_demo(out, gamma=a.gamma, questions=min(a.sentences, 6), draft_dir=a.draft)
-        return
-    if a.draft:
-        raise UserError("--draft goes with --pair chat")
-    from .demo.run import run_demo
-    run_demo(out_dir=Path(a.out), gamma=a.gamma, sentences=a.sentences)
 
 
 def _check_template(t: str | None) -> None:

@@ -262,8 +262,9 @@ def _push(sub) -> None:
 
 def _demo(sub) -> None:
     p = sub.add_parser("demo", help="build the embedded English->German pair and translate (--pair chat: "
-                                    "SmolLM2-135M-Instruct and its distilled draft, chat questions)")
-    p.add_argument("--pair", choices=["translate", "chat"], default="translate")
+                                    "SmolLM2-135M-Instruct and its distilled draft, chat questions; --pair both: "
+                                    "one then the other, what `make demo` runs)")
+    p.add_argument("--pair", choices=["translate", "chat", "both"], default="translate")
     p.add_argument("--draft", metavar="DIR", help="--pair chat: another draft checkpoint for SmolLM2 (default: "
                                                   "build_sd/chatpair/models/draft)")
     p.add_argument("--gamma", type=int, help="draft length (default: the planner's choice, from a profile "

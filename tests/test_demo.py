@@ -30,3 +30,15 @@ def test_demo_smoke():
     assert summary["tokens_per_s_speculative"] > 0 and summary["tokens_per_s_target_only"] > 0
     saved = json.loads((ROOT / "artifacts" / "demo" / "demo_summary.json").read_text())
     assert saved == summary
+
+
+def test_demo_both_says_why_the_chat_pair_is_skipped(tmp_path, monkeypatch):
+    """`make demo` runs `demo --pair both`: without a chat draft the translation still runs, then one line."""
+    import build_sd.demo.run as run
+    from helpers import cli
+    monkeypatch.setattr(run, "run_demo", lambda **kw: {"ran": kw["out_dir"]})   # the translation demo: tested above
+    rc, out, err = cli("demo", "--pair", "both", "--draft", tmp_path / "none")
+    assert rc == 0, err
+    assert out.strip().splitlines()[-1].startswith("the chat pair is skipped: its draft is missing")
+    rc, out, err = cli("demo", "--draft", tmp_path / "none")
+    assert rc == 2 and "--draft goes with --pair chat" in err

@@ -21,6 +21,19 @@ CONTEXT = 1024             # the demo's conversations are one turn; `build` defa
 PREFILL = [32, 128]
 
 
+def chat_demo_missing(draft_dir: str | Path | None = None) -> str | None:
+    """Why the chat demo cannot run here (no network for the target's GGUF, no draft), or None."""
+    from ..chatpair.fetch import target_gguf
+    draft = Path(draft_dir) if draft_dir else DRAFT_DIR
+    if not (draft / "config.json").exists():
+        return f"its draft is missing ({draft}): train it with python -m build_sd.chatpair, or give --draft DIR"
+    try:
+        target_gguf(download=False)
+    except UserError as e:
+        return f"SmolLM2's GGUF is not cached ({e}): `make smollm2` fetches it"
+    return None
+
+
 def questions() -> tuple[list[str], list[str]]:
     """(the questions the demo answers, the prompts it calibrates alpha on): both from the draft's
     held-out prompts (subjects, and half the template families, that its training never saw;
