@@ -60,3 +60,26 @@ def test_a_restricted_draft_saves_and_loads_in_build_sd(tmp_path):
     mask[ids] = False
     assert torch.isneginf(got[:, mask]).all()
     assert got_ids[0].tolist() == [ids[i] for i in ref.argmax(-1).tolist()]
+
+
+def test_the_committed_chat_draft_is_what_its_card_says():
+    """build_sd/chatpair/models/draft: the distilled draft the chat demo runs (f16, restricted head, within
+    the 40 MB the issue allows), loadable by build_sd, its card stating alpha and whether the goal is met
+    (recomputing alpha needs the target's held-out answers: `python -m build_sd.chatpair eval`)."""
+    import re
+
+    import numpy as np
+
+    from build_sd.builder.model.loader import load_checkpoint
+    from build_sd.contract.config import ModelConfig
+    from build_sd.demo.chat import DRAFT_DIR
+    cfg = ModelConfig.from_hf(DRAFT_DIR)
+    assert cfg.vocab_size == 49152 and cfg.head_vocab_size == 8192 and not cfg.tie_word_embeddings
+    assert (DRAFT_DIR / "model.safetensors").stat().st_size < 40e6
+    m = load_checkpoint(DRAFT_DIR, "f32", 32)
+    ids = m.head_ids.numpy()
+    assert {0, 1, 2} <= set(ids.tolist()) and len(np.unique(ids)) == 8192
+    card = (DRAFT_DIR / "README.md").read_text()
+    alpha = float(re.search(r"\*\*(0\.\d+)\*\* \(\d+/\d+\), measured on these f16 weights", card).group(1))
+    assert 0.0 < alpha < 1.0
+    assert ("is NOT met" in card) == (alpha < 0.7)
