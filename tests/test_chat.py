@@ -162,3 +162,4 @@ def test_calibrate_takes_chat_prompts(chat_bundle, tmp_path):
     assert rc == 0, err
     cal = json.loads((tmp_path / "c.json").read_text())
     assert cal["prompts"] == 2 and cal["greedy"]["iterations"] > 0
+    assert cal["draft_precision"] in ("f32", "f16") and cal["target_precision"] in ("f32", "f16")

@@ -176,6 +176,13 @@ def test_speculative_decoding_is_exact_for_quantized_pairs(target_w4a8, ckpt32, 
         spec = generate(s.target, s.draft, ids, 4, GreedyAcceptor(), 24, [])
         base = generate(s.target, None, ids, 0, GreedyAcceptor(), 24, [])
         assert spec.token_ids == base.token_ids and len(base.token_ids) == 24, name
+    # calib.json says which precisions its alpha is for
+    (tmp_path / "p.txt").write_text("the quick brown fox\n")
+    rc, _, err = cli("calibrate", tmp_path / "w8a8", "--prompts", tmp_path / "p.txt", "--max-new-tokens", 8,
+                     "--out", tmp_path / "c.json")
+    assert rc == 0, err
+    cal = json.loads((tmp_path / "c.json").read_text())
+    assert (cal["draft_precision"], cal["target_precision"]) == ("w8a8", "w4a8")
 
 
 def test_w4a8_refuses_dimensions_the_groups_do_not_divide(target_ckpt, tmp_path):

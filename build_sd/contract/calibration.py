@@ -35,3 +35,7 @@ class Calibration(Record, frozen=True, kw_only=True):
     prompts: int
     greedy: Acceptance | None = None
     sampled: Acceptance | msgspec.UnsetType = msgspec.UNSET
+    # each model's precision: its quantization, else its dtype (f32, f16, w8a8, w4a8): alpha depends
+    # on both, and the planner's precision choice needs the figure of each combination
+    draft_precision: str | msgspec.UnsetType = msgspec.UNSET
+    target_precision: str | msgspec.UnsetType = msgspec.UNSET

@@ -59,4 +59,10 @@ def calibrate(bundle: str | Path, prompts: list[str], gamma: int | None = None, 
         log(f"{name}: alpha {a if a is None else round(a, 4)}, per position "
             + " ".join("-" if x is None else f"{x:.2f}" for x in got[name].per_position))
     return Calibration(bundle=str(bundle), gamma=g, prompts=len(prompts), greedy=got["greedy"],
-                       sampled=got.get("sampled", msgspec.UNSET))
+                       sampled=got.get("sampled", msgspec.UNSET), draft_precision=precision(s.draft.export),
+                       target_precision=precision(s.target.export))
+
+
+def precision(export) -> str:
+    """f32 | f16 | w8a8 | w4a8: the quantization when there is one, else the dtype."""
+    return export.quant if export.quant != "none" else export.dtype
