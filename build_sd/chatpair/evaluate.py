@@ -39,14 +39,15 @@ def heldout_answers(out: Path, max_new: int = 128) -> list[dict]:
 @torch.no_grad()
 def alpha(model, items: list[dict], device=torch.device("cpu")) -> dict:
     per = []
+    ids = M.head_ids(model)
+    ids = None if ids is None else ids.to(device).long()
     for it in items:
         seq = it["ids"] + it["answer"]
         x = torch.tensor([seq[:-1]], device=device)
         s = len(it["ids"])
         h = model.model(input_ids=x).last_hidden_state[0, s - 1:]     # head only where it is judged
         pred = model.lm_head(h).float().argmax(-1)
-        ids = M.head_ids(model)
-        pred = (pred if ids is None else ids.to(pred.device).long()[pred]).cpu().numpy()
+        pred = (pred if ids is None else ids[pred]).cpu().numpy()
         ok = int((pred == np.array(it["answer"])).sum())
         per.append((ok, len(it["answer"])))
     a, n = sum(p[0] for p in per), sum(p[1] for p in per)
@@ -74,7 +75,7 @@ def cost(draft_cfg) -> dict:
     tc = AutoConfig.from_pretrained(str(target_dir()))
     d, t = M.macs_per_token(draft_cfg), M.macs_per_token(tc)
     K = M.head_rows(draft_cfg)
-    head = (f"tied head" if draft_cfg.tie_word_embeddings else
+    head = ("tied head" if draft_cfg.tie_word_embeddings else
             f"untied head over the {K} ids the teacher writes most" if K < draft_cfg.vocab_size else "untied head")
     return dict(draft_params=M.params(draft_cfg), target_params=M.params(tc), draft_macs=d["total"],
                 target_macs=t["total"], cost_ratio=d["total"] / t["total"], head_share=d["head"] / d["total"],

@@ -55,8 +55,9 @@ def from_state(config: dict, state: dict):
     """An HF draft from a config dict and a state dict, restricted head included."""
     from transformers import LlamaConfig, LlamaForCausalLM
     m = LlamaForCausalLM(LlamaConfig(**config))
-    if "lm_head.vocab_ids" in state:
-        restrict(m, state["lm_head.vocab_ids"])
+    from ..builder.model.head import HEAD_IDS
+    if HEAD_IDS in state:
+        restrict(m, state[HEAD_IDS])
     m.load_state_dict(state)
     return m
 
@@ -95,7 +96,7 @@ def params(cfg) -> dict:
 
 def macs_per_token(cfg, context: int = 0) -> dict:
     """Matmul multiply-adds per decoded token: projections + MLP + LM head (+ attention over `context`)."""
-    h, i, L, v = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
+    h, i, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
     hd = getattr(cfg, "head_dim", None) or h // cfg.num_attention_heads
     q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
     proj = L * (h * q + 2 * h * kv + q * h + 3 * h * i)

@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import log_to
+
 EOS = 2
 
 
@@ -159,10 +161,7 @@ def save_atomic(path: Path, arrays: dict) -> None:
 
 
 def log(out: Path, msg: str) -> None:
-    line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}"
-    print(line, flush=True)
-    with open(out / "teacher.log", "a") as f:
-        f.write(line + "\n")
+    log_to(out / "teacher.log", msg)
 
 
 def run(out: Path, shard_size: int = 64, batch: int = 32, max_new: int = 192, k: int = 32, greedy_frac: float = 0.5,

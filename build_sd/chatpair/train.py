@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import log_to
 from . import model as M
 
 
@@ -98,14 +99,8 @@ def collate(seqs: list[dict]):
 def frequent_ids(out: Path, K: int, always=(0, 1, 2)) -> list[int]:
     """The K ids the teacher writes most often in its answers (all shards present now; ties: lower id
     first), the special ids always among them; sorted."""
-    counts = np.zeros(0, np.int64)
-    for name in list_shards(out):
-        z = np.load(out / "shards" / name)
-        ids, off, st = z["ids"], z["seq_off"], z["ans_start"]
-        ans = np.concatenate([ids[off[i] + st[i]:off[i + 1]] for i in range(len(st))])
-        c = np.bincount(ans, minlength=max(len(counts), int(ans.max()) + 1))
-        c[:len(counts)] += counts
-        counts = c
+    counts = np.bincount(np.concatenate([q["ids"][q["start"]:] for name in list_shards(out)
+                                         for q in load_shard(out / "shards" / name)]))
     counts[list(always)] = counts.max() + 1
     order = np.lexsort((np.arange(len(counts)), -counts))
     return sorted(int(i) for i in order[:K])
@@ -130,7 +125,6 @@ def loss_fn(model, batch, kl_w: float, device, autocast, neg: int = 0, hmap: tor
             # restricted head: ids it cannot score drop out of the CE (ignored) and of the teacher's
             # top-k (masked before renormalising); agreement still counts them as misses
             logits = model.lm_head(h)
-            tgt_all = tgt
             tgt, tki_r = hmap[tgt], hmap[tki]
             tkl = tkl.masked_fill(tki_r < 0, float("-inf"))
             keep = (tki_r >= 0).any(-1)
@@ -150,7 +144,7 @@ def loss_fn(model, batch, kl_w: float, device, autocast, neg: int = 0, hmap: tor
         t = lp.exp() * (lp - lq[keep].gather(1, tki[keep]))
         kl = torch.where(lp.isneginf(), 0.0, t).sum(-1).mean()
         agree = ((lq.argmax(-1) == tki[:, 0]) & (tki_r[:, 0] >= 0)).float().mean()
-        return (1 - kl_w) * ce + kl_w * kl, ce.detach(), kl.detach(), agree.detach(), len(tgt_all)
+        return (1 - kl_w) * ce + kl_w * kl, ce.detach(), kl.detach(), agree.detach(), len(tgt)
     ce = F.nll_loss(lq, tgt)
     lp = torch.log_softmax(tkl, -1)                                  # renormalise teacher's top-k
     kl = (lp.exp() * (lp - lq.gather(1, tki))).sum(-1).mean()
@@ -172,10 +166,7 @@ def save_atomic(obj, path: Path) -> None:
 
 
 def log(run: Path, msg: str) -> None:
-    line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}"
-    print(line, flush=True)
-    with open(run / "train.log", "a") as f:
-        f.write(line + "\n")
+    log_to(run / "train.log", msg)
 
 
 def run(a) -> None:

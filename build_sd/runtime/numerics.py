@@ -30,7 +30,9 @@ def row_diff(got: np.ndarray, ref: np.ndarray) -> float:
     if not np.array_equal(got[~fin], ref[~fin]):
         return float("inf")
     d = np.abs(got[fin] - ref[fin])
-    return float(d.max()) if d.size and np.isfinite(d).all() else (0.0 if not d.size else float("inf"))
+    if not d.size:
+        return 0.0
+    return float(d.max()) if np.isfinite(d).all() else float("inf")
 
 
 def digest_values(row: np.ndarray, n: int) -> list[float]:

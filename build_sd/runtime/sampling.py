@@ -13,6 +13,7 @@ is exact for the transformed target distribution.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,7 +96,7 @@ def sample(p: np.ndarray, rng: np.random.Generator) -> int:
     V = len(p)
     if V <= BLOCK:
         return _inverse_cdf(p, rng.random())
-    starts = np.arange(0, V, BLOCK)
+    starts = _block_starts(V)
     bs = np.add.reduceat(p, starts, dtype=np.float64)
     cb = np.cumsum(bs)
     u = rng.random() * cb[-1]
@@ -105,6 +106,11 @@ def sample(p: np.ndarray, rng: np.random.Generator) -> int:
         return int(starts[b]) + _last_nonzero(p[starts[b]:starts[b] + BLOCK])
     block = p[starts[b]:starts[b] + BLOCK]
     return int(starts[b]) + _inverse_cdf(block, (u - (cb[b] - bs[b])) / bs[b])
+
+
+@functools.lru_cache(maxsize=8)
+def _block_starts(V: int) -> np.ndarray:
+    return np.arange(0, V, BLOCK)
 
 
 def _inverse_cdf(p: np.ndarray, frac: float) -> int:
