@@ -62,6 +62,24 @@ def cpu_drivers(specs: list[str] | None) -> dict[str, str]:
     return out
 
 
+def pins(specs: list[str] | None) -> dict[str, set[int]]:
+    """['draft=0', 'target=1-3,5'] -> {role: cores}."""
+    out: dict[str, set[int]] = {}
+    for it in specs or []:
+        role, _, cpus = it.partition("=")
+        try:
+            cores = set()
+            for part in cpus.split(","):
+                lo, _, hi = part.partition("-")
+                cores.update(range(int(lo), int(hi or lo) + 1))
+        except ValueError:
+            cores = set()
+        if role not in ("draft", "target") or not cores or min(cores) < 0:
+            raise UserError(f"--pin {it!r}: expected draft=CPUS or target=CPUS, e.g. draft=0 or target=1-3")
+        out[role] = cores
+    return out
+
+
 def device_classes(text: str | None) -> list[str] | None:
     return [d.strip() for d in text.split(",")] if text else None
 
@@ -126,7 +144,7 @@ def cmd_bundle(a):
     from .builder.bundle import make_bundle
     make_bundle(a.draft, a.target, places(a.place), a.gamma, a.out, tokenizer=a.tokenizer,
                 prompt_template=a.prompt_template, fallback=a.fallback, link=a.link,
-                cpu_driver=cpu_drivers(a.cpu_driver))
+                cpu_driver=cpu_drivers(a.cpu_driver), overlap=a.overlap, pin=pins(a.pin))
 
 
 def cmd_run(a):
@@ -137,7 +155,7 @@ def cmd_run(a):
     run(a.bundle, prompt, chat=a.chat, system=a.system, max_new_tokens=a.max_new_tokens, gamma=a.gamma,
         sampling=SamplingParams(a.temperature, a.top_k, a.top_p), seed=a.seed, as_json=a.json, raw=a.raw,
         fallback=a.fallback, threads=a.threads, cpu_driver=cpu_drivers(a.cpu_driver),
-        random_weights=a.random_weights)
+        random_weights=a.random_weights, overlap=a.overlap, pin=pins(a.pin))
 
 
 def cmd_chat(a):
@@ -147,7 +165,8 @@ def cmd_chat(a):
         raise UserError(f"--max-new-tokens must be >= 1, got {a.max_new_tokens}")
     return chat(a.bundle, system=a.system, max_new_tokens=a.max_new_tokens, gamma=a.gamma,
                 sampling=SamplingParams(a.temperature, a.top_k, a.top_p), seed=a.seed, as_json=a.json,
-                fallback=a.fallback, threads=a.threads, cpu_driver=cpu_drivers(a.cpu_driver))
+                fallback=a.fallback, threads=a.threads, cpu_driver=cpu_drivers(a.cpu_driver),
+                overlap=a.overlap, pin=pins(a.pin))
 
 
 def cmd_profile(a):

@@ -80,6 +80,9 @@ def _bundle(sub) -> None:
     p.add_argument("--cpu-driver", action="append", metavar="[ROLE=]DRIVER",
                    help="IREE driver for the CPU modules on the board: local-task (worker pool, default) or "
                         "local-sync (calling thread; faster for small models), e.g. draft=local-sync")
+    p.add_argument("--overlap", action="store_true",
+                   help="the runner drafts the next block while the target verifies (runtime/overlap.py)")
+    _pin_option(p)
     p.add_argument("--link", action="store_true",
                    help="hard-link the weights and modules from the artifacts instead of copying them "
                         "(same filesystem; a copy otherwise): no extra disk for a local bundle")
@@ -109,7 +112,22 @@ def _run(sub) -> None:
     p.add_argument("--cpu-driver", action="append", metavar="[ROLE=]DRIVER",
                    help="local-sync or local-task for the CPU modules, e.g. draft=local-sync "
                         "(default: the bundle's, else local-task)")
+    _overlap_options(p)
     _random_weights_option(p)
+
+
+def _overlap_options(p) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--overlap", dest="overlap", action="store_true", default=None,
+                   help="draft the next block while the target verifies (default: as the bundle says)")
+    g.add_argument("--no-overlap", dest="overlap", action="store_false", help="the sequential loop")
+    _pin_option(p)
+
+
+def _pin_option(p) -> None:
+    p.add_argument("--pin", action="append", metavar="ROLE=CPUS",
+                   help="with --overlap: the cores of a model's thread, e.g. --pin draft=0 --pin target=1-3 "
+                        "(under local-sync a model's dispatches run on its thread)")
 
 
 def _chat(sub) -> None:
@@ -127,6 +145,7 @@ def _chat(sub) -> None:
     p.add_argument("--threads", type=int, help="CPU worker threads (default: the bundle's, else one per core)")
     p.add_argument("--cpu-driver", action="append", metavar="[ROLE=]DRIVER",
                    help="local-sync or local-task for the CPU modules, e.g. draft=local-sync")
+    _overlap_options(p)
 
 
 def _profile(sub) -> None:

@@ -36,12 +36,14 @@ def chi2_rejects(counts: np.ndarray, expected_p: np.ndarray) -> tuple[bool, floa
 class BrokenSampler(RejectionSampler):
     """The classic bug: on rejection, resample from p instead of the residual max(0, p - q)."""
 
-    def accept(self, drafts, q_rows, target_ids, target_logits_fn):
+    def accept(self, drafts, q_rows, target_ids, target_logits_fn, bonus=True):
         p = probs(target_logits_fn(), self.params)
         for i, x in enumerate(drafts):
             if self.rng.random() * q_rows[i][x] < p[i, x]:
                 continue
             return i, sample(p[i], self.rng)
+        if not bonus:
+            return len(drafts), None
         return len(drafts), sample(p[len(drafts)], self.rng)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import msgspec
 
-from ..contract import (ROLES, ArtifactsManifest, BundleFile, BundleManifest, BundleModel, BundleModels,
+from ..contract import (ROLES, ArtifactsManifest, BundleFile, BundleManifest, BundleModel, BundleModels, Overlap,
                         ExportRecord, IreeVersions, ModelFiles, ModuleRef, SubgraphSpec)
 from ..errors import UserError
 from ..fsutil import copy_atomic, sha256_file
@@ -87,7 +87,7 @@ def _modules_in(key: str, export: ExportRecord, role: str) -> list[str]:
 def make_bundle(draft: str | Path, target: str | Path, places: Places, gamma: int, out: str | Path,
                 tokenizer: str | Path | None = None, prompt_template: str | None = None,
                 fallback: str | None = None, link: bool = False, cpu_driver: dict[str, str] | None = None,
-                log=print) -> BundleManifest:
+                overlap: bool = False, pin: dict[str, set[int]] | None = None, log=print) -> BundleManifest:
     """Check everything, then write the bundle in a staging folder and swap it in atomically."""
     from ..runtime.checks import recover_interrupted_swap
     from ..runtime.session import check_cpu_driver
@@ -97,6 +97,10 @@ def make_bundle(draft: str | Path, target: str | Path, places: Places, gamma: in
     loaded = {r: load_artifacts(p) for r, p in srcs.items()}
     if gamma < 0:
         raise UserError(f"--gamma must be >= 0, got {gamma}")
+    if pin and not overlap:
+        raise UserError("--pin goes with --overlap (it places the two models' threads on cores)")
+    if overlap and gamma < 1:
+        raise UserError("--overlap needs a draft: --gamma >= 1")
     t_export = loaded["target"][1]
     if gamma > 0 and gamma not in t_export.gammas_built:
         raise UserError(f"--gamma {gamma}: the target has verify functions for gamma {t_export.gammas_built} "
@@ -109,10 +113,12 @@ def make_bundle(draft: str | Path, target: str | Path, places: Places, gamma: in
         raise UserError(f"--fallback: only 'cpu' is supported, got {fallback!r}")
     placements = {r: placement_for(r, (places or {}).get(r, {}), *loaded[r]) for r in ROLES}   # before any write
     cpu_driver = check_cpu_driver(cpu_driver or {})
+    sched = (Overlap(draft_cpus=sorted((pin or {}).get("draft", ())), target_cpus=sorted((pin or {}).get("target", ())))
+             if overlap else None)
     staging = out.with_name(f".{out.name}.partial")
     try:
         manifest = _write_bundle(staging, out, srcs, loaded, placements, gamma, tok_path, fallback,
-                                 prompt_template, link, cpu_driver)
+                                 prompt_template, link, cpu_driver, sched)
     except OSError as e:
         shutil.rmtree(staging, ignore_errors=True)     # nothing half-written stays behind
         raise UserError(f"cannot write the bundle {out}: {e.strerror or e}"
@@ -180,7 +186,7 @@ def _copy_model(staging: Path, role: str, src: Path, man: ArtifactsManifest, exp
 
 
 def _write_bundle(staging, out, srcs, loaded, placements, gamma, tok_path, fallback, prompt_template,
-                  link=False, cpu_driver=None) -> BundleManifest:
+                  link=False, cpu_driver=None, overlap=None) -> BundleManifest:
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
@@ -201,6 +207,7 @@ def _write_bundle(staging, out, srcs, loaded, placements, gamma, tok_path, fallb
         iree=IreeVersions(compiler=loaded["target"][0].compiler.version, runtime_at_build=_runtime_version()),
         placement={r: {sub: ref.preset for sub, ref in models[r].modules.items()} for r in ROLES},
         cpu_driver=cpu_driver or msgspec.UNSET,
+        overlap=overlap if overlap is not None else msgspec.UNSET,
         presets=presets_used, models=BundleModels(draft=models["draft"], target=models["target"]),
         tokenizer="tokenizer.json",
         tokenizer_config="tokenizer_config.json" if tok_cfg is not None else msgspec.UNSET,

@@ -18,7 +18,7 @@ this package; it imports nothing of build_sd but the errors and file helpers.
 from .artifacts import ArtifactsManifest, Compiler, FileInfo, ModuleFile, PresetRecord
 from .base import SCHEMAS, Record, convert, schema_of
 from .bundle import (CPU_DRIVERS, BundleFile, BundleManifest, BundleModel, BundleModels, IreeVersions,
-                     ModelFiles, ModuleRef)
+                     ModelFiles, ModuleRef, Overlap)
 from .calibration import Acceptance, Calibration
 from .config import ModelConfig, RopeConfig
 from .golden import GoldenCase, GoldenStep, ModuleDigest
@@ -34,7 +34,7 @@ __all__ = [
     "GoldenCase", "GoldenStep", "ModuleDigest",
     "ArtifactsManifest", "Compiler", "FileInfo", "ModuleFile", "PresetRecord", "SCHEMAS", "Record",
     "convert", "schema_of", "CPU_DRIVERS", "BundleFile", "BundleManifest", "BundleModel",
-    "BundleModels", "IreeVersions", "ModelFiles", "ModuleRef", "Acceptance", "Calibration",
+    "BundleModels", "IreeVersions", "ModelFiles", "ModuleRef", "Overlap", "Acceptance", "Calibration",
     "ModelConfig", "RopeConfig", "ExportRecord", "FunctionRecord", "KVParam", "Parameters",
     "Source", "SubgraphRecord", "TensorShape", "TensorSpec", "HostInfo", "PARAM_SCOPE", "ROLES",
     "SubgraphSpec", "function_name", "kv_param_name", "layout_name", "subgraph_specs",

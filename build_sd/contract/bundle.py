@@ -59,6 +59,19 @@ class BundleModels(Struct, frozen=True):
         return getattr(self, role)
 
 
+class Overlap(Struct, frozen=True, kw_only=True):
+    """The overlapped loop (runtime/overlap.py): the draft drafts the next block during a verify.
+    *_cpus: the cores each model's calling thread is pinned to (empty: the OS decides); under
+    local-sync a model's dispatches run on that thread, so disjoint sets put the models on
+    disjoint cores."""
+    schedule: Literal["post-verify"] = "post-verify"
+    draft_cpus: list[Annotated[int, Meta(ge=0)]] = []
+    target_cpus: list[Annotated[int, Meta(ge=0)]] = []
+
+    def cpus(self) -> dict[str, set[int]]:
+        return {r: set(c) for r, c in (("draft", self.draft_cpus), ("target", self.target_cpus)) if c}
+
+
 class IreeVersions(Struct, frozen=True, kw_only=True):
     compiler: str = ""
     runtime_at_build: str = ""
@@ -80,6 +93,8 @@ class BundleManifest(Record, frozen=True, kw_only=True):
     cpu_driver: dict[Role, CpuDriver] | msgspec.UnsetType = msgspec.UNSET
     # CPU worker threads of the bundle's local-task device (None: one per core)
     threads: Annotated[int, Meta(ge=1)] | None | msgspec.UnsetType = msgspec.UNSET
+    # set: the runner overlaps drafting with verification (`bundle --overlap`; `run --no-overlap`)
+    overlap: Overlap | msgspec.UnsetType = msgspec.UNSET
     presets: dict[str, PresetRecord]
     models: BundleModels
     tokenizer: str
@@ -115,6 +130,10 @@ class BundleManifest(Record, frozen=True, kw_only=True):
     @property
     def cpu_drivers(self) -> dict[str, str]:
         return {} if self.cpu_driver is msgspec.UNSET else dict(self.cpu_driver)
+
+    @property
+    def overlap_or_none(self) -> Overlap | None:
+        return None if self.overlap is msgspec.UNSET else self.overlap
 
     @property
     def threads_or_none(self) -> int | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -140,6 +141,9 @@ class Device:
         self._staging: dict[int, object] = {}
         self._sem = None
         self._sem_value = 0
+        # the overlapped loop calls two models from two threads: the staging buffers, the read
+        # semaphore's timeline and the counters are shared by every model on this device
+        self._lock = threading.Lock()
         self.name = driver
         if driver == "vulkan":
             try:
@@ -159,10 +163,11 @@ class Device:
             device=self.hal, buffer=a.reshape(-1))
         # an explicit view: a 0-d numpy array would otherwise arrive with shape (1,)
         bv = rt.HalBufferView(buf, shape, _ELT[a.dtype])
-        c = self.counters
-        c.uploads += 1
-        c.bytes_up += a.nbytes
-        c.transfer_s += time.perf_counter() - t
+        with self._lock:
+            c = self.counters
+            c.uploads += 1
+            c.bytes_up += a.nbytes
+            c.transfer_s += time.perf_counter() - t
         return bv
 
     # ---- device -> host -----------------------------------------------------------------
@@ -173,11 +178,13 @@ class Device:
         if self.mappable:
             out = np.array(bv.map().asarray(shape, dtype))
         else:
-            out = self._staged(bv, shape, dtype)
-        c = self.counters
-        c.downloads += 1
-        c.bytes_down += out.nbytes
-        c.transfer_s += time.perf_counter() - t
+            with self._lock:
+                out = self._staged(bv, shape, dtype)
+        with self._lock:
+            c = self.counters
+            c.downloads += 1
+            c.bytes_down += out.nbytes
+            c.transfer_s += time.perf_counter() - t
         return out
 
     def _staged(self, bv, shape, dtype) -> np.ndarray:

@@ -31,6 +31,10 @@ class Metrics:
     bytes_up: int = 0
     bytes_down: int = 0
     stop_reason: str = ""
+    overlap: bool = False            # the overlapped loop (runtime/overlap.py) ran
+    overlap_s: float = 0.0           # time both models were computing at once
+    wasted_draft_tokens: int = 0     # drafted during a verify, then discarded
+    ready_blocks: int = 0            # iterations whose drafts were made during the previous verify
 
     def judge(self, n_accepted: int, g: int):
         """Record one iteration that proposed g drafts and accepted the first n."""
@@ -74,7 +78,12 @@ class Metrics:
 
     @property
     def host_s(self) -> float:
-        return max(0.0, self.decode_s - self.draft_s - self.verify_s)
+        """Time neither model computed: overlapped device time is counted once."""
+        return max(0.0, self.decode_s - self.draft_s - self.verify_s + self.overlap_s)
+
+    @property
+    def overlap_fraction(self) -> float | None:
+        return self.overlap_s / self.decode_s if self.decode_s > 0 else None
 
     def to_dict(self) -> dict:
         tokens = max(1, self.emitted)
@@ -101,4 +110,8 @@ class Metrics:
             "device_calls_per_token": r(self.device_calls / tokens, 2),
             "bytes_per_token": {"up": r(self.bytes_up / tokens, 1), "down": r(self.bytes_down / tokens, 1)},
             "stop_reason": self.stop_reason,
+            "overlap": self.overlap,
+            "overlap_fraction": r(self.overlap_fraction) if self.overlap else 0.0,
+            "wasted_draft_tokens": self.wasted_draft_tokens,
+            "ready_blocks": self.ready_blocks,
         }

@@ -22,11 +22,12 @@ def run(bundle: str | Path, prompt: str | None = None, *, chat: str | None = Non
         max_new_tokens: int = 64, gamma: int | None = None,
         sampling: SamplingParams = SamplingParams(), seed: int = 0, as_json: bool = False, raw: bool = False,
         fallback: str | None = None, threads: int | None = None, cpu_driver: dict[str, str] | None = None,
-        random_weights: int | None = None) -> dict:
+        random_weights: int | None = None, overlap: bool | None = None,
+        pin: dict[str, set[int]] | None = None) -> dict:
     """Generate from `prompt` (in the bundle's prompt template), or from the user message `chat`
     (and `system`) in the model's chat template; prints the text as it streams and the metrics
     (stderr), or one JSON object (as_json). gamma None: the bundle's; 0: target only. Returns what
-    --json prints."""
+    --json prints. overlap: draft during verify (None: as the bundle says); pin: {role: cores}."""
     if (prompt is None) == (chat is None):
         raise UserError("give one of --prompt, --prompt-file or --chat")
     if system is not None and chat is None:
@@ -41,12 +42,13 @@ def run(bundle: str | Path, prompt: str | None = None, *, chat: str | None = Non
     if gamma < 0 or gamma > session.max_gamma():
         raise UserError(f"--gamma {gamma}: this bundle verifies up to gamma {session.max_gamma()}")
     ids = encode_as(session, chat, True, system) if chat is not None else encode_prompt(session, prompt, raw=raw)
+    on, cpus = session.schedule(overlap, pin)
     session.warmup()          # first calls pay one-time costs; keep them out of the metrics
 
     stream = _Stream(session.tokenizer, echo=not as_json)
     gen = generate(session.target, session.draft if gamma > 0 else None, ids, gamma,
                    make_acceptor(sampling, seed), max_new_tokens, session.eos_ids, stream.on_tokens,
-                   log=lambda msg: print(msg, file=sys.stderr))
+                   log=lambda msg: print(msg, file=sys.stderr), overlap=on, cpus=cpus)
     text = session.tokenizer.decode(gen.token_ids, skip_special_tokens=True)
     result = {"text": text, "token_ids": gen.token_ids, "prompt_tokens": len(ids),
               "metrics": gen.metrics.to_dict()}
@@ -96,6 +98,8 @@ def format_metrics(m: dict) -> str:
         "per-position acceptance: " + " ".join(f(x, "{:.2f}") for x in m["per_position_acceptance"]),
         f"time: draft {f(ts['draft'], '{:.1f}')} ms, verify {f(ts['verify'], '{:.1f}')} ms, transfer "
         f"{f(ts['transfer'], '{:.1f}')} ms, host {f(ts['host'], '{:.1f}')} ms (share {f(m['host_share'])})",
+        *([f"overlap: both models computing {f(m['overlap_fraction'])} of the decode time, "
+           f"{m['wasted_draft_tokens']} speculative draft tokens discarded"] if m.get("overlap") else []),
         f"per token: {m['device_calls_per_token']} device calls, {m['bytes_per_token']['up']:.0f} B up, "
         f"{m['bytes_per_token']['down']:.0f} B down",
     ]

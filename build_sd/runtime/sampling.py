@@ -133,12 +133,18 @@ class GreedyAcceptor:
     def first(self, ids: np.ndarray, logits_fn) -> int:
         return int(ids[-1])
 
-    def accept(self, drafts: list[int], q_rows, target_ids: np.ndarray, target_logits_fn):
-        """-> (n accepted, next token). target_ids[i] is the target's token after draft i."""
+    def fork(self, seed: int) -> "GreedyAcceptor":
+        """The acceptor a second thread proposes with (runtime/overlap.py): greedy draws nothing."""
+        return self
+
+    def accept(self, drafts: list[int], q_rows, target_ids: np.ndarray, target_logits_fn, bonus: bool = True):
+        """-> (n accepted, next token). target_ids[i] is the target's token after draft i.
+        bonus=False: the target gave one row per draft (no row after the last one); when every
+        draft is accepted there is no next token: (len(drafts), None)."""
         n = 0
         while n < len(drafts) and drafts[n] == int(target_ids[n]):
             n += 1
-        return n, int(target_ids[n])
+        return n, (int(target_ids[n]) if n < len(target_ids) else None)
 
 
 class RejectionSampler:
@@ -147,6 +153,12 @@ class RejectionSampler:
     def __init__(self, params: SamplingParams, rng: np.random.Generator):
         self.params, self.rng = params, rng
 
+    def fork(self, seed: int) -> "RejectionSampler":
+        """The same sampler on its own generator, for proposals made in another thread
+        (runtime/overlap.py): a generator shared by two threads would draw in a timing-dependent
+        order, and the output of a seed would no longer be reproducible."""
+        return type(self)(self.params, np.random.default_rng(seed))
+
     def propose(self, ids: np.ndarray, logits_fn) -> tuple[int, np.ndarray]:
         q = probs(logits_fn()[-1], self.params)[0]
         return sample(q, self.rng), q
@@ -154,7 +166,10 @@ class RejectionSampler:
     def first(self, ids: np.ndarray, logits_fn) -> int:
         return sample(probs(logits_fn()[-1], self.params)[0], self.rng)
 
-    def accept(self, drafts: list[int], q_rows: list[np.ndarray], target_ids, target_logits_fn):
+    def accept(self, drafts: list[int], q_rows: list[np.ndarray], target_ids, target_logits_fn,
+               bonus: bool = True):
+        """bonus=False: one target row per draft (the overlapped loop judges one draft more than its
+        verify call took tokens); all accepted -> (len(drafts), None)."""
         logits = target_logits_fn()                              # (g+1, V), read once
         # p row by row: the rows after the first rejection are never needed
         for i, x in enumerate(drafts):
@@ -167,6 +182,8 @@ class RejectionSampler:
             if residual.sum() <= 0.0:                            # p == q: nothing to correct
                 residual = p
             return i, sample(residual, self.rng)
+        if not bonus:
+            return len(drafts), None
         return len(drafts), sample(probs(logits[len(drafts)], self.params)[0], self.rng)   # bonus from p_{g+1}
 
 
@@ -178,8 +195,8 @@ class SimulatedAcceptor(GreedyAcceptor):
     def __init__(self, alpha: float, rng: np.random.Generator):
         self.alpha, self.rng = alpha, rng
 
-    def accept(self, drafts, q_rows, target_ids, target_logits_fn):
+    def accept(self, drafts, q_rows, target_ids, target_logits_fn, bonus: bool = True):
         n = 0
         while n < len(drafts) and self.rng.random() < self.alpha:
             n += 1
-        return n, int(target_ids[n])
+        return n, (int(target_ids[n]) if n < len(target_ids) else None)

@@ -34,6 +34,16 @@ class Session:
     def warmup(self) -> float:
         return sum(c.warmup() for c in (self.target, self.draft) if c is not None)
 
+    def schedule(self, overlap: bool | None = None, pin: dict[str, set[int]] | None = None):
+        """(overlap on?, {role: cores}): the bundle's `overlap` unless `overlap` overrides it;
+        `pin` replaces the bundle's cores."""
+        sched = self.manifest.overlap_or_none
+        on = sched is not None if overlap is None else overlap
+        cpus = pin if pin else (sched.cpus() if sched is not None else {})
+        if pin and not on:
+            raise UserError("--pin goes with an overlapped run (--overlap, or a bundle made with it)")
+        return on, cpus
+
     def max_gamma(self) -> int:
         return max([T - 1 for T in self.target.verify_T] + [0])
 

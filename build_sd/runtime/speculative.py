@@ -40,10 +40,17 @@ def _trim(new: list[int], eos: set[int], budget: int) -> tuple[list[int], str | 
 
 
 def generate(target: ModelChain, draft: ModelChain | None, prompt: list[int], gamma: int,
-             acceptor, max_new_tokens: int, eos_ids=(), on_tokens=None, log=None, past: int = 0) -> Generation:
+             acceptor, max_new_tokens: int, eos_ids=(), on_tokens=None, log=None, past: int = 0,
+             overlap: bool = False, cpus: dict[str, set[int]] | None = None) -> Generation:
     """Generate up to max_new_tokens after `prompt`; `on_tokens(list)` streams accepted tokens.
     past: the first `past` prompt tokens are already in both caches (an earlier turn's
-    Generation.cached): only the rest is prefilled, at positions past.."""
+    Generation.cached): only the rest is prefilled, at positions past..
+    overlap: the draft drafts the next block while the target verifies (runtime/overlap.py;
+    cpus: the cores of each model's thread); without a draft or at gamma 0 it changes nothing."""
+    if overlap and gamma > 0 and draft is not None:
+        from .overlap import generate_overlapped
+        return generate_overlapped(target, draft, prompt, gamma, acceptor, max_new_tokens, eos_ids, on_tokens,
+                                   log, past, cpus)
     gen = Generation()
     m = gen.metrics
     m.gamma = gamma
