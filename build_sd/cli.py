@@ -195,7 +195,7 @@ def _plan(a, devices: list[str] | None = None, split: bool = True, keep_top: int
     draft, target = model_dir(a.draft), model_dir(a.target)
     plan = make_plan(draft, target, platform(a.platform), alpha, prof, dtype=a.dtype,
                      max_context=a.max_context or default_max_context(target), devices=devices, split=split,
-                     keep_top=keep_top)
+                     keep_top=keep_top, overlap=not a.no_overlap)
     return plan, prof
 
 

@@ -186,6 +186,7 @@ def _plan(sub) -> None:
                                                    "own limit when lower)")
     p.add_argument("--no-split", action="store_true",
                    help="whole models only (no placement split at a layer boundary)")
+    _no_overlap_option(p)
     p.add_argument("--top", type=int, default=10)
     p.add_argument("--keep", type=int, metavar="N", help="plan.json keeps the best N configurations and the best of "
                                                          "each device mapping and gamma (default 100; 0: all)")
@@ -215,7 +216,14 @@ def _build(sub) -> None:
     p.add_argument("--max-context", type=int, help="KV cache slots S (default 512; 2048 for a chat model, or its "
                                                    "own limit when lower)")
     p.add_argument("--prompt-template", help="the bundle's prompt format, e.g. '<s>{prompt} => '")
+    _no_overlap_option(p)
     p.add_argument("--out", required=True)
+
+
+def _no_overlap_option(p) -> None:
+    p.add_argument("--no-overlap", action="store_true",
+                   help="rank the sequential loop only (default: also the overlapped loop, where the draft "
+                        "drafts during the verify, with each model whole on one device)")
 
 
 def _bench(sub) -> None:

@@ -8,9 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import BUILD, HAS_VULKAN, needs_vulkan
 from helpers import cli
-from test_runtime import PROMPTS, VK, _bundle, _session, bundles, reference_model  # noqa: F401 - fixtures
+from test_runtime import PROMPTS, _bundle, _session, bundles  # noqa: F401 - a fixture
 from test_sampling import (PROMPT, BrokenSampler, chi2_rejects, tiny_vocab_chains)  # noqa: F401 - fixture
 
 

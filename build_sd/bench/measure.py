@@ -89,7 +89,8 @@ class Runner:
         for j, ids in enumerate(self.prompts):
             acc = (SimulatedAcceptor(alpha, np.random.default_rng(1000 * seed + j))
                    if alpha is not None and g > 0 else GreedyAcceptor())
-            m = generate(s.target, s.draft if g else None, ids, g, acc, self.opts.max_new_tokens, s.eos_ids).metrics
+            m = generate(s.target, s.draft if g else None, ids, g, acc, self.opts.max_new_tokens, s.eos_ids,
+                         overlap=self.chosen[i].overlap).metrics
             toks += m.emitted
             secs += m.decode_s
             if record:

@@ -54,7 +54,8 @@ def overlay(base: Profile, fresh: Profile) -> Profile:
                 for fname, st in fns.items():
                     slot[fname] = _laid_over(slot.get(fname), st)
         models.append(msgspec.structs.replace(m, latency=latency, step={**m.step, **{k: v for k, v in f.step.items() if v}}))
-    return msgspec.structs.replace(base, models=models, host=fresh.host or base.host)
+    return msgspec.structs.replace(base, models=models, host=fresh.host or base.host,
+                                   contention={**base.contention, **fresh.contention})
 
 
 def _laid_over(old: FnStats | None, new: FnStats) -> FnStats:

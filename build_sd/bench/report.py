@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 
+def _g(r: dict) -> str:
+    """gamma, and 'o' for the overlapped loop."""
+    return f"{r['gamma']}{'o' if r.get('overlap') else ''}"
+
+
 def print_result(res: dict, log) -> None:
-    log(f"{'draft':<26} {'target':<34} {'g':>2} {'pred tok/s':>10} {'meas tok/s':>10} {'error':>7} "
+    log(f"{'draft':<26} {'target':<34} {'g':>3} {'pred tok/s':>10} {'meas tok/s':>10} {'error':>7} "
         f"{'pred x':>7} {'meas x':>7}")
     for r in res["rows"]:
-        log(f"{r['draft']:<26} {r['target']:<34} {r['gamma']:>2} {r['predicted_tokens_per_s']:>10.1f} "
+        log(f"{r['draft']:<26} {r['target']:<34} {_g(r):>3} {r['predicted_tokens_per_s']:>10.1f} "
             f"{r['measured_tokens_per_s']:>10.1f} {100 * r['error']:>6.1f}% {r['predicted_speedup']:>6.2f}x "
             f"{r['measured_speedup']:>6.2f}x")
     log("where it comes from (ms per iteration, predicted / measured; tokens per iteration):")
@@ -14,7 +19,7 @@ def print_result(res: dict, log) -> None:
         pp, mp = r.get("predicted_parts_ms"), r.get("measured_parts_ms")
         if not pp or not mp:
             continue
-        log(f"  {r['draft']:<24} {r['target']:<24} g{r['gamma']}: draft {pp['draft']:.3f}/{mp['draft']:.3f}  "
+        log(f"  {r['draft']:<24} {r['target']:<24} g{_g(r)}: draft {pp['draft']:.3f}/{mp['draft']:.3f}  "
             f"verify {pp['verify']:.3f}/{mp['verify']:.3f}  host {pp['host']:.3f}/{mp['host']:.3f}  "
             f"tokens {r['predicted_tokens_per_iteration']:.2f}/{r['measured_tokens_per_iteration']:.2f}")
     bw = res["bandwidth_gbs"]
@@ -35,13 +40,14 @@ def plot(res: dict, path: str) -> None:
     lo, hi = min(xs + ys) * 0.9, max(xs + ys) * 1.1
     a1.plot([lo, hi], [lo, hi], "k--", lw=0.8)
     for r in res["rows"]:
-        a1.annotate(f"g{r['gamma']}", (r["predicted_tokens_per_s"], r["measured_tokens_per_s"]), fontsize=7)
+        a1.annotate(f"g{_g(r)}", (r["predicted_tokens_per_s"], r["measured_tokens_per_s"]), fontsize=7)
     a1.set_xlabel("predicted tokens/s")
     a1.set_ylabel("measured tokens/s")
     a1.set_title(f"median |error| {100 * res['median_abs_error']:.1f}%")
     by = {}
     for r in res["rows"]:
-        by.setdefault(f"{r['draft']} / {r['target']}" if r["gamma"] else r["target"], []).append(r)
+        by.setdefault((f"{r['draft']} / {r['target']}" + (" overlapped" if r.get("overlap") else ""))
+                      if r["gamma"] else r["target"], []).append(r)
     for label, rs in by.items():
         rs = sorted(rs, key=lambda r: r["gamma"])
         a2.plot([r["gamma"] for r in rs], [r["measured_speedup"] for r in rs], "o-", label=f"{label} measured")

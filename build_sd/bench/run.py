@@ -96,7 +96,8 @@ def build_bundles(root: Path, plan: Plan, chosen: list[PlanConfig], opts: BenchO
         return bundles
     from ..builder.pipeline import build_config
     for i, (cfg, b) in enumerate(zip(chosen, bundles)):
-        log(f"[build {i + 1}/{len(chosen)}] target {cfg.target.label} draft {cfg.draft_label} gamma {cfg.gamma}")
+        log(f"[build {i + 1}/{len(chosen)}] target {cfg.target.label} draft {cfg.draft_label} gamma {cfg.gamma}"
+            f"{' overlapped' if cfg.overlap else ''}")
         build_config(cfg, plan, root, b, validate_models=(i == 0), log=lambda m: None, link=opts.link,
                      prompt_template=opts.prompt_template)
     write_json(built, keys)
@@ -174,6 +175,7 @@ def summarise(plan: Plan, plan_path: str, chosen: list[PlanConfig], pred0: dict,
         err = statistics.median((pp - mm) / mm for pp, mm in zip(rounds.preds[i], rounds.tps[i]))
         rows.append({"rank_in_plan": plan.configs.index(cfg) + 1 if cfg in plan.configs else None,
                      "draft": cfg.draft_label, "target": cfg.target.label, "gamma": cfg.gamma,
+                     "overlap": cfg.overlap,
                      "predicted_tokens_per_s": round(statistics.median(rounds.preds[i]), 2),
                      "measured_tokens_per_s": round(statistics.median(rounds.tps[i]), 2),
                      "rounds": [round(x, 2) for x in rounds.tps[i]],
@@ -199,7 +201,7 @@ def summarise(plan: Plan, plan_path: str, chosen: list[PlanConfig], pred0: dict,
                           "drift": round(max(bws) / min(bws), 3)},
         "rows": rows,
         "median_abs_error": round(statistics.median(abs(r["error"]) for r in rows), 4),
-        "pick": {"draft": pick["draft"], "target": pick["target"], "gamma": pick["gamma"],
+        "pick": {"draft": pick["draft"], "target": pick["target"], "gamma": pick["gamma"], "overlap": pick["overlap"],
                  "measured_tokens_per_s": pick["measured_tokens_per_s"],
                  "gap_to_measured_best": round(1 - pick["measured_tokens_per_s"] / best_meas, 4)},
         "profile": prof.to_dict(),

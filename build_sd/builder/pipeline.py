@@ -35,7 +35,7 @@ def build_config(cfg: PlanConfig, plan: Plan, out: Path, bundle_dir: Path, valid
         if any(plan.devices[dev].driver == "local-sync" for dev in p.devices.values()):
             cpu_driver[role] = "local-sync"        # the plan put this model on cpu-sync
     make_bundle(arts["draft"], arts["target"], places, cfg.gamma, bundle_dir, link=link,
-                prompt_template=prompt_template, cpu_driver=cpu_driver, log=log)
+                prompt_template=prompt_template, cpu_driver=cpu_driver, overlap=cfg.overlap, log=log)
     return bundle_dir
 
 

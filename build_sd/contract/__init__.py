@@ -28,7 +28,7 @@ from .host import HostInfo
 from .names import PARAM_SCOPE, ROLES, SubgraphSpec, function_name, kv_param_name, layout_name, subgraph_specs
 from .pack import PackManifest, WheelFile
 from .plan import Placement, Plan, PlanConfig, PlanDevice, PlanModel
-from .profile import FnStats, HostCost, Machine, ProfiledModel, ProfiledSubgraph, Profile, TransferFit
+from .profile import ContentionFit, FnStats, HostCost, Machine, ProfiledModel, ProfiledSubgraph, Profile, TransferFit
 
 __all__ = [
     "GoldenCase", "GoldenStep", "ModuleDigest",
@@ -39,5 +39,5 @@ __all__ = [
     "Source", "SubgraphRecord", "TensorShape", "TensorSpec", "HostInfo", "PARAM_SCOPE", "ROLES",
     "SubgraphSpec", "function_name", "kv_param_name", "layout_name", "subgraph_specs",
     "PackManifest", "WheelFile", "Placement", "Plan", "PlanConfig", "PlanDevice", "PlanModel",
-    "FnStats", "HostCost", "Machine", "ProfiledModel", "ProfiledSubgraph", "Profile", "TransferFit",
+    "ContentionFit", "FnStats", "HostCost", "Machine", "ProfiledModel", "ProfiledSubgraph", "Profile", "TransferFit",
 ]

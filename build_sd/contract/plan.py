@@ -36,11 +36,15 @@ class PlanConfig(Struct, frozen=True, kw_only=True):
     parts_ms: dict[str, float] = {}
     # host RAM the pair holds once loaded (plan/planner.py: resident_bytes); 0: older plans
     resident_bytes: int = 0
+    # the overlapped loop: the draft drafts the next block while the target verifies
+    overlap: bool = False
 
     @property
     def key(self) -> tuple:
-        """What identifies a configuration across plans: (draft label, target label, gamma)."""
-        return (self.draft.label if self.draft else None, self.target.label, self.gamma)
+        """What identifies a configuration across plans: (draft label, target label, gamma[,
+        "overlap"])."""
+        k = (self.draft.label if self.draft else None, self.target.label, self.gamma)
+        return k + ("overlap",) if self.overlap else k
 
     @property
     def draft_label(self) -> str:

@@ -67,6 +67,18 @@ class HostCost(Struct, frozen=True, kw_only=True):
         return self.by_gamma.get(str(gamma), self.ms_per_iteration)
 
 
+class ContentionFit(Struct, frozen=True, kw_only=True):
+    """One pair of devices computing at once (the overlapped loop): each model's call time while
+    the other model calls in a loop, over its time alone; sync_ms: a block handed to the draft's
+    thread and back. Keyed DRAFT_KEY|TARGET_KEY (profile keys: PRESET or PRESET@local-sync)."""
+    target: float
+    draft: float
+    sync_ms: float = 0.0
+    verify_T: int = 1                 # the target function timed (the draft times its decode)
+    alone_ms: list[float] = []        # [target, draft] alone
+    together_ms: list[float] = []     # [target, draft] while the other runs
+
+
 class Machine(Struct, frozen=True, kw_only=True):
     cpu: str = ""
     arch: str = ""
@@ -89,6 +101,7 @@ class Profile(Record, frozen=True, kw_only=True):
     models: list[ProfiledModel]
     transfer: dict[str, TransferFit] = {}
     host: HostCost | None = None
+    contention: dict[str, ContentionFit] = {}
 
     def models_of(self, config_sha256: str | None) -> list[ProfiledModel]:
         return [m for m in self.models if m.source.config_sha256 == config_sha256]

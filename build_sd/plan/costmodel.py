@@ -7,14 +7,17 @@ one iteration that drafts g tokens emits E[N] = (1 - alpha^(g+1)) / (1 - alpha) 
 accepted | drafts 1..i-1 accepted), what the runner reports) the same expectation is
 E[N] = 1 + sum_k prod_{i<=k} a_i, which reduces to eq. 1 when all a_i = alpha.
 
-One iteration costs (our runner is sequential: draft, then verify; devices that share silicon,
-like lavapipe on the CPU cores, are never modelled as overlapping, and no device is):
+One iteration of the sequential loop costs (draft, then verify; devices that share silicon,
+like lavapipe on the CPU cores, are never modelled as overlapping in it):
   T_iter = T_draft_catchup + (g - 1) T_draft_step + T_verify(g+1) + T_transfers + T_host
 The draft's first call of an iteration also catches up on the tokens it has not seen: one
 (the last emitted token) or, after a fully accepted iteration (probability prod a_i), two.
 Transfers: one per device boundary crossed inside a model per call (hidden state (T, D)),
 fixed cost + bytes / bandwidth. Speedup = T_AR_best / (T_iter / E[N]) where T_AR_best is the
 best target-only (g = 0) placement's time per token.
+
+The overlapped loop (runtime/overlap.py; `predict_overlapped`) runs the draft during the verify,
+each slowed by a measured contention factor while the other runs: see there.
 """
 from __future__ import annotations
 
@@ -129,3 +132,61 @@ def predict(target: ModelCosts, draft: ModelCosts | None, gamma: int,
     it = d + v + host_ms_per_iteration
     return Prediction(gamma, en, it, it / en, {"draft": d, "verify": v, "host": host_ms_per_iteration})
 
+
+
+# ---- the overlapped loop ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Contention:
+    """How much each model slows while the other computes, measured as (time of its call while
+    the other model calls in a loop) / (time alone), for one pair of devices: shared memory
+    bandwidth, shared cores (lavapipe on the CPU's cores is the extreme case, ~2). sync_ms: handing
+    a block to the draft's thread and back, per iteration."""
+    target: float = 1.0
+    draft: float = 1.0
+    sync_ms: float = 0.0
+    source: str = "measured"
+
+
+def together_ms(a: float, b: float, ka: float, kb: float) -> tuple[float, float]:
+    """Two works of a and b ms (alone) started at once, each running ka (kb) times slower while the
+    other runs: (when both are done, when a is done)."""
+    if a <= 0 or b <= 0:
+        return max(a, b), a
+    if a * ka <= b * kb:                    # a finishes first; b then runs alone
+        t = a * ka
+        return t + (b - t / kb), t
+    t = b * kb                              # b finishes first; a then runs alone
+    return t + (a - t / ka), t + (a - t / ka)
+
+
+def predict_overlapped(target: ModelCosts, draft: ModelCosts, gamma: int, alpha: float | list[float],
+                       contention: Contention, transfer: Transfer = Transfer(),
+                       host_ms_per_iteration: float = 0.0,
+                       logits_ms: tuple[float, float] = (0.0, 0.0)) -> Prediction:
+    """Time per token of the overlapped loop (runtime/overlap.py).
+
+    An iteration verifies [x, d_1..d_g] (work V) while the draft feeds d_g and proposes e_0..e_g
+    (work W = (g+1) draft steps); e_0 is judged against the verify's last row, so g+1 drafts are
+    judged and E[N] is the sequential loop's (1 + sum_k prod_{i<=k} a_i). With P = prod_{i<=g+1} a_i
+    (all g+1 accepted):
+    - the next block is ready with probability P; otherwise it is drafted first, alone: g steps;
+    - if all are accepted the iteration waits for both works, V and W together (`together_ms`);
+      otherwise for the verify (slowed while the draft runs) plus, if the draft is still busy then,
+      half a draft step: the call in flight when it is told to stop.
+      T_iter = (1 - P) g D + P both(V, W) + (1 - P) (verify_done(V, W) [+ D / 2]) + sync + host
+    """
+    if gamma <= 0:
+        raise ValueError("the overlapped loop needs gamma >= 1")
+    en = (expected_tokens_positional(alpha, gamma) if isinstance(alpha, list) else expected_tokens(alpha, gamma))
+    p_full = p_all_accepted(alpha, gamma + 1)
+    D = draft.call_ms(1, transfer) + logits_ms[0]
+    V = target.call_ms(gamma + 1, transfer) + logits_ms[1]
+    W = (gamma + 1) * D
+    both, v_done = together_ms(V, W, contention.target, contention.draft)
+    cold = (1.0 - p_full) * gamma * D
+    # on a rejection the draft stops after its call in flight (alone by then: the verify is done)
+    wait = p_full * both + (1.0 - p_full) * (v_done + (0.5 * D if v_done < both else 0.0))
+    it = cold + wait + contention.sync_ms + host_ms_per_iteration
+    return Prediction(gamma, en, it, it / en,
+                      {"draft": cold, "verify": wait, "host": host_ms_per_iteration + contention.sync_ms,
+                       "overlap": min(V * contention.target, W * contention.draft)})

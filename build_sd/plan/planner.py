@@ -22,7 +22,7 @@ from ..contract import (Calibration, FnStats, ModelConfig, Placement, Plan, Plan
                         Profile, SubgraphSpec, function_name, subgraph_specs)
 from ..contract.layout import cut, kv_bytes, usable, weight_bytes
 from ..errors import UserError
-from .costmodel import ModelCosts, Transfer, predict
+from .costmodel import Contention, ModelCosts, Transfer, predict, predict_overlapped
 from .platforms import Platform, get_platform
 from .roofline import work
 
@@ -245,6 +245,32 @@ def check_profile_fits(profile: Profile, shas: dict[str, str], dtype: str, max_c
                             "(pass the same --dtype/--max-context, or profile again)")
 
 
+# Two devices on one shared memory bus, both streaming weights: how much each slows while the other
+# computes, until a profile on the board measures it (`build-sd profile`: contention). An estimate.
+SHARED_BUS_SLOWDOWN = 1.15
+HANDOFF_MS = 0.05        # the overlapped loop's thread handoff per iteration (measured here: ~0.03-0.06)
+
+
+def contention_for(platform: Platform, profile: Profile | None, d_dev: str, t_dev: str) -> Contention | None:
+    """How the two models slow each other when the draft on d_dev computes during the target's
+    verify on t_dev: the profile's measurement, else an estimate; None when the overlapped loop
+    cannot run them at once (one device serving one model at a time)."""
+    dk, tk = platform.devices[d_dev].profile_key, platform.devices[t_dev].profile_key
+    fit = (profile.contention.get(f"{dk}|{tk}") if profile is not None else None)
+    if fit is not None:
+        return Contention(fit.target, fit.draft, fit.sync_ms, "profile")
+    if d_dev == t_dev:
+        # two local-sync threads take a core each; one local-task pool or one GPU queue serves a
+        # model at a time (nothing to overlap)
+        if platform.devices[d_dev].driver == "local-sync" and platform.cores >= 2:
+            return Contention(SHARED_BUS_SLOWDOWN, SHARED_BUS_SLOWDOWN, HANDOFF_MS, "estimate")
+        return None
+    if not platform.concurrent:        # e.g. lavapipe on the CPU's cores: time-sliced
+        return Contention(2.0, 2.0, HANDOFF_MS, "estimate: time-sliced")
+    k = SHARED_BUS_SLOWDOWN if platform.shared_memory else 1.0
+    return Contention(k, k, HANDOFF_MS, "estimate")
+
+
 @dataclass
 class _Ranked:
     draft: Placement | None
@@ -254,9 +280,11 @@ class _Ranked:
     expected_tokens: float
     parts: dict
     resident: int = 0
+    overlap: bool = False
 
     def record(self, best_ar: float) -> PlanConfig:
         return PlanConfig(draft=self.draft, target=self.target, gamma=self.gamma, resident_bytes=self.resident,
+                          overlap=self.overlap,
                           pred_ms_per_token=round(self.ms_per_token, 5),
                           pred_tokens_per_s=round(1000.0 / self.ms_per_token, 2),
                           expected_tokens=round(self.expected_tokens, 4),
@@ -267,8 +295,9 @@ class _Ranked:
 def make_plan(draft_ckpt: str | Path, target_ckpt: str | Path, platform: str | Platform,
               alpha: float | list[float], profile: Profile | None = None, dtype: str = "f32",
               max_context: int = 512, gammas=GAMMAS, devices: list[str] | None = None,
-              split: bool = True, keep_top: int | None = None) -> Plan:
-    """Rank every configuration; split=False: every model whole on one device. keep_top: how many of
+              split: bool = True, keep_top: int | None = None, overlap: bool = True) -> Plan:
+    """Rank every configuration; split=False: every model whole on one device; overlap=False:
+    the sequential loop only. keep_top: how many of
     the best the plan keeps besides the best of each device mapping (default KEEP_TOP; 0: all).
     platform: a preset name, or a Platform (the `host` one is built from this machine's
     HostInfo by the caller: plan/platforms.host_platform)."""
@@ -282,7 +311,7 @@ def make_plan(draft_ckpt: str | Path, target_ckpt: str | Path, platform: str | P
         if d not in platform.devices:
             raise UserError(f"platform {platform.name} has no device {d!r} ({', '.join(platform.devices)})")
     lat = {r: Latencies(platform, cfgs[r], dtype, max_context, profile, shas[r]) for r in cfgs}
-    ranked = _rank(platform, profile, cfgs, lat, alpha, list(gammas), devs, split)
+    ranked = _rank(platform, profile, cfgs, lat, alpha, list(gammas), devs, split, overlap)
     best_ar = min(c.ms_per_token for c in ranked if c.gamma == 0)
     ranked.sort(key=lambda c: c.ms_per_token)
     n_ranked = len(ranked)
@@ -310,7 +339,8 @@ def keep_ranked(ranked: list[_Ranked], top: int = KEEP_TOP) -> list[_Ranked]:
     all of them made a 92 MB plan.json."""
     keep, seen = list(ranked[:top]), set()
     for c in ranked:
-        key = (frozenset(c.target.device_set), frozenset(c.draft.device_set) if c.draft else None, c.gamma)
+        key = (frozenset(c.target.device_set), frozenset(c.draft.device_set) if c.draft else None, c.gamma,
+               c.overlap)
         if key not in seen:
             seen.add(key)
             keep.append(c)
@@ -328,7 +358,7 @@ def _model_record(ckpt, sha: str, cfg: ModelConfig) -> PlanModel:
 
 
 def _rank(platform: Platform, profile: Profile | None, cfgs: dict, lat: dict, alpha, gammas: list[int],
-          devs: list[str], split: bool) -> list[_Ranked]:
+          devs: list[str], split: bool, overlap: bool = True) -> list[_Ranked]:
     """Every (target placement, draft placement, gamma) with its prediction, unsorted."""
     def host_ms(g: int) -> float:
         """The runner's own work per iteration at this gamma (profiled per gamma where known)."""
@@ -361,11 +391,18 @@ def _rank(platform: Platform, profile: Profile | None, cfgs: dict, lat: dict, al
             if not fits(t_ram + d_ram):
                 continue
             tr = transfer_for(platform, profile, tp.device_set | dp.device_set)
+            # the overlapped loop: each model whole on one device, the two computing at once
+            ovl = (contention_for(platform, profile, next(iter(dp.device_set)), next(iter(tp.device_set)))
+                   if overlap and len(dp.device_set) == 1 and len(tp.device_set) == 1 else None)
             for g in gammas:
                 if g > 0:
                     pr = predict(tc, dc, g, alpha, tr, host_ms(g))
                     out.append(_Ranked(dp, tp, g, pr.ms_per_token, pr.expected_tokens, pr.parts,
                                        t_ram + d_ram + RUNTIME_BYTES))
+                    if ovl is not None:
+                        pr = predict_overlapped(tc, dc, g, alpha, ovl, tr, host_ms(g))
+                        out.append(_Ranked(dp, tp, g, pr.ms_per_token, pr.expected_tokens, pr.parts,
+                                           t_ram + d_ram + RUNTIME_BYTES, overlap=True))
     if not out:
         least = min(t_ram for _, _, t_ram in t_opts) + RUNTIME_BYTES
         raise UserError(f"the target alone needs {least / 2**30:.1f} GiB of RAM in its smallest placement; "
@@ -379,10 +416,11 @@ def print_plan(plan: Plan, top: int = 10, out=print) -> None:
     alpha = plan.alpha if not isinstance(plan.alpha, list) else "per position"
     out(f"platform {plan.platform}  alpha {alpha}  latencies: target {plan.latency_sources.get('target')}, "
         f"draft {plan.latency_sources.get('draft')}")
-    out(f"{'#':>3} {'draft':<30} {'target':<36} {'g':>2} {'E[N]':>5} {'ms/tok':>8} {'tok/s':>8} {'speedup':>8} "
-        f"{'RAM GiB':>7}")
+    out(f"{'#':>3} {'draft':<30} {'target':<36} {'g':>2} {'loop':>7} {'E[N]':>5} {'ms/tok':>8} {'tok/s':>8} "
+        f"{'speedup':>8} {'RAM GiB':>7}")
     for i, c in enumerate(plan.configs[:top], 1):
-        out(f"{i:>3} {c.draft_label:<30} {c.target.label:<36} {c.gamma:>2} {c.expected_tokens:>5.2f} "
+        loop = "overlap" if c.overlap else ("seq" if c.gamma else "-")
+        out(f"{i:>3} {c.draft_label:<30} {c.target.label:<36} {c.gamma:>2} {loop:>7} {c.expected_tokens:>5.2f} "
             f"{c.pred_ms_per_token:>8.3f} {c.pred_tokens_per_s:>8.1f} {c.speedup:>7.2f}x {c.resident_bytes / 2**30:>7.2f}")
     best0 = plan.best_target_only()
     out(f"best target-only: {best0.target.label} {best0.pred_tokens_per_s:.1f} tok/s")

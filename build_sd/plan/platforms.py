@@ -49,7 +49,8 @@ class DeviceSpec:
 class Platform:
     name: str
     devices: dict[str, DeviceSpec]          # device name -> spec
-    # read by no prediction yet: the overlapped schedule (draft and verify at once) needs them
+    # the overlapped loop (plan/planner.py: contention_for): can two devices compute at once, and
+    # do they share the memory bus (then each slows the other)
     shared_memory: bool = True
     concurrent: bool = False
     transfer_fixed_ms: float = 0.05
@@ -59,6 +60,7 @@ class Platform:
     # the board's RAM; None: unknown (nothing is refused for it). With shared_memory the GPU's
     # buffers are in it too (plan/planner.py: resident_bytes)
     ram_bytes: int | None = None
+    cores: int = 1                 # CPU cores: two local-sync threads can run on two of them
 
 
 def load_platforms(path: Path = PLATFORMS_FILE) -> dict:
@@ -125,7 +127,8 @@ def get_platform(name: str, host: HostInfo | None = None) -> Platform:
             max_allocation_bytes=_int(d.get("max_allocation_bytes")))
     return Platform(name, devices, bool(p.get("shared_memory", True)), bool(p.get("concurrent", False)),
                     _num(p.get("transfer_fixed_ms"), 0.05), _num(p.get("transfer_ms_per_mb"), 0.1),
-                    _num(p.get("host_ms_per_iteration"), 0.02), p.get("notes", ""), _int(p.get("ram_bytes")))
+                    _num(p.get("host_ms_per_iteration"), 0.02), p.get("notes", ""), _int(p.get("ram_bytes")),
+                    max([_int(d.get("cores")) or 1 for d in p["devices"].values()] + [1]))
 
 
 def host_platform(host: HostInfo) -> Platform:
@@ -150,4 +153,4 @@ def host_platform(host: HostInfo) -> Platform:
                                        host.max_allocation_bytes.get("vulkan", LAVAPIPE_MAX_ALLOCATION))
     return Platform("host", devices, True, False, 2.0, 50.0, 0.02,
                     f"fitted here: {bw:.1f} GB/s read, {gflops:.0f} GFLOP/s f32 (numpy), {cores} cores",
-                    host.ram_bytes or None)
+                    host.ram_bytes or None, cores)

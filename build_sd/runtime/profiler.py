@@ -10,7 +10,10 @@ For every artifacts folder (or both models of a bundle), on every preset this ma
 - the whole-model step (all subgraphs on that preset) for each function, as a cross-check;
 - the cost of moving a hidden state between two devices (download + upload), fitted as
   fixed + per-byte over several sizes;
-- the host's per-iteration overhead of the speculative loop, per gamma.
+- the host's per-iteration overhead of the speculative loop, per gamma;
+- for every pair of devices (the draft on one, the target on the other, the same device
+  included), how much each model's calls slow while the other model computes (contention: shared
+  memory bandwidth, shared cores), and the thread handoff of the overlapped loop.
 The profile (contract.Profile) names the machine, the device names, the IREE runtime version
 and the sha256 of every module it measured, so a profile that does not match the artifacts can
 be refused (check_profile_matches).
@@ -26,7 +29,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
-from ..contract import (ArtifactsManifest, BundleManifest, ExportRecord, FnStats, HostCost, Machine, PresetRecord,
+from ..contract import (ArtifactsManifest, BundleManifest, ContentionFit, ExportRecord, FnStats, HostCost, Machine, PresetRecord,
                         ProfiledModel, ProfiledSubgraph, Profile, TransferFit, function_name)
 from ..errors import UserError
 from ..fsutil import sha256_file
@@ -129,16 +132,21 @@ class _Profiler:
             subgraphs=[ProfiledSubgraph(name=sg.name, label=sg.label, kind=sg.kind, start=sg.start, end=sg.end)
                        for sg in s.export.subgraphs]) for s in self.sources]
         self.host_ms: list[tuple[int, float]] = []
+        self.contention: dict[str, ContentionFit] = {}
 
     def run(self, devices: list[str] | None) -> Profile:
         # One device class after the other, the CPU first: an idle lavapipe device keeps two
         # threads spinning for as long as it lives (docs/FINDINGS.md), so the CPU is timed
-        # before one exists.
+        # before one exists (the CPU pairs' contention too).
+        done: dict[str, list[tuple[ProfiledModel, ModelChain]]] = {}
         for cls in ("cpu", "vulkan"):
             if not devices or cls in devices:
                 by_key = self._isolated(cls)
                 for key, group in by_key.items():
                     self._in_situ(key, group)
+                done.update(by_key)
+                if self.isolated:         # a quick re-profile (bench) keeps the full one's figures
+                    self._contention(done, set(by_key))
         if not any(m.latency for m in self.models):
             raise UserError("nothing in these artifacts can run on this machine")
         return Profile(
@@ -150,7 +158,8 @@ class _Profiler:
                                                   if (n := max_allocation_bytes(drv)) is not None},
                             ram_bytes=ram_bytes()),
             iree_runtime=runtime_version(), models=self.models,
-            transfer=_profile_transfers(self.pool, self.models, self.log), host=self._host())
+            transfer=_profile_transfers(self.pool, self.models, self.log), host=self._host(),
+            contention=self.contention)
 
     def _isolated(self, cls: str) -> dict[str, list[tuple[ProfiledModel, ModelChain]]]:
         """Load every model on every preset of this device class that runs here; time each
@@ -210,6 +219,31 @@ class _Profiler:
                                                       isolated_mean_ms=isolated.mean_ms)
                               if isolated else FnStats(mean_ms=mean, in_situ_n=n))
 
+    def _contention(self, by_key: dict, new: set[str]) -> None:
+        """Each (draft key, target key) pair not measured yet with one of them among `new`: the draft
+        is the smallest model profiled, the target the largest (one model: it plays both, as two
+        instances with their own caches)."""
+        models = sorted({id(c): (e, c) for g in by_key.values() for e, c in g}.values(),
+                        key=lambda ec: ec[1].export.config.hidden_size * ec[1].export.config.num_layers)
+        if not models:
+            return
+        small, big = models[0][1].export.source.config_sha256, models[-1][1].export.source.config_sha256
+        sync = _handoff_ms()
+        for dk, dgroup in by_key.items():
+            for tk, tgroup in by_key.items():
+                if (dk not in new and tk not in new) or f"{dk}|{tk}" in self.contention:
+                    continue
+                draft = next((c for e, c in dgroup if c.export.source.config_sha256 == small), None)
+                target = next((c for e, c in tgroup if c.export.source.config_sha256 == big), None)
+                if draft is None or target is None:
+                    continue
+                if draft is target:
+                    draft = ModelChain(self.pool, target.export, target.irpa, target.placed, self.random_weights)
+                    draft.warmup()
+                fit = _measure_contention(draft, target, self.budget_s, sync)
+                self.contention[f"{dk}|{tk}"] = fit
+                self.log(f"contention draft@{dk} + target@{tk}: target x{fit.target:.2f}, draft x{fit.draft:.2f}")
+
     def _host(self) -> HostCost | None:
         # the host's work per iteration grows with gamma (one acceptance test per drafted token):
         # 0.015 ms at gamma 0 against 0.06 at gamma 4 for the demo pair, 3 % of a token there
@@ -249,6 +283,63 @@ def _in_situ(target: ModelChain, draft: ModelChain, budget_s: float, tokens: int
     times = {id(target): target.stage_times, id(draft): draft.stage_times}
     target.stage_times = draft.stage_times = None
     return times, host
+
+
+def _handoff_ms(n: int = 200) -> float:
+    """A no-op handed to a worker thread and waited for, as the overlapped loop does once an
+    iteration (median ms)."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(int).result()
+        ts = []
+        for _ in range(n):
+            t = time.perf_counter()
+            pool.submit(int).result()
+            ts.append(time.perf_counter() - t)
+    return round(float(np.median(ts)) * 1e3, 5)
+
+
+def _measure_contention(draft: ModelChain, target: ModelChain, budget_s: float, sync_ms: float) -> ContentionFit:
+    """Each model's call time alone, then while the other calls in a loop in a second thread: the
+    target's verify of gamma+1 tokens for a middle gamma, the draft's decode (what the overlapped
+    loop runs at once)."""
+    import threading
+    T = target.verify_T[len(target.verify_T) // 2] if target.verify_T else 1
+    pos = min(target.max_context, draft.max_context) // 4
+    calls = {"target": lambda: target.step(np.ones(T, np.int32), pos),
+             "draft": lambda: draft.step(np.ones(1, np.int32), pos)}
+
+    def timed(fn) -> float:
+        fn()
+        n = _reps_for(_once(fn) * 1e3, budget_s / 2, lo=5, hi=100)
+        return float(np.mean([_once(fn) for _ in range(n)])) * 1e3
+
+    def while_other(me: str, other: str) -> float:
+        stop = threading.Event()
+
+        def loop():
+            while not stop.is_set():
+                calls[other]()
+        th = threading.Thread(target=loop, name="build-sd-contention")
+        th.start()
+        try:
+            time.sleep(0.005)
+            return timed(calls[me])
+        finally:
+            stop.set()
+            th.join()
+    alone = {r: timed(calls[r]) for r in ("target", "draft")}
+    together = {r: while_other(r, "draft" if r == "target" else "target") for r in ("target", "draft")}
+    return ContentionFit(target=round(together["target"] / alone["target"], 4),
+                         draft=round(together["draft"] / alone["draft"], 4), sync_ms=sync_ms,
+                         verify_T=T, alone_ms=[round(alone[r], 5) for r in ("target", "draft")],
+                         together_ms=[round(together[r], 5) for r in ("target", "draft")])
+
+
+def _once(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
 
 
 def _functions_of(chain: ModelChain) -> dict[str, tuple[str, int]]:
