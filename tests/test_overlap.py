@@ -188,3 +188,48 @@ def test_a_seed_gives_the_same_sampled_output(bundles):
     runs = [_gen(s, ids, 3, 20, True, acceptor=RejectionSampler(SamplingParams(0.8), np.random.default_rng(5))).token_ids
             for _ in range(3)]
     assert runs[0] == runs[1] == runs[2]
+
+
+# ---- the cost model of the overlapped loop ----------------------------------------------------------
+def test_overlapped_cost_model_by_hand():
+    from build_sd.plan.costmodel import Contention, ModelCosts, predict_overlapped, together_ms
+    draft = ModelCosts({1: 1.0})
+    k = Contention(target=1.1, draft=1.2, sync_ms=0.05)
+    # the draft's 4 steps (4.8 ms slowed) end first; the verify then runs alone:
+    # 4.8 + (12 - 4.8 / 1.1) = 12.436364 ms, for both and for the verify
+    assert together_ms(12.0, 4.0, 1.1, 1.2) == pytest.approx((12.436364, 12.436364), abs=1e-6)
+    p = predict_overlapped(ModelCosts({4: 12.0}), draft, 3, 0.5, k)
+    # E[N] = (1 - 0.5^4) / 0.5 = 1.875; P(all 4 judged accepted) = 0.0625
+    # cold drafting (1 - P) 3 x 1 = 2.8125; wait 12.436364 (the draft is done before the verify)
+    assert p.expected_tokens == pytest.approx(1.875)
+    assert p.iteration_ms == pytest.approx(2.8125 + 12.436364 + 0.05, abs=1e-6)
+    assert p.ms_per_token == pytest.approx((2.8125 + 12.436364 + 0.05) / 1.875, abs=1e-6)
+    # a verify (2 ms, x1.5 while the draft runs) done first: 3.0 ms, the draft's rest 4 - 3.0/1.2
+    # = 1.5 ms alone; a rejection waits for the verify and half a draft step
+    k = Contention(target=1.5, draft=1.2, sync_ms=0.05)
+    assert together_ms(2.0, 4.0, 1.5, 1.2) == pytest.approx((4.5, 3.0))
+    p = predict_overlapped(ModelCosts({4: 2.0}), draft, 3, 0.5, k)
+    assert p.iteration_ms == pytest.approx(2.8125 + 0.0625 * 4.5 + 0.9375 * (3.0 + 0.5) + 0.05)
+    # everything accepted: no cold drafting, every iteration waits for both
+    p = predict_overlapped(ModelCosts({4: 2.0}), draft, 3, 1.0, k)
+    assert p.iteration_ms == pytest.approx(4.5 + 0.05) and p.expected_tokens == 4
+
+
+def test_contention_comes_from_the_profile_else_an_estimate():
+    import msgspec
+    from build_sd.contract import HostInfo, Profile
+    from build_sd.plan.planner import SHARED_BUS_SLOWDOWN, contention_for
+    from build_sd.plan.platforms import get_platform, host_platform
+    host = host_platform(HostInfo(arch="x86_64", cpu="test", cores=2, mem_bw_gbs=10.0, gflops_f32=50.0,
+                                  vulkan_devices=["llvmpipe (LLVM 15.0.7, 256 bits)"]))
+    assert contention_for(host, None, "cpu", "cpu") is None             # one worker pool, one model at a time
+    assert contention_for(host, None, "cpu-sync", "cpu-sync").target == SHARED_BUS_SLOWDOWN
+    assert contention_for(host, None, "vulkan", "cpu").target == 2.0   # lavapipe: the same cores
+    prof = msgspec.convert({"models": [], "contention": {"host@local-sync|host": {"target": 1.7, "draft": 1.3,
+                                                                                 "sync_ms": 0.04}}}, Profile)
+    got = contention_for(host, prof, "cpu-sync", "cpu")
+    assert (got.target, got.draft, got.sync_ms, got.source) == (1.7, 1.3, 0.04, "profile")
+    board = get_platform("imx95")           # concurrent, one LPDDR5 bus: the shared-bus estimate
+    got = contention_for(board, None, "gpu", "cpu")
+    assert (got.target, got.source) == (SHARED_BUS_SLOWDOWN, "estimate")
+    assert contention_for(board, None, "cpu", "cpu") is None

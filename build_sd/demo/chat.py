@@ -85,6 +85,7 @@ def _build(out_dir: Path, gamma: int | None, draft: Path, validate_models: bool,
         status.update("[bold]bundle[/]")
         bundle = out_dir / "bundle"
         make_bundle(arts["draft"], arts["target"], PLACE_HOST, gamma, bundle, cpu_driver=drivers, link=True,
+                    overlap=bool(pick and pick.get("overlap")),
                     log=lambda m: con.print(f"  {m}"))
     return bundle, gamma, pick
 

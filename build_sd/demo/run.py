@@ -80,6 +80,7 @@ def _build(out_dir: Path, gamma: int | None, validate_models: bool, con):
         status.update("[bold]bundle[/]")
         bundle = out_dir / "bundle"
         make_bundle(arts["draft"], arts["target"], PLACE_HOST, gamma, bundle, prompt_template=template,
+                    overlap=bool(pick and pick.get("overlap")),
                     cpu_driver=drivers, link=True, log=lambda m: con.print(f"  {m}"))
     return bundle, gamma, how
 

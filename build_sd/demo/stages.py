@@ -82,7 +82,7 @@ def plan_here(out_dir: Path, arts: dict, ckpts: dict, max_context: int, calibrat
             drivers[role] = "local-sync"
     if pick.gamma == 0 and plan.devices[pick.target.devices["whole"]].driver == "local-sync":
         drivers["draft"] = "local-sync"
-    label = f"draft {pick.draft_label}, target {pick.target.label}"
+    label = f"draft {pick.draft_label}, target {pick.target.label}" + (", overlapped" if pick.overlap else "")
     return pick.gamma, drivers, dict(msgspec.to_builtins(pick), label=label)
 
 
@@ -92,9 +92,10 @@ def side_by_side(session, prompts: list[list[int]], gamma: int, max_new_tokens: 
     from ..runtime.sampling import GreedyAcceptor
     from ..runtime.speculative import generate
     spec_tps, base_tps, acc, rej, outputs = [], [], 0, 0, []
+    overlap, cpus = session.schedule()          # the loop the bundle asks for (the plan's pick)
     for ids in prompts:
         spec = generate(session.target, session.draft if gamma else None, ids, gamma, GreedyAcceptor(),
-                        max_new_tokens, session.eos_ids)
+                        max_new_tokens, session.eos_ids, overlap=overlap, cpus=cpus)
         base = generate(session.target, None, ids, 0, GreedyAcceptor(), max_new_tokens, session.eos_ids)
         if spec.token_ids != base.token_ids:
             raise UserError(f"speculative output differs from target-only output for prompt ids {ids[:12]}...")
