@@ -181,21 +181,27 @@ def cmd_calibrate(a):
     if not a.prompts:
         raise UserError("give --prompts FILE (one prompt per line; a TSV's first column is used)")
     calibrate(a.bundle, read_prompts(a.prompts, a.limit), a.gamma, a.temperature, a.max_new_tokens,
-              a.seed, chat=a.chat).write(a.out)
+              a.seed, chat=a.chat, reference=a.reference).write(a.out)
     print(f"wrote {a.out}")
 
 
 def _plan(a, devices: list[str] | None = None, split: bool = True, keep_top: int | None = None):
     """The plan of the pair for `a.platform` (the `plan` and `build` commands)."""
     from .contract import Profile
-    from .plan.planner import make_plan, read_alpha
+    from .plan.planner import make_plan, read_alpha, read_calibrations
+    from .plan.precision import parse_precisions
     prof = Profile.read(a.profile) if a.profile else None
-    alpha = read_alpha(a.alpha, a.calibration)
+    precisions = parse_precisions(a.precisions, a.dtype) if a.precisions else None
+    cals = read_calibrations(a.calibration) if precisions else []
+    alpha = read_alpha(a.alpha, a.calibration) if not cals else a.alpha
+    if a.min_agreement is not None and not precisions:
+        raise UserError("--min-agreement goes with --precisions (it chooses among the target's precisions)")
     from .contract.config import default_max_context
     draft, target = model_dir(a.draft), model_dir(a.target)
     plan = make_plan(draft, target, platform(a.platform), alpha, prof, dtype=a.dtype,
                      max_context=a.max_context or default_max_context(target), devices=devices, split=split,
-                     keep_top=keep_top, overlap=not a.no_overlap)
+                     keep_top=keep_top, overlap=not a.no_overlap, precisions=precisions, calibrations=cals,
+                     min_agreement=a.min_agreement)
     return plan, prof
 
 

@@ -167,6 +167,9 @@ def _calibrate(sub) -> None:
     p.add_argument("--chat", action="store_true", help="each prompt is a user message in the model's chat template")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reference", metavar="BUNDLE",
+                   help="a bundle whose target is the float model: also measure this target's top-1 agreement "
+                        "with it (what plan --min-agreement bounds)")
     p.add_argument("--out", required=True)
 
 
@@ -178,7 +181,9 @@ def _plan(sub) -> None:
                                                      "host: this machine)")
     p.add_argument("--profile", help="profile.json from `build-sd profile` (replaces what it covers)")
     p.add_argument("--alpha", type=float, help="Leviathan's alpha of the pair")
-    p.add_argument("--calibration", help="calib.json from `build-sd calibrate` (per-position alpha)")
+    p.add_argument("--calibration", action="append",
+                   help="calib.json from `build-sd calibrate` (per-position alpha); with --precisions, one per "
+                        "draft/target precision pair measured (missing pairs are estimated and marked)")
     p.add_argument("--devices", help="restrict to these platform devices, e.g. cpu,cpu-sync (host: cpu = "
                                      "IREE local-task, cpu-sync = local-sync, vulkan = lavapipe/GPU)")
     p.add_argument("--dtype", default="f32", choices=["f32", "f16"])
@@ -187,6 +192,7 @@ def _plan(sub) -> None:
     p.add_argument("--no-split", action="store_true",
                    help="whole models only (no placement split at a layer boundary)")
     _no_overlap_option(p)
+    _precision_options(p)
     p.add_argument("--top", type=int, default=10)
     p.add_argument("--keep", type=int, metavar="N", help="plan.json keeps the best N configurations and the best of "
                                                          "each device mapping and gamma (default 100; 0: all)")
@@ -211,13 +217,23 @@ def _build(sub) -> None:
     p.add_argument("--platform", required=True, help=f"{', '.join(_platform_names())} or host")
     p.add_argument("--profile")
     p.add_argument("--alpha", type=float)
-    p.add_argument("--calibration")
+    p.add_argument("--calibration", action="append")
     p.add_argument("--dtype", default="f32", choices=["f32", "f16"])
     p.add_argument("--max-context", type=int, help="KV cache slots S (default 512; 2048 for a chat model, or its "
                                                    "own limit when lower)")
     p.add_argument("--prompt-template", help="the bundle's prompt format, e.g. '<s>{prompt} => '")
     _no_overlap_option(p)
+    _precision_options(p)
     p.add_argument("--out", required=True)
+
+
+def _precision_options(p) -> None:
+    p.add_argument("--precisions", metavar="LIST",
+                   help="each model's precision as a plan dimension, e.g. f16,w8a8,w4a8 (w8a8/w4a8 keep --dtype for "
+                        "the rest; default: --dtype alone)")
+    p.add_argument("--min-agreement", type=float, metavar="A",
+                   help="with --precisions: only target precisions whose top-1 agreement with f32 (calibrate "
+                        "--reference) is at least A")
 
 
 def _no_overlap_option(p) -> None:

@@ -137,8 +137,9 @@ def profile_and_alpha(root: Path, plan: Plan, chosen: list[PlanConfig], bundles:
     if cal_bundle is None:
         return prof, 0.0, cpu_drivers, bw_before
     log(f"calibrating alpha on {len(prompts)} prompts (gamma 8)")
+    # in the format the timed passes use (bench --chat: user messages in the chat template)
     cal = calibrate(str(cal_bundle), prompts, gamma=8, max_new_tokens=opts.max_new_tokens,
-                    log=lambda m: log(f"  {m}"))
+                    log=lambda m: log(f"  {m}"), chat=opts.chat)
     release_vulkan()        # in case that bundle used lavapipe (see Runner)
     return prof, cal.greedy.for_planner(), cpu_drivers, bw_before
 

@@ -30,7 +30,8 @@ def build_config(cfg: PlanConfig, plan: Plan, out: Path, bundle_dir: Path, valid
                                      label="-")
     arts, places, cpu_driver = {}, {}, {}
     for role, p in (("target", cfg.target), ("draft", draft_p)):
-        arts[role] = _artifacts_for(plan, role, p, out, validate_models, profile, log)
+        arts[role] = _artifacts_for(plan, role, p, out, validate_models, profile, log,
+                                    cfg.precision(role, plan.dtype))
         places[role] = {sub: plan.devices[dev].preset for sub, dev in p.devices.items()}
         if any(plan.devices[dev].driver == "local-sync" for dev in p.devices.values()):
             cpu_driver[role] = "local-sync"        # the plan put this model on cpu-sync
@@ -40,17 +41,21 @@ def build_config(cfg: PlanConfig, plan: Plan, out: Path, bundle_dir: Path, valid
 
 
 def _artifacts_for(plan: Plan, role: str, p: Placement, out: Path, validate_models: bool,
-                   profile: Profile | None, log) -> Path:
-    """Export the model in the placement's layout and compile it for the presets it uses."""
+                   profile: Profile | None, log, precision: str | None = None) -> Path:
+    """Export the model in the placement's layout and precision, and compile it for the presets it
+    uses (a precision other than the plan's dtype gets its own folders: role-layout-precision)."""
+    from ..plan.precision import dtype_and_quant
     from .compile import compile_artifacts
     from .export import export_model
-    layout = layout_name(p.split)
+    precision = precision or plan.dtype
+    dtype, quant = dtype_and_quant(precision, plan.dtype)
+    layout = layout_name(p.split) + ("" if precision == plan.dtype else f"-{precision}")
     presets = {plan.devices[d].preset for d in p.devices.values()}
     mlir, art = out / "mlir" / f"{role}-{layout}", out / "artifacts" / f"{role}-{layout}"
     ckpt = plan.model(role).checkpoint
     # the plan's placement already holds the cuts its devices' allocation limits need
     export_model(ckpt, mlir, split=p.split, gammas=TARGET_GAMMAS if role == "target" else DRAFT_GAMMAS,
-                 prefill=PREFILL, max_context=plan.max_context, dtype=plan.dtype, max_module_bytes=0, log=log)
+                 prefill=PREFILL, max_context=plan.max_context, dtype=dtype, quant=quant, max_module_bytes=0, log=log)
     # compile every preset this export has been asked for so far: a folder holds a union
     compile_artifacts(mlir, sorted(presets | _existing_presets(art)), art, log=log)
     if profile is not None:

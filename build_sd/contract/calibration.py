@@ -39,3 +39,14 @@ class Calibration(Record, frozen=True, kw_only=True):
     # on both, and the planner's precision choice needs the figure of each combination
     draft_precision: str | msgspec.UnsetType = msgspec.UNSET
     target_precision: str | msgspec.UnsetType = msgspec.UNSET
+    # the target against a reference target (`calibrate --reference`, runtime/agreement.py): the
+    # accuracy `plan --min-agreement` bounds
+    target_agreement: float | msgspec.UnsetType = msgspec.UNSET
+    first_divergence: float | msgspec.UnsetType = msgspec.UNSET
+    reference: str | msgspec.UnsetType = msgspec.UNSET
+
+    @property
+    def precisions(self) -> tuple[str | None, str | None]:
+        """(draft, target) precision; None where the calibration predates the fields."""
+        return (None if self.draft_precision is msgspec.UNSET else self.draft_precision,
+                None if self.target_precision is msgspec.UNSET else self.target_precision)

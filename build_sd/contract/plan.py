@@ -38,13 +38,22 @@ class PlanConfig(Struct, frozen=True, kw_only=True):
     resident_bytes: int = 0
     # the overlapped loop: the draft drafts the next block while the target verifies
     overlap: bool = False
+    # each model's precision (f32, f16, w8a8, w4a8) in a plan made with --precisions; "": the plan's dtype
+    draft_precision: str = ""
+    target_precision: str = ""
+    alpha_source: str = ""             # calibrated | given | estimated from D/T (plan/precision.py)
 
     @property
     def key(self) -> tuple:
         """What identifies a configuration across plans: (draft label, target label, gamma[,
-        "overlap"])."""
+        "overlap"][, "draft/target precisions"])."""
         k = (self.draft.label if self.draft else None, self.target.label, self.gamma)
-        return k + ("overlap",) if self.overlap else k
+        k = k + ("overlap",) if self.overlap else k
+        return k + (f"{self.draft_precision}/{self.target_precision}",) if self.target_precision else k
+
+    def precision(self, role: str, dtype: str) -> str:
+        """The model's precision in this configuration (the plan's dtype unless --precisions)."""
+        return (self.draft_precision if role == "draft" else self.target_precision) or dtype
 
     @property
     def draft_label(self) -> str:
@@ -78,6 +87,9 @@ class Plan(Record, frozen=True, kw_only=True):
     dtype: str
     max_context: int
     split: bool = True
+    precisions: list[str] = []          # plan --precisions ([]: the dtype alone)
+    min_agreement: float | None = None
+    excluded: dict[str, str] = {}       # target precision -> why --min-agreement left it out
     latency_sources: dict[str, dict[str, int]] = {}
     profile: bool = False
     target_only_best_ms_per_token: float

@@ -42,6 +42,7 @@ class ProfiledModel(Struct, frozen=True, kw_only=True):
     source: Source
     fingerprint: str | None = None
     dtype: str
+    quant: str = "none"                     # w8a8 | w4a8: another precision of the same model
     max_context: int
     config: ModelConfig
     subgraphs: list[ProfiledSubgraph] = []

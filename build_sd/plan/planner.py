@@ -22,6 +22,7 @@ from ..contract import (Calibration, FnStats, ModelConfig, Placement, Plan, Plan
                         Profile, SubgraphSpec, function_name, subgraph_specs)
 from ..contract.layout import cut, kv_bytes, usable, weight_bytes
 from ..errors import UserError
+from .precision import WEIGHT_BYTES, allowed_targets, alpha_for, dtype_and_quant
 from .costmodel import Contention, ModelCosts, Transfer, predict, predict_overlapped
 from .platforms import Platform, get_platform
 from .roofline import work
@@ -151,8 +152,8 @@ class Latencies:
     """ms of one subgraph call on one device, from the profile when it covers it."""
 
     def __init__(self, platform: Platform, cfg: ModelConfig, dtype: str, S: int,
-                 profile: Profile | None, model_sha: str | None):
-        self.platform, self.cfg, self.dtype, self.S = platform, cfg, dtype, S
+                 profile: Profile | None, model_sha: str | None, quant: str = "none"):
+        self.platform, self.cfg, self.dtype, self.S, self.quant = platform, cfg, dtype, S, quant
         # Every profiled export of this model (whole, split at k...) is one entry; merge them so
         # a placement reads the module it will run (the whole module for a whole placement, not
         # the sum of a split export's parts), preferring figures timed inside speculative loops.
@@ -160,7 +161,9 @@ class Latencies:
         if profile:
             merged: dict = {}
             for m in profile.models_of(model_sha):
-                self.dtype, self.S = m.dtype, m.max_context
+                if (m.dtype, m.quant) != (dtype, quant):    # another precision of the same model
+                    continue
+                self.S = m.max_context
                 for preset, subs in m.latency.items():
                     for name, fns in subs.items():
                         slot = merged.setdefault(preset, {}).setdefault(name, {})
@@ -202,7 +205,8 @@ class Latencies:
                     self._count("profile-sum")
                     return parts[0] + parts[1] + sum(per) / len(per) * spec.end
         self._count("analytic")
-        w = work(self.cfg, spec.kind, spec.start, spec.end, T, self.S, ELT[self.dtype], prefill)
+        w = work(self.cfg, spec.kind, spec.start, spec.end, T, self.S, ELT[self.dtype], prefill,
+                 weight_elt=WEIGHT_BYTES.get(self.quant))
         return self.platform.devices[dev].latency_ms(w, self.dtype)
 
     def _count(self, src):
@@ -232,17 +236,24 @@ def transfer_for(platform: Platform, profile: Profile | None, devs: set[str]) ->
     return Transfer(platform.transfer_fixed_ms, platform.transfer_ms_per_mb)
 
 
-def check_profile_fits(profile: Profile, shas: dict[str, str], dtype: str, max_context: int) -> None:
-    """The profile must have measured these models (config.json), as this dtype and context."""
+def check_profile_fits(profile: Profile, shas: dict[str, str], dtype: str, max_context: int,
+                       asked: set[tuple[str, str]] | None = None) -> None:
+    """The profile must have measured these models (config.json), with this context, in one of the
+    (dtype, quant) precisions asked (default: the dtype alone); precisions it lacks are planned from
+    the roofline."""
+    asked = asked or {(dtype, "none")}
     have = {m.source.config_sha256 for m in profile.models}
     if not have & set(shas.values()):
         raise UserError("the profile was measured on other models (no config.json matches the "
                         "draft's or the target's): profile these models' artifacts")
-    for m in profile.models:
-        if m.source.config_sha256 in shas.values() and (m.dtype != dtype or m.max_context != max_context):
-            raise UserError(f"the profile measured {m.name} as {m.dtype} with context "
-                            f"{m.max_context}; the plan asks {dtype} with context {max_context} "
-                            "(pass the same --dtype/--max-context, or profile again)")
+    ours = [m for m in profile.models if m.source.config_sha256 in shas.values()]
+    for m in ours:
+        if m.max_context != max_context or not any((x.dtype, x.quant) in asked for x in ours):
+            what = m.dtype if m.quant == "none" else f"{m.quant} ({m.dtype})"
+            want = ", ".join(d if q == "none" else q for d, q in sorted(asked))
+            raise UserError(f"the profile measured {m.name} as {what} with context "
+                            f"{m.max_context}; the plan asks {want} with context {max_context} "
+                            "(pass the same --dtype/--max-context/--precisions, or profile again)")
 
 
 # Two devices on one shared memory bus, both streaming weights: how much each slows while the other
@@ -281,10 +292,14 @@ class _Ranked:
     parts: dict
     resident: int = 0
     overlap: bool = False
+    draft_precision: str = ""
+    target_precision: str = ""
+    alpha_source: str = ""
 
     def record(self, best_ar: float) -> PlanConfig:
         return PlanConfig(draft=self.draft, target=self.target, gamma=self.gamma, resident_bytes=self.resident,
-                          overlap=self.overlap,
+                          overlap=self.overlap, draft_precision=self.draft_precision if self.gamma else "",
+                          target_precision=self.target_precision, alpha_source=self.alpha_source,
                           pred_ms_per_token=round(self.ms_per_token, 5),
                           pred_tokens_per_s=round(1000.0 / self.ms_per_token, 2),
                           expected_tokens=round(self.expected_tokens, 4),
@@ -293,38 +308,70 @@ class _Ranked:
 
 
 def make_plan(draft_ckpt: str | Path, target_ckpt: str | Path, platform: str | Platform,
-              alpha: float | list[float], profile: Profile | None = None, dtype: str = "f32",
+              alpha: float | list[float] | None, profile: Profile | None = None, dtype: str = "f32",
               max_context: int = 512, gammas=GAMMAS, devices: list[str] | None = None,
-              split: bool = True, keep_top: int | None = None, overlap: bool = True) -> Plan:
+              split: bool = True, keep_top: int | None = None, overlap: bool = True,
+              precisions: list[str] | None = None, calibrations: list[Calibration] | None = None,
+              min_agreement: float | None = None) -> Plan:
     """Rank every configuration; split=False: every model whole on one device; overlap=False:
-    the sequential loop only. keep_top: how many of
+    the sequential loop only. precisions: each model's precision is a dimension too (plan/precision.py;
+    None: `dtype` alone), alpha per pair from `calibrations` (else `alpha` for all), and
+    min_agreement keeps the target precisions whose measured agreement with f32 reaches it.
+    keep_top: how many of
     the best the plan keeps besides the best of each device mapping (default KEEP_TOP; 0: all).
     platform: a preset name, or a Platform (the `host` one is built from this machine's
     HostInfo by the caller: plan/platforms.host_platform)."""
     platform = with_measured_limits(platform if isinstance(platform, Platform) else get_platform(platform), profile)
     cfgs = {r: ModelConfig.from_hf(c) for r, c in (("draft", draft_ckpt), ("target", target_ckpt))}
     shas = {"draft": config_sha(draft_ckpt), "target": config_sha(target_ckpt)}
+    explicit = precisions is not None
+    precs = list(precisions) if explicit else [dtype]
+    calibrations = list(calibrations or [])
+    t_precs, excluded = allowed_targets(precs, calibrations, min_agreement)
     if profile is not None:
-        check_profile_fits(profile, shas, dtype, max_context)
+        check_profile_fits(profile, shas, dtype, max_context, {dtype_and_quant(p, dtype) for p in precs})
     devs = devices or list(platform.devices)
     for d in devs:
         if d not in platform.devices:
             raise UserError(f"platform {platform.name} has no device {d!r} ({', '.join(platform.devices)})")
-    lat = {r: Latencies(platform, cfgs[r], dtype, max_context, profile, shas[r]) for r in cfgs}
-    ranked = _rank(platform, profile, cfgs, lat, alpha, list(gammas), devs, split, overlap)
+
+    def latencies(role: str, prec: str) -> Latencies:
+        fdtype, quant = dtype_and_quant(prec, dtype)
+        return Latencies(platform, cfgs[role], fdtype, max_context, profile, shas[role], quant)
+    ranked, sources = [], {"draft": {}, "target": {}}
+    for tp in t_precs:
+        for i, dp in enumerate(precs):
+            lat = {"target": latencies("target", tp), "draft": latencies("draft", dp)}
+            pa = alpha_for(dp, tp, calibrations, alpha) if (calibrations or alpha is not None) else None
+            if pa is None:
+                raise UserError("give --alpha A or --calibration calib.json")
+            got = _rank(platform, profile, cfgs, lat, pa.alpha, list(gammas), devs, split, overlap)
+            for c in got:
+                if c.gamma == 0 and i > 0:
+                    continue            # target only: once per target precision
+                if explicit:
+                    c.draft_precision, c.target_precision = dp, tp
+                    c.alpha_source = pa.source if c.gamma else ""
+                ranked.append(c)
+            for r in ("draft", "target"):
+                for k, n in lat[r].sources.items():
+                    sources[r][k] = sources[r].get(k, 0) + n
+    if alpha is None:
+        alpha = alpha_for(precs[0], t_precs[0], calibrations, None).alpha
     best_ar = min(c.ms_per_token for c in ranked if c.gamma == 0)
     ranked.sort(key=lambda c: c.ms_per_token)
     n_ranked = len(ranked)
     if keep_top != 0:
         ranked = keep_ranked(ranked, KEEP_TOP if keep_top is None else keep_top)
-    t = lat["target"]
+    t = latencies("target", t_precs[0])
     return Plan(
         platform=platform.name, platform_notes=platform.notes,
         devices={d: PlanDevice(platform.devices[d].preset, platform.devices[d].driver) for d in devs},
         draft=_model_record(draft_ckpt, shas["draft"], cfgs["draft"]),
         target=_model_record(target_ckpt, shas["target"], cfgs["target"]),
-        alpha=alpha, dtype=t.dtype, max_context=t.S, split=split,
-        latency_sources={r: lat[r].sources for r in ("draft", "target")},
+        alpha=alpha, dtype=dtype, max_context=t.S, split=split,
+        precisions=precs if explicit else [], min_agreement=min_agreement, excluded=excluded,
+        latency_sources=sources,
         profile=bool(profile), target_only_best_ms_per_token=round(best_ar, 5), configs_ranked=n_ranked,
         configs=[c.record(best_ar) for c in ranked])
 
@@ -416,12 +463,20 @@ def print_plan(plan: Plan, top: int = 10, out=print) -> None:
     alpha = plan.alpha if not isinstance(plan.alpha, list) else "per position"
     out(f"platform {plan.platform}  alpha {alpha}  latencies: target {plan.latency_sources.get('target')}, "
         f"draft {plan.latency_sources.get('draft')}")
-    out(f"{'#':>3} {'draft':<30} {'target':<36} {'g':>2} {'loop':>7} {'E[N]':>5} {'ms/tok':>8} {'tok/s':>8} "
-        f"{'speedup':>8} {'RAM GiB':>7}")
+    prec = bool(plan.precisions)
+    out(f"{'#':>3} {'draft':<30} {'target':<36} {'g':>2} {'loop':>7} " + (f"{'precision':>10} " if prec else "")
+        + f"{'E[N]':>5} {'ms/tok':>8} {'tok/s':>8} {'speedup':>8} {'RAM GiB':>7}")
     for i, c in enumerate(plan.configs[:top], 1):
         loop = "overlap" if c.overlap else ("seq" if c.gamma else "-")
-        out(f"{i:>3} {c.draft_label:<30} {c.target.label:<36} {c.gamma:>2} {loop:>7} {c.expected_tokens:>5.2f} "
+        pr = (f"{(c.draft_precision + '/') if c.gamma else ''}{c.target_precision}"
+              + ("*" if c.alpha_source.startswith("estimated") else ""))
+        out(f"{i:>3} {c.draft_label:<30} {c.target.label:<36} {c.gamma:>2} {loop:>7} " + (f"{pr:>10} " if prec else "")
+            + f"{c.expected_tokens:>5.2f} "
             f"{c.pred_ms_per_token:>8.3f} {c.pred_tokens_per_s:>8.1f} {c.speedup:>7.2f}x {c.resident_bytes / 2**30:>7.2f}")
+    if prec and any(c.alpha_source.startswith("estimated") for c in plan.configs[:top]):
+        out("*: no calibration of that draft/target precision pair: alpha estimated from another pair")
+    for p, why in plan.excluded.items():
+        out(f"target precision {p} left out: {why}")
     best0 = plan.best_target_only()
     out(f"best target-only: {best0.target.label} {best0.pred_tokens_per_s:.1f} tok/s")
     if plan.configs_ranked > len(plan.configs):
@@ -429,8 +484,15 @@ def print_plan(plan: Plan, top: int = 10, out=print) -> None:
             f"{KEEP_TOP} and the best of each device mapping and gamma)")
 
 
-def read_alpha(alpha: float | None, calibration: str | Path | None) -> float | list[float]:
-    """--alpha A, or the per-position (else overall) greedy acceptance of a calib.json."""
+def read_calibrations(paths) -> list[Calibration]:
+    return [Calibration.read(p) for p in (paths or [])]
+
+
+def read_alpha(alpha: float | None, calibration: str | Path | list | None) -> float | list[float]:
+    """--alpha A, or the per-position (else overall) greedy acceptance of a calib.json (the first,
+    when several are given: make_plan reads each pair's own from `calibrations`)."""
+    if isinstance(calibration, (list, tuple)):
+        calibration = calibration[0] if calibration else None
     if calibration:
         cal = Calibration.read(calibration)
         got = cal.greedy.for_planner() if cal.greedy else None

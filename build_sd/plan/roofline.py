@@ -37,7 +37,10 @@ def layer_weights(cfg: ModelConfig) -> int:
 
 
 def work(cfg: ModelConfig, kind: str, start: int, end: int, T: int, S: int, elt: int,
-         prefill: bool = False) -> Work:
+         prefill: bool = False, weight_elt: float | None = None) -> Work:
+    """weight_elt: bytes read per weight of the projections and the head when they are quantized
+    (plan/precision.py: WEIGHT_BYTES); the embedding, activations and KV cache stay in elt."""
+    we = elt if weight_elt is None else weight_elt
     D, H, KVH, Dh, V = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.vocab_size
     w = Work(0.0, 0.0, 0)
     if kind in ("embed", "whole"):
@@ -46,11 +49,11 @@ def work(cfg: ModelConfig, kind: str, start: int, end: int, T: int, S: int, elt:
         n = end - start
         W = layer_weights(cfg)
         per = Work(2.0 * T * W + 4.0 * T * H * Dh * S,
-                   W * elt + 2.0 * S * KVH * Dh * elt + 2.0 * T * KVH * Dh * elt + 4.0 * T * D * elt,
+                   W * we + 2.0 * S * KVH * Dh * elt + 2.0 * T * KVH * Dh * elt + 4.0 * T * D * elt,
                    DISPATCHES_PER_LAYER)
         w += Work(per.flops * n, per.bytes * n, per.dispatches * n)
     if kind in ("head", "whole"):
         rows = 1 if prefill else T
         K = cfg.head_rows                    # a restricted head scores K ids, writes all V logits
-        w += Work(2.0 * rows * D * K, float(D * K * elt + rows * V * 4), DISPATCHES_HEAD)
+        w += Work(2.0 * rows * D * K, float(D * K * we + rows * V * 4), DISPATCHES_HEAD)
     return w

@@ -37,8 +37,11 @@ def _aggregate(ms: list[Metrics], temperature: float | None) -> Acceptance:
 
 
 def calibrate(bundle: str | Path, prompts: list[str], gamma: int | None = None, temperature: float | None = None,
-              max_new_tokens: int = 64, seed: int = 0, log=print, chat: bool = False) -> Calibration:
-    """chat: each prompt is a user message in the model's chat template (alpha depends on the format)."""
+              max_new_tokens: int = 64, seed: int = 0, log=print, chat: bool = False,
+              reference: str | Path | None = None) -> Calibration:
+    """chat: each prompt is a user message in the model's chat template (alpha depends on the format).
+    reference: a bundle whose target is the reference (the float model): the target's agreement with
+    it is measured too (runtime/agreement.py)."""
     s = open_bundle(bundle)
     g = gamma or s.max_gamma()
     if g < 1 or g > s.max_gamma():
@@ -58,9 +61,20 @@ def calibrate(bundle: str | Path, prompts: list[str], gamma: int | None = None, 
         a = got[name].alpha
         log(f"{name}: alpha {a if a is None else round(a, 4)}, per position "
             + " ".join("-" if x is None else f"{x:.2f}" for x in got[name].per_position))
+    agreed = {}
+    if reference is not None:
+        from .agreement import agreement
+        ref = open_bundle(reference, load_draft=False)
+        if ref.target.export.config.vocab_size != s.target.export.config.vocab_size:
+            raise UserError(f"--reference {reference}: its target has another vocabulary than {bundle}'s")
+        a = agreement(s.target, ref.target, ids, max_new_tokens)
+        log(f"target agreement with {reference} ({precision(ref.target.export)}): {a['agreement']:.4f} "
+            f"(teacher-forced top-1 over {a['tokens']} tokens), first divergence at {a['first_divergence']:.1f}")
+        agreed = dict(target_agreement=round(a["agreement"], 5), first_divergence=round(a["first_divergence"], 2),
+                      reference=f"{reference} ({precision(ref.target.export)})")
     return Calibration(bundle=str(bundle), gamma=g, prompts=len(prompts), greedy=got["greedy"],
                        sampled=got.get("sampled", msgspec.UNSET), draft_precision=precision(s.draft.export),
-                       target_precision=precision(s.target.export))
+                       target_precision=precision(s.target.export), **agreed)
 
 
 def precision(export) -> str:

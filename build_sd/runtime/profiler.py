@@ -128,6 +128,7 @@ class _Profiler:
         self.sources = [src for p in paths for src in load_model_source(Path(p))]
         self.models = [ProfiledModel(
             name=s.name, source=s.export.source, fingerprint=s.export.fingerprint, dtype=s.export.dtype,
+            quant=s.export.quant,
             max_context=s.export.max_context, config=s.export.config,
             subgraphs=[ProfiledSubgraph(name=sg.name, label=sg.label, kind=sg.kind, start=sg.start, end=sg.end)
                        for sg in s.export.subgraphs]) for s in self.sources]
