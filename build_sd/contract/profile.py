@@ -69,15 +69,16 @@ class HostCost(Struct, frozen=True, kw_only=True):
 
 
 class ContentionFit(Struct, frozen=True, kw_only=True):
-    """One pair of devices computing at once (the overlapped loop): each model's call time while
-    the other model calls in a loop, over its time alone; sync_ms: a block handed to the draft's
+    """One pair of devices computing at once (the overlapped loop): the rate at which each model
+    computes while the other runs, relative to alone (> 1: slower), from the loop's own pattern
+    timed (runtime/profiler.py: _measure_contention); sync_ms: a block handed to the draft's
     thread and back. Keyed DRAFT_KEY|TARGET_KEY (profile keys: PRESET or PRESET@local-sync)."""
     target: float
     draft: float
     sync_ms: float = 0.0
     verify_T: int = 1                 # the target function timed (the draft times its decode)
-    alone_ms: list[float] = []        # [target, draft] alone
-    together_ms: list[float] = []     # [target, draft] while the other runs
+    alone_ms: list[float] = []        # [target's verify, draft's step] alone
+    together_ms: list[float] = []     # the same inside the overlapped pattern (runtime/profiler.py)
 
 
 class Machine(Struct, frozen=True, kw_only=True):

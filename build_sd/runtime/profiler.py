@@ -301,40 +301,54 @@ def _handoff_ms(n: int = 200) -> float:
 
 
 def _measure_contention(draft: ModelChain, target: ModelChain, budget_s: float, sync_ms: float) -> ContentionFit:
-    """Each model's call time alone, then while the other calls in a loop in a second thread: the
-    target's verify of gamma+1 tokens for a middle gamma, the draft's decode (what the overlapped
-    loop runs at once)."""
-    import threading
+    """What the overlapped loop does, timed: the target verifies gamma+1 tokens (a middle gamma) in
+    this thread while a worker thread runs the draft's gamma+1 decode steps, repeatedly; and each
+    model's calls alone. The slowdown factors are the rates that explain the two measured durations
+    (costmodel.together_ms inverted): if the draft's job (J) ends first, it ran slowed all along,
+    k_d = J / W, and the verify did J / k_t of its work meanwhile, so V_measured = J + V - J / k_t;
+    and the other way round. Timing the pattern itself, rather than each model against a busy loop
+    of the other, keeps what a loop of the other overstates (the GIL, the wake-ups of a short job)."""
+    from concurrent.futures import ThreadPoolExecutor
     T = target.verify_T[len(target.verify_T) // 2] if target.verify_T else 1
     pos = min(target.max_context, draft.max_context) // 4
-    calls = {"target": lambda: target.step(np.ones(T, np.int32), pos),
-             "draft": lambda: draft.step(np.ones(1, np.int32), pos)}
+    tokens, one = np.ones(T, np.int32), np.ones(1, np.int32)
 
-    def timed(fn) -> float:
+    def verify():
+        target.step(tokens, pos)
+
+    def job():
+        t0 = time.perf_counter()
+        for i in range(T):
+            draft.step(one, pos + i)
+        return t0, time.perf_counter()
+
+    def timed(fn, share: float) -> float:
         fn()
-        n = _reps_for(_once(fn) * 1e3, budget_s / 2, lo=5, hi=100)
-        return float(np.mean([_once(fn) for _ in range(n)])) * 1e3
-
-    def while_other(me: str, other: str) -> float:
-        stop = threading.Event()
-
-        def loop():
-            while not stop.is_set():
-                calls[other]()
-        th = threading.Thread(target=loop, name="build-sd-contention")
-        th.start()
-        try:
-            time.sleep(0.005)
-            return timed(calls[me])
-        finally:
-            stop.set()
-            th.join()
-    alone = {r: timed(calls[r]) for r in ("target", "draft")}
-    together = {r: while_other(r, "draft" if r == "target" else "target") for r in ("target", "draft")}
-    return ContentionFit(target=round(together["target"] / alone["target"], 4),
-                         draft=round(together["draft"] / alone["draft"], 4), sync_ms=sync_ms,
-                         verify_T=T, alone_ms=[round(alone[r], 5) for r in ("target", "draft")],
-                         together_ms=[round(together[r], 5) for r in ("target", "draft")])
+        n = _reps_for(_once(fn) * 1e3, budget_s * share, lo=5, hi=100)
+        return float(np.median([_once(fn) for _ in range(n)])) * 1e3
+    V, W = timed(verify, 0.25), timed(lambda: job(), 0.25)
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(job).result()
+        js, vs = [], []
+        n = _reps_for(max(V, W), budget_s * 0.5, lo=7, hi=100)
+        for _ in range(n):
+            fut = pool.submit(job)
+            t = time.perf_counter()
+            verify()
+            tv = time.perf_counter()
+            j0, j1 = fut.result()
+            js.append((j1 - j0) * 1e3)
+            vs.append((tv - t) * 1e3)
+    J, Vm = float(np.median(js)), float(np.median(vs))
+    clamp = lambda k: min(20.0, max(0.5, k))     # noqa: E731 - a few noisy calls must not give 0 or inf
+    if J <= Vm:         # the draft's job ended first: it was slowed all along
+        kd = J / W
+        kt = J / (J + V - Vm) if J + V - Vm > 1e-6 else Vm / V
+    else:
+        kt = Vm / V
+        kd = Vm / (Vm + W - J) if Vm + W - J > 1e-6 else J / W
+    return ContentionFit(target=round(clamp(kt), 4), draft=round(clamp(kd), 4), sync_ms=sync_ms, verify_T=T,
+                         alone_ms=[round(V, 5), round(W / T, 5)], together_ms=[round(Vm, 5), round(J / T, 5)])
 
 
 def _once(fn) -> float:
