@@ -322,23 +322,28 @@ def _measure_contention(draft: ModelChain, target: ModelChain, budget_s: float, 
             draft.step(one, pos + i)
         return t0, time.perf_counter()
 
-    def timed(fn, share: float) -> float:
-        fn()
-        n = _reps_for(_once(fn) * 1e3, budget_s * share, lo=5, hi=100)
-        return float(np.median([_once(fn) for _ in range(n)])) * 1e3
-    V, W = timed(verify, 0.25), timed(lambda: job(), 0.25)
+    def pattern(pool) -> tuple[float, float]:
+        fut = pool.submit(job)
+        t = time.perf_counter()
+        verify()
+        tv = time.perf_counter()
+        j0, j1 = fut.result()
+        return (j1 - j0) * 1e3, (tv - t) * 1e3
+    # alone and together alternate (A B A B), so that a drift of this machine's speed during the
+    # measurement moves both alike; medians of each
+    valone, walone, js, vs = [], [], [], []
     with ThreadPoolExecutor(1) as pool:
-        pool.submit(job).result()
-        js, vs = [], []
-        n = _reps_for(max(V, W), budget_s * 0.5, lo=7, hi=100)
-        for _ in range(n):
-            fut = pool.submit(job)
-            t = time.perf_counter()
-            verify()
-            tv = time.perf_counter()
-            j0, j1 = fut.result()
-            js.append((j1 - j0) * 1e3)
-            vs.append((tv - t) * 1e3)
+        pattern(pool)
+        verify()
+        first = _once(verify) + _once(job)
+        for _ in range(_reps_for(first * 1e3 * 2, budget_s, lo=9, hi=100)):
+            valone.append(_once(verify) * 1e3)
+            j0, j1 = job()
+            walone.append((j1 - j0) * 1e3)
+            j, v = pattern(pool)
+            js.append(j)
+            vs.append(v)
+    V, W = float(np.median(valone)), float(np.median(walone))
     J, Vm = float(np.median(js)), float(np.median(vs))
     clamp = lambda k: min(20.0, max(0.5, k))     # noqa: E731 - a few noisy calls must not give 0 or inf
     if J <= Vm:         # the draft's job ended first: it was slowed all along
