@@ -25,18 +25,22 @@ def layer_weights(cfg: ModelConfig) -> int:
     return attn + mlp + 2 * D
 
 
-def weight_bytes(cfg: ModelConfig, spec: SubgraphSpec, dtype: str) -> int:
-    """Bytes of the weights a module holds. A tied LM head is the embedding: a split model's
-    `embed` and `head` modules each hold it (the .irpa stores it once)."""
+def weight_bytes(cfg: ModelConfig, spec: SubgraphSpec, dtype: str, quant: str = "none") -> int:
+    """Bytes of the weights a module holds once loaded. A tied LM head is the embedding: a split
+    model's `embed` and `head` modules each hold it (the .irpa stores it once). quant (w8a8, w4a8):
+    the projections and the LM head are int8 in memory (w4a8 is expanded at load), the embedding
+    and norms stay in dtype; the per-channel scales are left out (a few KB a layer)."""
     D, V, e = cfg.hidden_size, cfg.vocab_size, ELT[dtype]
+    q = 1 if quant in ("w8a8", "w4a8") else e
     n = 0
     if spec.kind in ("embed", "whole"):
-        n += V * D
+        n += V * D * e
     if spec.kind in ("layers", "whole"):
-        n += (spec.end - spec.start) * layer_weights(cfg)
+        n += (spec.end - spec.start) * layer_weights(cfg) * q
     if spec.kind in ("head", "whole"):
-        n += D + (0 if spec.kind == "whole" and cfg.tie_word_embeddings else cfg.head_rows * D)
-    return n * e
+        tied_in_whole = spec.kind == "whole" and cfg.tie_word_embeddings and q == e
+        n += D * e + (0 if tied_in_whole else cfg.head_rows * D * q)
+    return n
 
 
 def kv_bytes(cfg: ModelConfig, spec: SubgraphSpec, dtype: str, max_context: int) -> int:

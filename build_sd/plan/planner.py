@@ -99,7 +99,8 @@ RUNTIME_BYTES = 2 ** 28
 GPU_LAYER_COPY = 1.48
 
 
-def resident_bytes(p: Placement, cfg: ModelConfig, dtype: str, S: int, platform: Platform) -> int:
+def resident_bytes(p: Placement, cfg: ModelConfig, dtype: str, S: int, platform: Platform,
+                   quant: str = "none") -> int:
     """Host RAM a model placed as `p` holds once loaded: each module's weights and KV caches,
     on the CPU (llvm-cpu packs its own copy; the .irpa's pages are dropped after loading,
     runtime/memory.py) and on a GPU that shares the board's memory (Mali, lavapipe); a discrete
@@ -113,10 +114,10 @@ def resident_bytes(p: Placement, cfg: ModelConfig, dtype: str, S: int, platform:
     for spec in p.specs(cfg.num_layers):
         dev = platform.devices[_device_of(p, spec)]
         if dev.kind == "cpu" or platform.shared_memory:
-            weights = 0 if (dev.kind == "cpu" and spec.kind == "embed") else weight_bytes(cfg, spec, dtype)
+            weights = 0 if (dev.kind == "cpu" and spec.kind == "embed") else weight_bytes(cfg, spec, dtype, quant)
             if dev.kind == "gpu" and spec.kind in ("layers", "whole"):
                 layers = spec if spec.kind == "layers" else SubgraphSpec("layers", 0, cfg.num_layers)
-                weights += int(weight_bytes(cfg, layers, dtype) * (GPU_LAYER_COPY - 1))
+                weights += int(weight_bytes(cfg, layers, dtype, quant) * (GPU_LAYER_COPY - 1))
             total += weights + kv_bytes(cfg, spec, dtype, S)
     return total
 
@@ -420,7 +421,7 @@ def _rank(platform: Platform, profile: Profile | None, cfgs: dict, lat: dict, al
         and the RAM it holds."""
         cfg, lt = cfgs[role], lat[role]
         fitted = (fit_to_limits(p, cfg, lt.dtype, lt.S, platform) for p in placements(cfg.num_layers, devs, same, split))
-        return [(p, model_costs(lt, p, cfg.num_layers, Ts), resident_bytes(p, cfg, lt.dtype, lt.S, platform))
+        return [(p, model_costs(lt, p, cfg.num_layers, Ts), resident_bytes(p, cfg, lt.dtype, lt.S, platform, lt.quant))
                 for p in fitted if p is not None]
     t_opts, d_opts = options("target", tTs), options("draft", [1, 2])
     if not t_opts:
