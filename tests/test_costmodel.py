@@ -198,6 +198,11 @@ def test_profile_artifact_mismatch_refused(target_whole, tmp_path):
     from build_sd.runtime.profiler import check_profile_matches, profile
     prof = profile([target_whole], devices=["cpu"], budget_s=0.02, log=lambda m: None)
     assert check_profile_matches(prof, target_whole) >= 1
+    # the overlapped loop's contention, per pair of devices that can compute at once (the model plays
+    # draft and target); one worker pool never serves two models at once: not measured
+    sync = prof.contention["host@local-sync|host@local-sync"]
+    assert sync.target >= 1.0 and sync.draft >= 1.0 and sync.verify_T >= 1 and len(sync.alone_ms) == 2
+    assert "host|host" not in prof.contention and "host@local-sync|host" in prof.contention
     bad = copy.deepcopy(prof.to_dict())
     rel = next(iter(bad["models"][0]["modules"]))
     bad["models"][0]["modules"][rel] = "0" * 64

@@ -45,10 +45,11 @@ def test_greedy_overlapped_equals_target_only(bundles, self_bundle, placement, t
         pytest.skip("no Vulkan device")
     else:
         s = _session(bundles[placement])
-    for prompt in PROMPTS:
+    on_cpu = placement.startswith("cpu")      # lavapipe calls are slow: fewer cases there
+    for prompt in PROMPTS if on_cpu else PROMPTS[:2]:
         ids = s.tokenizer.encode(prompt).ids
         want = _gen(s, ids, 0, 24, False).token_ids
-        for gamma in (1, 3, 4):
+        for gamma in (1, 3, 4) if on_cpu else (1, 4):
             g = _gen(s, ids, gamma, 24, True, cpus=cpus)
             assert g.token_ids == want, (prompt, gamma)
             assert g.metrics.overlap and g.metrics.stop_reason == "max_new_tokens"

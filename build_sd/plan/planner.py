@@ -268,15 +268,15 @@ def contention_for(platform: Platform, profile: Profile | None, d_dev: str, t_de
     verify on t_dev: the profile's measurement, else an estimate; None when the overlapped loop
     cannot run them at once (one device serving one model at a time)."""
     dk, tk = platform.devices[d_dev].profile_key, platform.devices[t_dev].profile_key
+    if d_dev == t_dev and not (platform.devices[d_dev].driver == "local-sync" and platform.cores >= 2):
+        # two local-sync threads take a core each; one local-task pool or one GPU queue serves a
+        # model at a time (nothing to overlap)
+        return None
     fit = (profile.contention.get(f"{dk}|{tk}") if profile is not None else None)
     if fit is not None:
         return Contention(fit.target, fit.draft, fit.sync_ms, "profile")
     if d_dev == t_dev:
-        # two local-sync threads take a core each; one local-task pool or one GPU queue serves a
-        # model at a time (nothing to overlap)
-        if platform.devices[d_dev].driver == "local-sync" and platform.cores >= 2:
-            return Contention(SHARED_BUS_SLOWDOWN, SHARED_BUS_SLOWDOWN, HANDOFF_MS, "estimate")
-        return None
+        return Contention(SHARED_BUS_SLOWDOWN, SHARED_BUS_SLOWDOWN, HANDOFF_MS, "estimate")
     if not platform.concurrent:        # e.g. lavapipe on the CPU's cores: time-sliced
         return Contention(2.0, 2.0, HANDOFF_MS, "estimate: time-sliced")
     k = SHARED_BUS_SLOWDOWN if platform.shared_memory else 1.0

@@ -234,6 +234,9 @@ class _Profiler:
             for tk, tgroup in by_key.items():
                 if (dk not in new and tk not in new) or f"{dk}|{tk}" in self.contention:
                     continue
+                if dk == tk and not dk.endswith("@local-sync"):
+                    continue        # one worker pool or one GPU queue serves a model at a time
+
                 draft = next((c for e, c in dgroup if c.export.source.config_sha256 == small), None)
                 target = next((c for e, c in tgroup if c.export.source.config_sha256 == big), None)
                 if draft is None or target is None:
