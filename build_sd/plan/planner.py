@@ -364,13 +364,12 @@ def make_plan(draft_ckpt: str | Path, target_ckpt: str | Path, platform: str | P
     n_ranked = len(ranked)
     if keep_top != 0:
         ranked = keep_ranked(ranked, KEEP_TOP if keep_top is None else keep_top)
-    t = latencies("target", t_precs[0])
     return Plan(
         platform=platform.name, platform_notes=platform.notes,
         devices={d: PlanDevice(platform.devices[d].preset, platform.devices[d].driver) for d in devs},
         draft=_model_record(draft_ckpt, shas["draft"], cfgs["draft"]),
         target=_model_record(target_ckpt, shas["target"], cfgs["target"]),
-        alpha=alpha, dtype=dtype, max_context=t.S, split=split,
+        alpha=alpha, dtype=dtype, max_context=max_context, split=split,
         precisions=precs if explicit else [], min_agreement=min_agreement, excluded=excluded,
         latency_sources=sources,
         profile=bool(profile), target_only_best_ms_per_token=round(best_ar, 5), configs_ranked=n_ranked,

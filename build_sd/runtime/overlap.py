@@ -37,7 +37,7 @@ import numpy as np
 
 from ..errors import UserError
 from .chain import ModelChain
-from .speculative import Generation, _draft_block, _gamma_now, _prefill, _Snapshot, _trim
+from .speculative import Generation, _draft_block, _gamma_now, _Snapshot, emit, start, stopped
 
 
 class _Speculation:
@@ -93,29 +93,17 @@ def generate_overlapped(target: ModelChain, draft: ModelChain, prompt: list[int]
     (meaningful under local-sync, where a model's dispatches run on that thread)."""
     if gamma < 1 or draft is None:
         raise ValueError("the overlapped loop needs a draft and gamma >= 1")
-    gen = Generation()
-    m = gen.metrics
-    m.gamma, m.overlap = gamma, True
     eos = set(int(e) for e in eos_ids)
     S = min(target.max_context, draft.max_context)
-    prompt = np.asarray(prompt, np.int32)
-    if not 0 <= past < len(prompt):
-        raise ValueError(f"past={past} must leave at least one of the {len(prompt)} prompt tokens to prefill")
     cpus = cpus or {}
     restore = _pin(cpus.get("target"))
     pool = ThreadPoolExecutor(1, thread_name_prefix="build-sd-draft",
                               initializer=_pin, initargs=(cpus.get("draft"),))
     try:
-        first = _prefill(target, draft, prompt[past:], acceptor, m, past)
-        gen.token_ids.append(first)
-        gen.cached = len(prompt)
-        if on_tokens:
-            on_tokens([first])
-        if first in eos or max_new_tokens <= 1:
-            m.stop_reason = "eos" if first in eos else "max_new_tokens"
-            return gen
-        _loop(gen, target, draft, prompt.tolist() + [first], gamma, acceptor, max_new_tokens, eos,
-              S, on_tokens, log, pool)
+        gen, seq = start(target, draft, prompt, gamma, acceptor, max_new_tokens, eos_ids, on_tokens, past)
+        gen.metrics.overlap = True
+        if seq is not None:
+            _loop(gen, target, draft, seq, gamma, acceptor, max_new_tokens, eos, S, on_tokens, log, pool)
         return gen
     finally:
         pool.shutdown(wait=True)          # a draft call in flight finishes; nothing outlives us
@@ -135,13 +123,7 @@ def _loop(gen: Generation, target: ModelChain, draft: ModelChain, seq: list[int]
         while True:
             remaining = max_new_tokens - len(gen.token_ids)
             room = S - t_pos
-            if remaining <= 0:
-                m.stop_reason = "max_new_tokens"
-                break
-            if room < 1:
-                m.stop_reason = "context"
-                if log:
-                    log(f"stopped: reached the bundle's context size ({S} tokens)")
+            if stopped(m, remaining, room, S, log):
                 break
             g = _gamma_now(gamma, remaining, room, built)
             if ready is not None and len(ready[0]) >= g:
@@ -184,17 +166,7 @@ def _loop(gen: Generation, target: ModelChain, draft: ModelChain, seq: list[int]
                 new_tokens = [nxt]
             t_pos += 1 + min(n_acc, g)    # x, d_1..d_n are in the target's cache now
             d_pos = min(d_pos, t_pos)
-            new, reason = _trim(new_tokens, eos, remaining)
-            if ready is not None and len(new) < len(new_tokens):
-                m.wasted_draft_tokens += len(ready[0])
-                ready = None
-            gen.token_ids.extend(new)
-            seq.extend(new)
-            m.emitted += len(new)
-            if on_tokens:
-                on_tokens(new)
-            if reason:
-                m.stop_reason = reason
+            if emit(gen, seq, new_tokens, eos, remaining, on_tokens)[1]:
                 break
     finally:
         if job is not None:

@@ -51,40 +51,23 @@ def generate(target: ModelChain, draft: ModelChain | None, prompt: list[int], ga
         from .overlap import generate_overlapped
         return generate_overlapped(target, draft, prompt, gamma, acceptor, max_new_tokens, eos_ids, on_tokens,
                                    log, past, cpus)
-    gen = Generation()
-    m = gen.metrics
-    m.gamma = gamma
-    eos = set(int(e) for e in eos_ids)
     use_draft = gamma > 0 and draft is not None
-    S = target.max_context if not use_draft else min(target.max_context, draft.max_context)
-    prompt = np.asarray(prompt, np.int32)
-    if not 0 <= past < len(prompt):
-        raise ValueError(f"past={past} must leave at least one of the {len(prompt)} prompt tokens to prefill")
-
-    first = _prefill(target, draft if use_draft else None, prompt[past:], acceptor, m, past)
-    gen.token_ids.append(first)
-    gen.cached = len(prompt)
-    if on_tokens:
-        on_tokens([first])
-    if first in eos or max_new_tokens <= 1:
-        m.stop_reason = "eos" if first in eos else "max_new_tokens"
+    gen, seq = start(target, draft if use_draft else None, prompt, gamma, acceptor, max_new_tokens, eos_ids,
+                     on_tokens, past)
+    if seq is None:
         return gen
+    m = gen.metrics
+    eos = set(int(e) for e in eos_ids)
+    S = target.max_context if not use_draft else min(target.max_context, draft.max_context)
 
     # ---- the loop ---------------------------------------------------------------------------
-    t_pos = d_pos = len(prompt)
-    seq = prompt.tolist() + [first]
+    t_pos = d_pos = len(seq) - 1
     before = _Snapshot.take(target, draft)
     built = set(target.verify_T) | {1}
     while True:
         remaining = max_new_tokens - len(gen.token_ids)
         room = S - t_pos                                   # cache slots left for this verify
-        if remaining <= 0:
-            m.stop_reason = "max_new_tokens"
-            break
-        if room < 1:
-            m.stop_reason = "context"
-            if log:
-                log(f"stopped: reached the bundle's context size ({S} tokens)")
+        if stopped(m, remaining, room, S, log):
             break
         g = _gamma_now(gamma if use_draft else 0, remaining, room, built)
         # `held`: the draft's last output stays alive through this verify. Releasing it before
@@ -99,18 +82,61 @@ def generate(target: ModelChain, draft: ModelChain | None, prompt: list[int], ga
             m.iterations += 1
         t_pos += 1 + n_acc
         d_pos = min(d_pos, t_pos)           # the draft saw x_1..x_{g-1}: keep what was accepted of them
-        new, reason = _trim(drafts[:n_acc] + [nxt], eos, remaining)
-        gen.token_ids.extend(new)
-        seq.extend(new)
-        m.emitted += len(new)
-        if on_tokens:
-            on_tokens(new)
-        if reason:
-            m.stop_reason = reason
+        if emit(gen, seq, drafts[:n_acc] + [nxt], eos, remaining, on_tokens)[1]:
             break
     before.record_into(m, target, draft)
     gen.cached = min(t_pos, d_pos) if use_draft else t_pos
     return gen
+
+
+def start(target: ModelChain, draft: ModelChain | None, prompt, gamma: int, acceptor, max_new_tokens: int,
+          eos_ids, on_tokens, past: int) -> tuple[Generation, list[int] | None]:
+    """Prefill both models and emit the first token: (the generation, prompt + first token), or
+    (the generation, None) when it already stopped (EOS or a budget of one token)."""
+    gen = Generation()
+    m = gen.metrics
+    m.gamma = gamma
+    prompt = np.asarray(prompt, np.int32)
+    if not 0 <= past < len(prompt):
+        raise ValueError(f"past={past} must leave at least one of the {len(prompt)} prompt tokens to prefill")
+    first = _prefill(target, draft, prompt[past:], acceptor, m, past)
+    gen.token_ids.append(first)
+    gen.cached = len(prompt)
+    if on_tokens:
+        on_tokens([first])
+    is_eos = first in {int(e) for e in eos_ids}
+    if is_eos or max_new_tokens <= 1:
+        m.stop_reason = "eos" if is_eos else "max_new_tokens"
+        return gen, None
+    return gen, prompt.tolist() + [first]
+
+
+def stopped(m: Metrics, remaining: int, room: int, S: int, log) -> bool:
+    """Before an iteration: is the token budget spent, or the context full?"""
+    if remaining <= 0:
+        m.stop_reason = "max_new_tokens"
+        return True
+    if room < 1:
+        m.stop_reason = "context"
+        if log:
+            log(f"stopped: reached the bundle's context size ({S} tokens)")
+        return True
+    return False
+
+
+def emit(gen: Generation, seq: list[int], tokens: list[int], eos: set[int], remaining: int,
+         on_tokens) -> tuple[list[int], str | None]:
+    """An iteration's tokens, cut at EOS or the budget, into the generation and the sequence;
+    (what was emitted, why it stopped or None)."""
+    new, reason = _trim(tokens, eos, remaining)
+    gen.token_ids.extend(new)
+    seq.extend(new)
+    gen.metrics.emitted += len(new)
+    if on_tokens:
+        on_tokens(new)
+    if reason:
+        gen.metrics.stop_reason = reason
+    return new, reason
 
 
 def _prefill(target: ModelChain, draft: ModelChain | None, prompt: np.ndarray, acceptor, m: Metrics,
