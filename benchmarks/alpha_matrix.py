@@ -27,18 +27,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def variant(base, precision: str):
+def variant(base, precision: str, ckpt: Path):
     """The f32 model in `precision`: f16 = its weights rounded to f16, computed in f32 (the compiled f16
     module also computes in f16: validate bounds that difference by 2e-2 of the logits' magnitude), or
-    the quantized arithmetic (exactly the compiled modules', rounding flips aside)."""
-    from build_sd.builder.model.quant import quantize_projections
+    the quantized arithmetic as `export --quant` does it (w8a8 smoothed; "w8a8-plain": not), exactly the
+    compiled modules' rounding flips aside."""
+    from build_sd.builder.model.smooth import quantize_as_exported
     m = copy.deepcopy(base)
     if precision == "f16":
         with torch.no_grad():
             for p in m.parameters():
                 p.copy_(p.half().float())
-    elif precision in ("w8a8", "w4a8"):
-        quantize_projections(m, precision)
+    elif precision in ("w8a8", "w8a8-plain", "w4a8"):
+        quantize_as_exported(m, precision, ckpt)
     return m
 
 
@@ -68,11 +69,11 @@ def main(argv=None) -> int:
     S = max(map(len, prompts)) + a.tokens + 1
     precs = a.precisions.split(",")
     t_base, d_base = load_checkpoint(ck, "f32", S), load_checkpoint(a.draft, "f32", S)
-    drafts = {p: variant(d_base, p) for p in precs}
+    drafts = {p: variant(d_base, p, a.draft) for p in precs}
     rows, answers = {}, {}
     for tp in precs:
         t0 = time.time()
-        tm = variant(t_base, tp)
+        tm = variant(t_base, tp, ck)
         tsub = Subgraph(tm, "whole")
         answers[tp] = [greedy(tsub, tm, p, a.tokens) for p in prompts]
         agree = None

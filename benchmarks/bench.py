@@ -563,7 +563,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--no-llamacpp", action="store_true", help="skip llama.cpp")
     ap.add_argument("--only", help="comma-separated sections: demo,demo16,1b,150m,smollm2,smollm2q (default: all "
                                    "but the SmolLM2 ones, whose GGUF `make smollm2` fetches; smollm2q: its w8a8/w4a8 "
-                                   "against llama.cpp Q8_0/Q4_0; chatspec: the real pair, speculative vs target-only)")
+                                   "against llama.cpp Q8_0/Q4_0; 1bq: the same for the 1B shape; chatspec: the real pair, speculative vs target-only)")
     ap.add_argument("--build-only", action="store_true", help="set up and build everything, measure nothing")
     ap.add_argument("--chat-draft", help="chatspec: the draft checkpoint (default build_sd/chatpair/models/draft)")
     ap.add_argument("--out", default=str(RESULTS))
@@ -908,18 +908,37 @@ def smollm2q_rows(ctx: Ctx) -> None:
     and Q4_0 GGUFs written from the same dequantized weights, with build_sd f16 as the link, one group."""
     from build_sd.builder.gguf import checkpoint_dir
     from build_sd.chatpair.fetch import target_gguf
-    a = ctx.a
     ck = checkpoint_dir(target_gguf())
     cfg = json.loads((ck / "config.json").read_text())
     pf = smol_prompts(ctx, ck)
-    pos = statistics.mean(len(x.split(",")) for x in pf.read_text().splitlines()) + a.max_new_large / 2
-    label = f"SmolLM2-135M-Instruct ({M.n_params(cfg) / 1e6:.0f}M)"
+    pos = statistics.mean(len(x.split(",")) for x in pf.read_text().splitlines()) + ctx.a.max_new_large / 2
+    quant_rows(ctx, "smollm2q", "smollm2", ck, cfg, f"SmolLM2-135M-Instruct ({M.n_params(cfg) / 1e6:.0f}M)", pf,
+               pos, "64")
+
+
+def large_quant_rows(ctx: Ctx) -> None:
+    """The Llama-3.2-1B shape (random weights) quantized: issue 15's speed goals (w8a8 vs f16 against the
+    bytes saved, vs llama.cpp Q8_0, share of the roofline). Prefill bucket 16 only, as the 1b section."""
+    large = M.large_models(WORK / "models")
+    ck = large["target"]
+    cfg = json.loads((ck / "config.json").read_text())
+    lids = ctx.ids[:ctx.a.prompts_large]
+    pf = write_ids(WORK / f"prompts-large-{len(lids)}.ids", lids)
+    pos = statistics.mean(map(len, lids)) + ctx.a.max_new_large / 2
+    quant_rows(ctx, "1bq", "1b", ck, cfg, f"Llama-3.2-1B shape ({M.n_params(cfg) / 1e6:.0f}M)", pf, pos, "16")
+
+
+def quant_rows(ctx: Ctx, sec: str, stem: str, ck: Path, cfg: dict, label: str, pf: Path, pos: float,
+               prefill: str) -> None:
+    """One group: build_sd f16 (the link), w8a8, w4a8 (float parts f16) and llama.cpp Q8_0 / Q4_0 GGUFs
+    written from the same float weights, target-only, EOS ignored."""
+    a = ctx.a
     kv = kv_bytes(cfg, 2, pos)
     for q in ("none", "w8a8", "w4a8"):
-        name = "smollm2-f16" if q == "none" else f"smollm2-{q}"
+        name = f"{stem}-f16" if q == "none" else f"{stem}-{q}"
         log(f"{label} {q}: build_sd export/compile/bundle")
-        bundle = target_only_bundle(name, ck, "f16", "64", q)
-        r = Row(f"bsd-{name}-q", "smollm2q", "smollm2q", "build_sd (IREE, host)", label, "f16" if q == "none" else q,
+        bundle = target_only_bundle(name, ck, "f16", prefill, q)
+        r = Row(f"bsd-{name}-q", sec, sec, "build_sd (IREE, host)", label, "f16" if q == "none" else q,
                 "target only", bytes_per_token=(weight_bytes(cfg, 2) if q == "none" else quant_weight_bytes(cfg, q)) + kv,
                 note="" if q == "none" else "float parts (embedding, attention, KV cache) f16")
         if isinstance(bundle, str):
@@ -929,7 +948,7 @@ def smollm2q_rows(ctx: Ctx) -> None:
                              + ctx.common(pf, a.warmup_large) + ["--ignore-eos"], r.id)
         ctx.rows.append(r)
     for q in ("q8_0", "q4_0"):
-        r = Row(f"llama-smollm2-{q}", "smollm2q", "smollm2q", "llama.cpp", label, q, "target only",
+        r = Row(f"llama-{stem}-{q}", sec, sec, "llama.cpp", label, q, "target only",
                 bytes_per_token=quant_weight_bytes(cfg, q) + kv, note=f"GGUF {q.upper()} on every 2-D weight, KV f16")
         g = model_file(r, None if ctx.llama else ctx.failures.get("llama.cpp", "skipped (--no-llamacpp)"),
                        lambda q=q: gguf_file(ck, q), "GGUF")
@@ -1068,6 +1087,8 @@ def main(argv=None) -> int:
         smollm2_rows(ctx)
     if "smollm2q" in sections:
         smollm2q_rows(ctx)
+    if "1bq" in sections:
+        large_quant_rows(ctx)
     if "chatspec" in sections:
         chatspec_rows(ctx)
     if a.build_only:

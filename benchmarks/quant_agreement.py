@@ -60,7 +60,8 @@ def forced_argmax(sub, model, prompt: list[int], answer: list[int]) -> list[int]
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path)
-    ap.add_argument("--quant", default="w8a8,w4a8")
+    ap.add_argument("--quant", default="w8a8,w8a8-plain,w4a8",
+                    help="w8a8 as exported (SmoothQuant alpha 0.5), w8a8-plain (not smoothed), w4a8")
     ap.add_argument("--prompts", type=int, default=6)
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--json", type=Path)
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
     from build_sd.builder.gguf import checkpoint_dir
     from build_sd.builder.model.llama import Subgraph
     from build_sd.builder.model.loader import load_checkpoint
-    from build_sd.builder.model.quant import quantize_projections
+    from build_sd.builder.model.smooth import quantize_as_exported
     if a.model is None:
         from build_sd.chatpair.fetch import target_gguf
         a.model = target_gguf()
@@ -84,7 +85,7 @@ def main(argv=None) -> int:
     rows = {}
     for q in a.quant.split(","):
         m = copy.deepcopy(ref)
-        quantize_projections(m, q)
+        quantize_as_exported(m, q, ckpt)
         sub = Subgraph(m, "whole")
         per, first = [], []
         for p, ans in zip(prompts, answers):

@@ -43,6 +43,10 @@ def _export(sub) -> None:
                         "per token); w4a8: the same arithmetic from 4-bit weights in groups of 32 (the .irpa holds 4.5 "
                         "bits a weight; expanded to int8 at load); embedding, norms, attention and KV cache stay in "
                         "--dtype")
+    p.add_argument("--smooth", type=float, metavar="ALPHA",
+                   help="w8a8: SmoothQuant's migration strength, activation outliers moved into the weights by "
+                        "per-channel scales folded into the norms and producers (default 0.5; 0 = off): "
+                        "agreement with f32 0.884 -> 0.93 on SmolLM2-135M")
     p.add_argument("--max-module-bytes", type=int, metavar="N",
                    help="cut the model into layer ranges whose weights and KV caches each stay within N bytes, "
                         "the largest allocation a GPU makes (added to --split; default: the smallest measured limit "

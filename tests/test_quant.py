@@ -80,6 +80,81 @@ def test_speculative_decoding_is_exact_for_a_w8a8_target(target_w8a8, draft_art,
     assert np.isfinite(spec.metrics.alpha)
 
 
+def test_w8a8_export_is_smoothed_and_validate_folds_the_same_scales(target_w8a8, target_ckpt):
+    """SmoothQuant by default: the scales travel with the artifacts (validate above passed with them:
+    the modules matched the reference only because it folded the same scales)."""
+    from build_sd.builder.model.smooth import load_scales
+    exp = json.loads((target_w8a8 / "export.json").read_text())
+    assert exp["smooth"] == 0.5 and exp["smooth_scales"] == "smooth.safetensors"
+    sc = load_scales(target_w8a8 / "smooth.safetensors")
+    assert set(sc) == {f"{i}.{k}" for i in range(3) for k in ("qkv", "v", "gate_up", "down")} | {"head"}
+    assert all(bool((v > 0).all()) and bool(torch.isfinite(v).all()) for v in sc.values())
+    assert not all(torch.allclose(v, torch.ones_like(v)) for v in sc.values())
+
+
+def _outlier_model(target_ckpt, fuse: bool):
+    from build_sd.builder.model.loader import load_checkpoint
+    m = load_checkpoint(target_ckpt, "f32", 64)
+    with torch.no_grad():           # LLM-like activations: a few input channels ~30x the others
+        for layer in m.model.layers:
+            layer.input_layernorm.weight[[3, 17]] *= 30.0
+            layer.post_attention_layernorm.weight[[5]] *= 30.0
+        m.model.norm.weight[[7]] *= 30.0
+    if fuse:
+        m.fuse_projections()
+    return m
+
+
+@pytest.fixture(scope="module")
+def tied_ckpt(tokenizer_json):
+    from conftest import BUILD
+    from helpers import make_checkpoint
+    return make_checkpoint(BUILD / "ckpt" / "tied_gqa", vocab=311, hidden=56, layers=2, heads=4, kv_heads=2,
+                           ffn=100, seed=7, tie=True, tokenizer=tokenizer_json)
+
+
+@pytest.mark.parametrize("fuse, tied", [(False, False), (True, False), (True, True)])
+def test_smoothing_keeps_the_float_model_and_flattens_what_w8a8_quantizes(target_ckpt, tied_ckpt, fuse, tied):
+    """Folding the scales changes no output of the float model (fused or not, GQA, tied head), and on
+    activations with outlier channels the smoothed W8A8 model is closer to f32 than the plain one."""
+    import copy
+
+    from build_sd.builder.model.llama import Subgraph
+    from build_sd.builder.model.quant import quantize_projections
+    from build_sd.builder.model.smooth import activation_amax, apply_smoothing, smoothing_scales
+    ckpt = tied_ckpt if tied else target_ckpt
+    torch.manual_seed(0)
+    seqs = [torch.randint(0, 311, (40,)).tolist() for _ in range(3)]
+    base = _outlier_model(ckpt, False)
+    scales = smoothing_scales(base, activation_amax(base, seqs), 0.5)
+    ids, pos = torch.tensor([torch.randint(0, 311, (24,)).tolist()], dtype=torch.int32), torch.tensor(0, dtype=torch.int32)
+
+    def logits(m):
+        m.reset_cache()
+        return Subgraph(m, "whole")(ids, pos)[1]
+    f32 = _outlier_model(ckpt, fuse)
+    if tied:
+        assert f32.lm_head.weight is f32.model.embed_tokens.weight
+    ref = logits(f32)
+    smoothed = copy.deepcopy(f32)
+    apply_smoothing(smoothed, scales)
+    assert torch.allclose(logits(smoothed), ref, atol=1e-4 * float(ref.abs().max()))
+    # a tied head gets its own scaled copy: the embedding lookup is the checkpoint's
+    assert torch.equal(smoothed.model.embed_tokens.weight, f32.model.embed_tokens.weight)
+    plain = copy.deepcopy(f32)
+    quantize_projections(plain, "w8a8")
+    quantize_projections(smoothed, "w8a8")
+    err_plain, err_smooth = (logits(plain) - ref).abs().mean(), (logits(smoothed) - ref).abs().mean()
+    assert err_smooth < 0.7 * err_plain, (float(err_smooth), float(err_plain))
+
+
+@pytest.mark.parametrize("args, msg", [(["--quant", "w4a8", "--smooth", "0.5"], "w8a8 only"),
+                                       (["--quant", "w8a8", "--smooth", "1.5"], "must be in [0, 1]")])
+def test_bad_smooth_is_refused(ckpt32, tmp_path, args, msg):
+    rc, _, err = cli("export", "--model", ckpt32, "--out", tmp_path / "m", *args)
+    assert rc == 2 and msg in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_unknown_quant_is_refused(target_ckpt, tmp_path):
     rc, _, err = cli("export", "--model", target_ckpt, "--out", tmp_path / "m", "--quant", "w3a3")
     assert rc == 2 and "invalid choice" in err

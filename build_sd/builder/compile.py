@@ -152,7 +152,8 @@ def _jobs(export: ExportRecord, presets: list[Preset], mlir_dir: Path, out: Path
                          "input": mlir_dir / sg.mlir, "output": out / p.name / f"{sg.name}.vmfb",
                          "flags": list(p.flags), "flagsfile": flagsfile,
                          "label": f"{sg.label} for {p.name}", "preset": p.name, "subgraph": sg.name})
-    extra = ["model.irpa", "export.json"] + [f for f in (export.tokenizer, export.tokenizer_config) if f]
+    extra = ["model.irpa", "export.json"] + [f for f in (export.tokenizer, export.tokenizer_config,
+                                                          export.smooth_scales) if f]
     for i, f in enumerate(extra):
         copies.append({"id": f"C_{i}", "input": mlir_dir / f, "output": out / f, "label": f})
     return jobs, copies

@@ -140,12 +140,15 @@ def save_irpa(full, path: Path) -> None:
 def export_model(ckpt: str | Path, out: str | Path, split: list[int] | None = None,
                  gammas: list[int] | None = None, prefill: list[int] | None = None,
                  max_context: int | None = None, dtype: str = "f32", fuse: bool = True,
-                 max_module_bytes: int | None = None, log=print, quant: str = "none") -> ExportRecord:
+                 max_module_bytes: int | None = None, log=print, quant: str = "none",
+                 smooth: float | None = None) -> ExportRecord:
     """Export `ckpt` into `out` (skipped when the same checkpoint, options and exporter made it).
 
     max_module_bytes: cut the model into layer ranges whose weights and KV caches each stay
     within it, adding cuts to `split` (contract/layout.py); None: the smallest GPU allocation
-    limit of the known platforms, with a margin (plan/platforms.py); 0: no limit."""
+    limit of the known platforms, with a margin (plan/platforms.py); 0: no limit.
+    smooth: SmoothQuant's alpha for a w8a8 export (builder/model/smooth.py); None: its default
+    (0.5) for w8a8, nothing else; 0: no smoothing."""
     from .checkpoint import checkpoint_files
 
     # torch.export's pytree deprecation notices (torch 2.13) say nothing about the user's model
@@ -172,17 +175,27 @@ def export_model(ckpt: str | Path, out: str | Path, split: list[int] | None = No
     if quant not in QUANTS:
         raise UserError(f"--quant must be one of {', '.join(QUANTS)}, got {quant!r}")
     check_quant_shapes(cfg, quant)
+    smooth = _smooth_alpha(quant, smooth)
     fingerprint = _fingerprint(source.sha256, [s.label for s in specs], gammas, prefill, max_context, dtype, fuse,
-                               quant)
+                               quant, smooth)
     prev = _previous_export(out)
     if prev is not None and prev.fingerprint == fingerprint and all(
-            (out / f).exists() for f in [sg.mlir for sg in prev.subgraphs] + ["model.irpa"]):
+            (out / f).exists() for f in [sg.mlir for sg in prev.subgraphs] + ["model.irpa"]
+            + ([prev.smooth_scales] if prev.smooth_scales else [])):
         log(f"{out}: up to date (same checkpoint, options and exporter)")
         return prev
 
     t0 = time.perf_counter()
-    full = _load(ckpt, dtype, max_context, cfg, fuse, log, quant)
     out.mkdir(parents=True, exist_ok=True)
+    scales = None
+    if smooth:
+        from .model.smooth import SCALES_FILE, compute_scales, save_scales
+        t = time.perf_counter()
+        scales = compute_scales(ckpt, cfg, smooth, tok_src if tok_src.exists() else None)
+        save_scales(scales, out / SCALES_FILE)
+        log(f"SmoothQuant alpha {smooth}: activation ranges of the calibration text in "
+            f"{time.perf_counter() - t:.1f}s" + ("" if tok_src.exists() else " (no tokenizer.json: random ids)"))
+    full = _load(ckpt, dtype, max_context, cfg, fuse, log, quant, scales)
     fns = function_table(gammas, prefill)
     subgraphs = [_export_subgraph(full, spec, fns, cfg, dtype, max_context, out, log) for spec in specs]
     save_irpa(full, out / "model.irpa")
@@ -195,7 +208,7 @@ def export_model(ckpt: str | Path, out: str | Path, split: list[int] | None = No
         tokenizer_config = "tokenizer_config.json"
     record = ExportRecord(
         name=out.name, source=source, fingerprint=fingerprint, config=cfg, dtype=dtype, quant=quant,
-        max_context=max_context,
+        smooth=smooth, smooth_scales=SCALES_FILE if smooth else None, max_context=max_context,
         fused_projections=fuse, gammas=gammas, prefill=prefill, subgraphs=subgraphs,
         parameters=Parameters(file="model.irpa", scope=PARAM_SCOPE, sha256=sha256_file(out / "model.irpa"),
                               tensors={n: TensorShape(list(t.shape), _dtype_name(t.dtype))
@@ -222,8 +235,23 @@ def _split_to_fit(cfg: ModelConfig, dtype: str, max_context: int, max_bytes: int
     return fitted
 
 
-def _load(ckpt: Path, dtype: str, max_context: int, cfg: ModelConfig, fuse: bool, log, quant: str = "none"):
-    """The torch model with its weights and KV caches marked as external parameters."""
+def _smooth_alpha(quant: str, smooth: float | None) -> float:
+    """The SmoothQuant alpha to export with: w8a8 only (see builder/model/smooth.py)."""
+    from .model.smooth import DEFAULT_ALPHA
+    if smooth is None:
+        return DEFAULT_ALPHA if quant == "w8a8" else 0.0
+    if not 0.0 <= smooth <= 1.0:
+        raise UserError(f"--smooth must be in [0, 1] (0: no smoothing), got {smooth}")
+    if smooth and quant != "w8a8":
+        raise UserError(f"--smooth applies to --quant w8a8 only (it would cost w4a8's 4-bit weights more than it "
+                        f"saves; got --quant {quant})")
+    return float(smooth)
+
+
+def _load(ckpt: Path, dtype: str, max_context: int, cfg: ModelConfig, fuse: bool, log, quant: str = "none",
+          scales=None):
+    """The torch model with its weights and KV caches marked as external parameters; `scales`:
+    SmoothQuant's, folded in before the projections are quantized."""
     from .model.loader import load_checkpoint
     t0 = time.perf_counter()
     full = load_checkpoint(ckpt, dtype, max_context, cfg, zero_caches=False)
@@ -232,6 +260,9 @@ def _load(ckpt: Path, dtype: str, max_context: int, cfg: ModelConfig, fuse: bool
     if fuse:
         # q/k/v and gate/up stacked: 7 -> 4 matmuls per layer, each a chain of dispatches
         full.fuse_projections()
+    if scales is not None:
+        from .model.smooth import apply_smoothing
+        apply_smoothing(full, scales)
     if quant != "none":
         from .model.quant import quantize_projections
         quantize_projections(full, quant)
@@ -278,14 +309,16 @@ def _export_subgraph(full, spec: SubgraphSpec, fns: dict, cfg: ModelConfig, dtyp
                    for i in range(spec.start, spec.end) for kv in ("k", "v")])
 
 
-def _fingerprint(source_sha: dict, labels, gammas, prefill, max_context, dtype, fuse=True, quant="none") -> str:
+def _fingerprint(source_sha: dict, labels, gammas, prefill, max_context, dtype, fuse=True, quant="none",
+                 smooth=0.0) -> str:
     h = hashlib.sha256()
     here = Path(__file__).parent
     code = sorted(here.joinpath("model").glob("*.py")) + [Path(__file__)]
     for f in code:
         h.update(f.read_bytes())
     h.update(json.dumps([source_sha, labels, gammas, prefill, max_context, dtype, fuse, _versions()]
-                        + ([quant] if quant != "none" else []), sort_keys=True).encode())
+                        + ([quant] if quant != "none" else []) + ([smooth] if smooth else []),
+                        sort_keys=True).encode())
     return h.hexdigest()
 
 

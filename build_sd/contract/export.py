@@ -101,6 +101,10 @@ class ExportRecord(Record, frozen=True, kw_only=True):
     dtype: Dtype
     # projections in 8-bit (builder/model/quant.py); everything else stays in `dtype`
     quant: Literal["none", "w8a8", "w4a8"] = "none"
+    # SmoothQuant's alpha (w8a8; 0: none) and the per-channel scales folded into the weights, saved so
+    # that `validate` folds the same ones into its reference (builder/model/smooth.py)
+    smooth: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.0
+    smooth_scales: str | None = None
     max_context: Annotated[int, Meta(ge=2)]
     fused_projections: bool = True
     gammas: list[int] = []
