@@ -260,12 +260,9 @@ def _load(ckpt: Path, dtype: str, max_context: int, cfg: ModelConfig, fuse: bool
     if fuse:
         # q/k/v and gate/up stacked: 7 -> 4 matmuls per layer, each a chain of dispatches
         full.fuse_projections()
-    if scales is not None:
-        from .model.smooth import apply_smoothing
-        apply_smoothing(full, scales)
     if quant != "none":
-        from .model.quant import quantize_projections
-        quantize_projections(full, quant)
+        from .model.smooth import quantize_with
+        quantize_with(full, quant, scales)
     externalize(full)
     return full
 

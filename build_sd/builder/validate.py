@@ -118,13 +118,11 @@ def validate(artifacts: str | Path, ckpt: str | Path, presets: list[str] | None 
     # W8A8 modules against the same quantized arithmetic in f32 torch: that checks the compiler, and
     # the quantization's own error is measured apart (agreement, alpha: `calibrate`)
     ref_model = load_checkpoint(ckpt, "f32", export.max_context)
-    if export.smooth_scales:
-        # the export's SmoothQuant scales, folded into the f32 reference as into the exported weights
-        from .model.smooth import apply_smoothing, load_scales
-        apply_smoothing(ref_model, load_scales(artifacts / export.smooth_scales))
     if export.quant != "none":
-        from .model.quant import quantize_projections
-        quantize_projections(ref_model, export.quant)
+        # the export's SmoothQuant scales (if any) folded into the f32 reference as into its weights
+        from .model.smooth import load_scales, quantize_with
+        quantize_with(ref_model, export.quant,
+                      load_scales(artifacts / export.smooth_scales) if export.smooth_scales else None)
     ref_subs = [Subgraph(ref_model, sg.kind, sg.start, sg.end) for sg in export.subgraphs]
     report = Report()
     pool = DevicePool()

@@ -155,15 +155,23 @@ def compute_scales(ckpt: Path, cfg, alpha: float, tokenizer_json: Path | None) -
     return scales
 
 
+def quantize_with(model, quant: str, scales: dict[str, torch.Tensor] | None) -> None:
+    """The one order export, validate and the torch studies share: fold the SmoothQuant scales (if
+    any), then quantize the projections."""
+    from .quant import quantize_projections
+    if scales is not None:
+        apply_smoothing(model, scales)
+    quantize_projections(model, quant)
+
+
 def quantize_as_exported(model, quant: str, ckpt: Path, cfg=None) -> None:
     """What `export --quant Q` does to the float model (torch studies: agreement, alpha): w8a8 smoothed
     with the default alpha, then the projections quantized. `quant` "w8a8-plain": w8a8 unsmoothed."""
-    from .quant import quantize_projections
     from ...contract.config import ModelConfig
+    scales = None
     if quant == "w8a8":
-        cfg = cfg or ModelConfig.from_hf(ckpt)
-        apply_smoothing(model, compute_scales(ckpt, cfg, DEFAULT_ALPHA, Path(ckpt) / "tokenizer.json"))
-    quantize_projections(model, "w8a8" if quant == "w8a8-plain" else quant)
+        scales = compute_scales(ckpt, cfg or ModelConfig.from_hf(ckpt), DEFAULT_ALPHA, Path(ckpt) / "tokenizer.json")
+    quantize_with(model, "w8a8" if quant == "w8a8-plain" else quant, scales)
 
 
 def save_scales(scales: dict[str, torch.Tensor], path: Path) -> None:
