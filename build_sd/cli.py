@@ -138,7 +138,8 @@ def cmd_compile(a):
 
 def cmd_validate(a):
     from .builder.validate import validate
-    return 0 if validate(a.artifacts, model_dir(a.model), presets=a.preset, verbose=a.verbose) else 1
+    return 0 if validate(a.artifacts, model_dir(a.model), presets=a.preset, verbose=a.verbose,
+                                emulate=a.emulate) else 1
 
 
 def cmd_bundle(a):

@@ -69,6 +69,9 @@ def _validate(sub) -> None:
     p.add_argument("--model", required=True, help="the checkpoint the artifacts came from (folder or .gguf)")
     p.add_argument("--preset", action="append", help="only these presets")
     p.add_argument("-v", "--verbose", action="store_true", help="one row per step")
+    p.add_argument("--no-emulate", dest="emulate", action="store_false",
+                   help="leave Arm modules compile-checked only (default: run them under qemu-aarch64 when "
+                        "`make emulation` set it up)")
 
 
 def _bundle(sub) -> None:

@@ -49,6 +49,17 @@ if os.environ.get("CI") and not HAS_VULKAN:
     raise RuntimeError("CI must have lavapipe: `make vulkan` installs mesa-vulkan-drivers")
 
 
+def has_emulation() -> bool:
+    from build_sd.builder.emulate import find
+    return find("aarch64", ["--iree-llvmcpu-target-cpu=cortex-a55"])[0] is not None
+
+
+HAS_EMULATION = has_emulation()
+needs_emulation = pytest.mark.skipif(not HAS_EMULATION, reason="no qemu-aarch64 + aarch64 runtime (make emulation)")
+if os.environ.get("CI") and not HAS_EMULATION:
+    raise RuntimeError("CI must run Arm modules under qemu-user: `make emulation` sets it up")
+
+
 def _build(name: str, ckpt: Path, presets: list[str], **export_opts) -> Path:
     mlir, art = BUILD / "mlir" / name, BUILD / "artifacts" / name
     args = ["export", "--model", ckpt, "--out", mlir]
