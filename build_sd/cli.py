@@ -269,6 +269,12 @@ def cmd_push(a):
 def cmd_demo(a):
     if a.draft and a.pair == "translate":
         raise UserError("--draft goes with --pair chat (or both)")
+    if a.precisions and a.pair == "translate":
+        raise UserError("--precisions goes with --pair chat (or both)")
+    precisions = None
+    if a.precisions:
+        from .plan.precision import parse_precisions
+        precisions = parse_precisions(a.precisions, "f32")
     if a.pair in ("translate", "both"):
         from .demo.run import run_demo
         run_demo(out_dir=Path(a.out), gamma=a.gamma, sentences=a.sentences)
@@ -284,7 +290,8 @@ def cmd_demo(a):
                 print(f"\nthe chat pair is skipped: {missing}")
                 return
             print()
-        run_chat_demo(out, gamma=a.gamma, questions=min(a.sentences, 6), draft_dir=a.draft)
+        run_chat_demo(out, gamma=a.gamma, questions=min(a.sentences, 6), draft_dir=a.draft, precisions=precisions,
+                      min_agreement=a.min_agreement)
 
 
 def _check_template(t: str | None) -> None:

@@ -320,5 +320,12 @@ def _demo(sub) -> None:
     p.add_argument("--gamma", type=int, help="draft length (default: the planner's choice, from a profile "
                                               "of this CPU and the pair's calibrated alpha)")
     p.add_argument("--sentences", type=int, default=6)
+    p.add_argument("--precisions", metavar="LIST",
+                   help="--pair chat: the target precisions the planner chooses among, f32 first (the reference "
+                        "the others' agreement is measured against); default f32,w8a8; f32 alone: no quantized "
+                        "target")
+    p.add_argument("--min-agreement", type=float, default=0.9, metavar="A",
+                   help="--pair chat: a quantized target is kept only if its top-1 agreement with f32 on the "
+                        "calibration questions reaches A (default 0.9)")
     p.add_argument("--out", default="artifacts/demo",
                    help="where the demo builds and caches (default: artifacts/demo under the current folder)")

@@ -71,3 +71,38 @@ def test_calibrate_measures_the_targets_agreement_with_its_reference(target_w8a8
             assert cal["target_agreement"] == 1.0 and cal["first_divergence"] == 16.0
         else:
             assert 0.0 <= cal["target_agreement"] <= 1.0 and 0.0 <= cal["first_divergence"] <= 16.0
+
+
+def test_demo_stage_chooses_the_targets_precision(tmp_path, draft_ckpt, target_ckpt, draft_art, target_whole):
+    """The demos' plan stage (demo/stages.py plan_here) with two target precisions: each calibrated
+    (w8a8 against the f32 target for its agreement), profiled, planned with --min-agreement; a bound
+    the w8a8 target cannot reach leaves it out, said so, and the pick is f32."""
+    from rich.console import Console
+
+    from build_sd.demo.stages import plan_here
+    from build_sd.runtime.calibrate import calibrate
+    from conftest import GAMMAS, _build
+    w8 = _build("target_w8a8_g6", target_ckpt, ["host"], quant="w8a8", gammas=GAMMAS, prefill="8,16",
+                max_context=96)
+    prompts = ["the cat", "a house by the sea", "one two three", "good morning"]
+
+    def cal(probe, reference=None):
+        return calibrate(str(probe), prompts, gamma=6, max_new_tokens=12, log=lambda m: None, reference=reference)
+
+    con = Console(record=True, width=200)
+    arts, ckpts = {"draft": draft_art, "target": target_whole}, {"draft": draft_ckpt, "target": target_ckpt}
+    targets = {"f32": target_whole, "w8a8": w8}
+    gamma, drivers, pick = plan_here(tmp_path, arts, ckpts, 96, cal, con, targets=targets, min_agreement=0.0)
+    saved = json.loads((tmp_path / "plan_inputs.json").read_text())
+    cals = saved["calibrations"]
+    assert [(c["draft_precision"], c["target_precision"]) for c in cals] == [("f32", "f32"), ("f32", "w8a8")]
+    assert "target_agreement" not in cals[0] and 0.0 <= cals[1]["target_agreement"] <= 1.0
+    assert pick["target_precision"] in targets and 0 <= gamma <= 6
+    text = con.export_text()
+    assert "target w8a8: alpha per position" in text and "top-1 agreement with f32" in text
+    # the same inputs again: from the cache; a bound above w8a8's agreement leaves f32 alone
+    bound = min(1.0, cals[1]["target_agreement"] + 1e-6)
+    if bound > cals[1]["target_agreement"]:
+        gamma, drivers, pick = plan_here(tmp_path, arts, ckpts, 96, cal, con, targets=targets, min_agreement=bound)
+        assert pick["target_precision"] == "f32"
+        assert "target w8a8 left out: agreement" in con.export_text()

@@ -302,7 +302,7 @@ def _validate_emulated(artifacts: Path, export, preset: str, emu, ref_model, ref
     import torch
 
     from . import emulate
-    S, V = export.max_context, ref_model.cfg.vocab_size
+    V = ref_model.cfg.vocab_size
     scale = tol_scale(export)
     np_dtype = {"f32": np.float32, "f16": np.float16, "i32": np.int32}
     host = emulate.native() if native_preset else None

@@ -19,6 +19,12 @@ from ..errors import UserError
 DRAFT_DIR = Path(__file__).resolve().parent.parent / "chatpair" / "models" / "draft"
 CONTEXT = 1024             # the demo's conversations are one turn; `build` defaults chat models to 2048
 PREFILL = [32, 128]
+# the target's precisions the planner chooses among: f32 (the reference) and smoothed W8A8, kept when
+# its top-1 agreement with f32 on the calibration questions reaches MIN_AGREEMENT (issue 15's goal).
+# The draft stays f32: quantizing it moved alpha by <= 0.007 (docs/FINDINGS.md), and each precision
+# of a model costs the demo an export + compile
+PRECISIONS = ["f32", "w8a8"]
+MIN_AGREEMENT = 0.9
 
 
 def chat_demo_missing(draft_dir: str | Path | None = None) -> str | None:
@@ -48,12 +54,16 @@ def questions_asked(n: int) -> list[str]:
 
 
 def run_chat_demo(out_dir: str | Path, gamma: int | None = None, questions: int = 4, max_new_tokens: int = 64,
-                  draft_dir: str | Path | None = None, validate_models: bool = True) -> dict:
+                  draft_dir: str | Path | None = None, validate_models: bool = True,
+                  precisions: list[str] | None = None, min_agreement: float | None = MIN_AGREEMENT) -> dict:
+    """precisions: the target precisions the planner chooses among (default PRECISIONS; the first is
+    the reference the others' agreement is measured against); min_agreement bounds that agreement."""
     from rich.console import Console
     con = Console()
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
-    bundle, gamma, pick = _build(out_dir, gamma, Path(draft_dir) if draft_dir else DRAFT_DIR, validate_models, con)
+    bundle, gamma, pick = _build(out_dir, gamma, Path(draft_dir) if draft_dir else DRAFT_DIR, validate_models, con,
+                                 list(precisions or PRECISIONS), min_agreement)
     con.print(f"built in {time.perf_counter() - t0:.1f}s; gamma {gamma}"
               + (f", the planner's pick ({pick['label']}): predicted {pick['speedup']:.2f}x over target-only"
                  if pick else " (given)") + "\n")
@@ -63,7 +73,8 @@ def run_chat_demo(out_dir: str | Path, gamma: int | None = None, questions: int 
     return summary
 
 
-def _build(out_dir: Path, gamma: int | None, draft: Path, validate_models: bool, con):
+def _build(out_dir: Path, gamma: int | None, draft: Path, validate_models: bool, con, precisions: list[str],
+           min_agreement: float | None):
     from .stages import PLACE_HOST, build_models, plan_here, validate_target
     from ..builder.bundle import make_bundle
     from ..builder.gguf import checkpoint_dir
@@ -73,26 +84,40 @@ def _build(out_dir: Path, gamma: int | None, draft: Path, validate_models: bool,
                         "(build_sd/chatpair/__main__.py), or give --draft DIR")
     target = checkpoint_dir(target_gguf())
     ckpts = {"target": target, "draft": draft}
+    if precisions[0] != "f32" or any(p not in ("f32", "w8a8", "w4a8") for p in precisions):
+        raise UserError(f"--precisions {','.join(precisions)}: the chat demo's are f32 first (the reference), "
+                        "then any of w8a8, w4a8")
+    if gamma is not None:
+        precisions = precisions[:1]          # no plan: the f32 target, as given
+    gammas = list(range(1, 7))
+    models = {"target": (target, gammas), "draft": (draft, [1])}
+    models.update({f"target-{p}": (target, gammas, p) for p in precisions[1:]})
     with con.status("") as status:
-        arts = build_models(out_dir, {"target": (target, list(range(1, 7))), "draft": (draft, [1])}, ["host"],
-                            PREFILL, CONTEXT, status, con)
+        arts = build_models(out_dir, models, ["host"], PREFILL, CONTEXT, status, con)
+        targets = {p: arts["target" if p == "f32" else f"target-{p}"] for p in precisions}
         if validate_models:
-            validate_target(arts["target"], target, status, con)
+            for art in targets.values():
+                validate_target(art, target, status, con)
         pick, drivers = None, {}
         if gamma is None:
             status.update("[bold]plan[/]: profile this CPU, calibrate alpha on chat prompts (cached)")
-            gamma, drivers, pick = plan_here(out_dir, arts, ckpts, CONTEXT, _calibrate, con, what=", chat prompts")
+            gamma, drivers, pick = plan_here(out_dir, arts, ckpts, CONTEXT, _calibrate, con, what=", chat prompts",
+                                             targets=targets, min_agreement=min_agreement)
+        chosen = targets[pick["target_precision"]] if pick else arts["target"]
         status.update("[bold]bundle[/]")
         bundle = out_dir / "bundle"
-        make_bundle(arts["draft"], arts["target"], PLACE_HOST, gamma, bundle, cpu_driver=drivers, link=True,
+        make_bundle(arts["draft"], chosen, PLACE_HOST, gamma, bundle, cpu_driver=drivers, link=True,
                     overlap=bool(pick and pick.get("overlap")),
                     log=lambda m: con.print(f"  {m}"))
     return bundle, gamma, pick
 
 
-def _calibrate(probe: Path):
+def _calibrate(probe: Path, reference: Path | None = None):
+    """alpha on 12 held-out questions; with a reference (the f32 target's probe), the target's top-1
+    agreement with it along the reference's greedy answers too."""
     from ..runtime.calibrate import calibrate
-    return calibrate(str(probe), questions()[1][:12], gamma=6, max_new_tokens=48, log=lambda m: None, chat=True)
+    return calibrate(str(probe), questions()[1][:12], gamma=6, max_new_tokens=48, log=lambda m: None, chat=True,
+                     reference=reference)
 
 
 def _answer(bundle: Path, gamma: int, questions: list[str], max_new_tokens: int, con) -> dict:
@@ -102,9 +127,11 @@ def _answer(bundle: Path, gamma: int, questions: list[str], max_new_tokens: int,
     from .stages import side_by_side
     from ..runtime.chat import encode_chat, messages_for
     from ..runtime.session import open_bundle
+    from ..runtime.calibrate import precision
     session = open_bundle(bundle)
     session.warmup()
-    table = Table(title=f"SmolLM2-135M-Instruct, greedy, gamma {gamma}", show_lines=True)
+    prec = precision(session.target.export)
+    table = Table(title=f"SmolLM2-135M-Instruct ({prec}), greedy, gamma {gamma}", show_lines=True)
     table.add_column("question")
     table.add_column("answer (speculative = target-only)")
     r = side_by_side(session, [encode_chat(session, messages_for(q)) for q in questions], gamma, max_new_tokens)
@@ -114,6 +141,7 @@ def _answer(bundle: Path, gamma: int, questions: list[str], max_new_tokens: int,
     alpha, s, b = r["alpha"], r["spec"], r["base"]
     con.print(f"alpha {alpha:.3f}   tokens/s: speculative {s:.1f}, target only {b:.1f}   "
               f"speedup [bold]{s / b:.2f}x[/] (medians over {len(questions)} questions, same bundle)")
-    return {"pair": "chat", "gamma": gamma, "questions": len(questions), "alpha": round(alpha, 3),
+    return {"pair": "chat", "target_precision": prec, "gamma": gamma, "questions": len(questions),
+            "alpha": round(alpha, 3),
             "tokens_per_s_speculative": round(s, 1), "tokens_per_s_target_only": round(b, 1),
             "speedup": round(s / b, 3)}

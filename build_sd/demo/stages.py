@@ -18,14 +18,16 @@ PLACE_HOST = {"draft": {None: "host"}, "target": {None: "host"}}
 
 def build_models(out_dir: Path, models: dict, presets: list[str], prefill: list[int], max_context: int,
                  status, con) -> dict[str, Path]:
-    """models: role -> (checkpoint folder, gammas). Export and compile each (cached); artifacts per role."""
+    """models: name -> (checkpoint folder, gammas[, quant]). Export and compile each (cached);
+    artifacts per name (e.g. "target", "target-w8a8")."""
     from ..builder.compile import compile_artifacts
     from ..builder.export import export_model
     arts = {}
-    for role, (ckpt, gammas) in models.items():
-        status.update(f"[bold]export[/] {role}")
+    for role, (ckpt, gammas, *quant) in models.items():
+        status.update(f"[bold]export[/] {role}" + (" (SmoothQuant: a pass over its calibration text first)"
+                                                    if quant == ["w8a8"] else ""))
         export_model(ckpt, out_dir / "mlir" / role, gammas=gammas, prefill=prefill, max_context=max_context,
-                     log=lambda m: con.print(f"  {m}"))
+                     quant=quant[0] if quant else "none", log=lambda m: con.print(f"  {m}"))
         status.update(f"[bold]compile[/] {role} for {', '.join(presets)} (minutes on a fresh machine)")
         arts[role] = out_dir / "artifacts" / role
         compile_artifacts(out_dir / "mlir" / role, presets, arts[role], log=lambda m: con.print(f"  {m}"))
@@ -43,38 +45,59 @@ def validate_target(art: Path, ckpt: Path, status, con) -> None:
 
 
 def plan_here(out_dir: Path, arts: dict, ckpts: dict, max_context: int, calibrate_probe: Callable,
-              con, what: str = "", template: str | None = None):
-    """(gamma, CPU driver per role, the pick as a dict with a label). calibrate_probe(bundle) -> the
-    calibration of a gamma-6 probe bundle of the pair on the host."""
+              con, what: str = "", template: str | None = None, targets: dict[str, Path] | None = None,
+              min_agreement: float | None = None):
+    """(gamma, CPU driver per role, the pick as a dict with a label). calibrate_probe(bundle,
+    reference=None) -> the calibration of a gamma-6 probe bundle of the pair on the host.
+
+    targets: precision -> the target's artifacts in it (f32 first: arts["target"]): the planner
+    chooses the target's precision too, each calibrated against the f32 one for its agreement, and
+    min_agreement bounds it (`plan --precisions --min-agreement`). The pick's "target_precision"
+    says which artifacts to bundle."""
     import msgspec
 
     from ..builder.bundle import make_bundle
-    from ..contract import Profile, convert
+    from ..contract import Calibration, Profile, convert
     from ..fsutil import read_json, sha256_file, write_json
     from ..plan.planner import make_plan
     from ..plan.platforms import host_platform
     from ..runtime.hostinfo import detect_host
     from ..runtime.profiler import profile
-    key = {r: sha256_file(arts[r] / "host" / "whole.vmfb") for r in arts}
+    targets = targets or {"f32": arts["target"]}
+    models = {"draft": arts["draft"], **{f"target-{p}": a for p, a in targets.items()}}
+    key = {r: sha256_file(a / "host" / "whole.vmfb") for r, a in models.items()}
     cache = out_dir / "plan_inputs.json"
     got = read_json(cache) if cache.exists() else {}
-    prof = None
+    prof, cals = None, []
     if got.get("key") == key:
         try:
             prof = convert(got.get("profile"), Profile, str(cache))
+            cals = [convert(c, Calibration, str(cache)) for c in got.get("calibrations", [])]
         except UserError:       # written by another build_sd: measure again
             prof = None
-    if prof is None:
-        probe = out_dir / "probe"
-        make_bundle(arts["draft"], arts["target"], PLACE_HOST, 6, probe, prompt_template=template, link=True,
-                    log=lambda m: None)
-        cal = calibrate_probe(probe)
-        prof = profile([arts["draft"], arts["target"]], devices=["cpu"], budget_s=0.25, log=lambda m: None)
-        got = {"key": key, "alpha": cal.greedy.for_planner(), "profile": prof.to_dict()}
+    if prof is None or len(cals) != len(targets):
+        cals, ref_probe = [], None
+        for prec, art in targets.items():
+            probe = out_dir / f"probe-{prec}"
+            make_bundle(arts["draft"], art, PLACE_HOST, 6, probe, prompt_template=template, link=True,
+                        log=lambda m: None)
+            cals.append(calibrate_probe(probe, reference=ref_probe) if ref_probe else calibrate_probe(probe))
+            ref_probe = ref_probe or probe      # the first (f32) target is the others' reference
+        prof = profile(list(models.values()), devices=["cpu"], budget_s=0.25, log=lambda m: None)
+        got = {"key": key, "calibrations": [c.to_dict() for c in cals], "profile": prof.to_dict()}
         write_json(cache, got)
-    con.print(f"  alpha per position {', '.join(f'{a:.2f}' for a in got['alpha'])} (calibrated here{what})")
-    plan = make_plan(ckpts["draft"], ckpts["target"], host_platform(detect_host()), got["alpha"], prof,
-                     max_context=max_context, gammas=range(0, 7), devices=["cpu", "cpu-sync"])
+    for prec, cal in zip(targets, cals):
+        agree = ("" if cal.target_agreement is msgspec.UNSET else
+                 f", top-1 agreement with f32 {cal.target_agreement:.3f}")
+        con.print(f"  target {prec}: alpha per position {', '.join(f'{a:.2f}' for a in cal.greedy.for_planner())}"
+                  f" (calibrated here{what}){agree}")
+    several = len(targets) > 1
+    plan = make_plan(ckpts["draft"], ckpts["target"], host_platform(detect_host()), cals[0].greedy.for_planner(),
+                     prof, max_context=max_context, gammas=range(0, 7), devices=["cpu", "cpu-sync"],
+                     precisions=list(targets) if several else None, calibrations=cals if several else None,
+                     min_agreement=min_agreement if several else None)
+    for prec, why in plan.excluded.items():
+        con.print(f"  target {prec} left out: {why}")
     pick = plan.configs[0]
     drivers = {}
     for role, p in (("draft", pick.draft), ("target", pick.target)):
@@ -83,7 +106,10 @@ def plan_here(out_dir: Path, arts: dict, ckpts: dict, max_context: int, calibrat
     if pick.gamma == 0 and plan.devices[pick.target.devices["whole"]].driver == "local-sync":
         drivers["draft"] = "local-sync"
     label = f"draft {pick.draft_label}, target {pick.target.label}" + (", overlapped" if pick.overlap else "")
-    return pick.gamma, drivers, dict(msgspec.to_builtins(pick), label=label)
+    prec = pick.target_precision or "f32"
+    if several:
+        label += f", target in {prec}"
+    return pick.gamma, drivers, dict(msgspec.to_builtins(pick), label=label, target_precision=prec)
 
 
 def side_by_side(session, prompts: list[list[int]], gamma: int, max_new_tokens: int) -> dict:
