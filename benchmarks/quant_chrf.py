@@ -8,7 +8,7 @@ fraction of positions where the draft's argmax is the target's token, as benchma
 The arithmetic is build_sd's (builder/model/quant.py), the one `validate` checks the compiled modules
 against.
 
-    python benchmarks/quant_chrf.py [--sentences 510] [--tokens 48] [--json out.json]
+    python benchmarks/quant_chrf.py [--sentences 510] [--tokens 48] [--json out.json]   # ~5 min on 2 cores
 """
 from __future__ import annotations
 
@@ -24,18 +24,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def stop_at_eos(ids: list[int], eos: int) -> list[int]:
-    return ids[:ids.index(eos) + 1] if eos in ids else ids
+def greedy_to_eos(sub, model, prompt: list[int], n: int, eos: int) -> list[int]:
+    """quant_agreement.greedy, stopping after </s> (translations are short: most end within 20 tokens)."""
+    model.reset_cache()
+    _, logits = sub(torch.tensor([prompt], dtype=torch.int32), torch.tensor(0, dtype=torch.int32))
+    out = [int(logits[0, -1].argmax())]
+    pos = len(prompt)
+    while len(out) < n and out[-1] != eos:
+        _, logits = sub(torch.tensor([[out[-1]]], dtype=torch.int32), torch.tensor(pos, dtype=torch.int32))
+        out.append(int(logits[0, -1].argmax()))
+        pos += 1
+    return out
 
 
 def main(argv=None) -> int:
     import sacrebleu
     from alpha_matrix import variant
-    from quant_agreement import forced_argmax, greedy
+    from quant_agreement import forced_argmax
 
     from build_sd.builder.model.llama import Subgraph
     from build_sd.builder.model.loader import load_checkpoint
-    from build_sd.demo import DATA_DIR, DRAFT_DIR, TARGET_DIR
+    from build_sd.demo import DRAFT_DIR, TARGET_DIR
+    from build_sd.demo.corpus import load_split
     from build_sd.demo.tokenizer import EOS_ID, decode, encode_prompt, load_tokenizer
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sentences", type=int, default=510)
@@ -44,11 +54,10 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     torch.set_num_threads(2)
-    rows = [r.split("\t") for r in (DATA_DIR / "test.tsv").read_text(encoding="utf-8").splitlines()
-            if "\t" in r and not r.startswith("#")][:a.sentences]
+    rows = load_split("test")[:a.sentences]
     tok = load_tokenizer(TARGET_DIR)
-    prompts = [encode_prompt(tok, en) for en, _ in rows]
-    refs = [de for _, de in rows]
+    prompts = [encode_prompt(tok, p.en) for p in rows]
+    refs = [p.de for p in rows]
     S = max(map(len, prompts)) + a.tokens + 1
     t_base, d_base = load_checkpoint(TARGET_DIR, "f32", S), load_checkpoint(DRAFT_DIR, "f32", S)
     dsub = Subgraph(d_base, "whole")
@@ -58,7 +67,7 @@ def main(argv=None) -> int:
         tm = variant(t_base, prec, TARGET_DIR)
         tsub = Subgraph(tm, "whole")
         with torch.no_grad():
-            answers[prec] = [stop_at_eos(greedy(tsub, tm, p, a.tokens), EOS_ID) for p in prompts]
+            answers[prec] = [greedy_to_eos(tsub, tm, p, a.tokens, EOS_ID) for p in prompts]
             hyps = [decode(tok, [t for t in ids if t != EOS_ID]) for ids in answers[prec]]
             agree = None
             if prec != "f32":
