@@ -563,7 +563,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--no-llamacpp", action="store_true", help="skip llama.cpp")
     ap.add_argument("--only", help="comma-separated sections: demo,demo16,1b,150m,smollm2,smollm2q (default: all "
                                    "but the SmolLM2 ones, whose GGUF `make smollm2` fetches; smollm2q: its w8a8/w4a8 "
-                                   "against llama.cpp Q8_0/Q4_0; 1bq: the same for the 1B shape; chatspec: the real pair, speculative vs target-only)")
+                                   "against llama.cpp Q8_0/Q4_0; 1bq, 150mq: the same for the 1B and 150M shapes; chatspec: the real pair, speculative vs target-only)")
     ap.add_argument("--build-only", action="store_true", help="set up and build everything, measure nothing")
     ap.add_argument("--chat-draft", help="chatspec: the draft checkpoint (default build_sd/chatpair/models/draft)")
     ap.add_argument("--out", default=str(RESULTS))
@@ -916,16 +916,18 @@ def smollm2q_rows(ctx: Ctx) -> None:
                pos, "64")
 
 
-def large_quant_rows(ctx: Ctx) -> None:
-    """The Llama-3.2-1B shape (random weights) quantized: issue 15's speed goals (w8a8 vs f16 against the
-    bytes saved, vs llama.cpp Q8_0, share of the roofline). Prefill bucket 16 only, as the 1b section."""
+def large_quant_rows(ctx: Ctx, sec: str = "1bq") -> None:
+    """The Llama-3.2-1B shape (1bq) or the 150M draft shape (150mq), random weights, quantized: issue 15's
+    speed goals on the 1B shape (w8a8 vs f16 against the bytes saved, vs llama.cpp Q8_0, share of the
+    roofline). Prefill bucket 16 only, as the 1b section."""
     large = M.large_models(WORK / "models")
-    ck = large["target"]
+    key, stem, name = {"1bq": ("target", "1b", "Llama-3.2-1B shape"), "150mq": ("draft", "150m", "150M draft shape")}[sec]
+    ck = large[key]
     cfg = json.loads((ck / "config.json").read_text())
     lids = ctx.ids[:ctx.a.prompts_large]
     pf = write_ids(WORK / f"prompts-large-{len(lids)}.ids", lids)
     pos = statistics.mean(map(len, lids)) + ctx.a.max_new_large / 2
-    quant_rows(ctx, "1bq", "1b", ck, cfg, f"Llama-3.2-1B shape ({M.n_params(cfg) / 1e6:.0f}M)", pf, pos, "16")
+    quant_rows(ctx, sec, stem, ck, cfg, f"{name} ({M.n_params(cfg) / 1e6:.0f}M)", pf, pos, "16")
 
 
 def quant_rows(ctx: Ctx, sec: str, stem: str, ck: Path, cfg: dict, label: str, pf: Path, pos: float,
@@ -1087,8 +1089,9 @@ def main(argv=None) -> int:
         smollm2_rows(ctx)
     if "smollm2q" in sections:
         smollm2q_rows(ctx)
-    if "1bq" in sections:
-        large_quant_rows(ctx)
+    for sec in ("1bq", "150mq"):
+        if sec in sections:
+            large_quant_rows(ctx, sec)
     if "chatspec" in sections:
         chatspec_rows(ctx)
     if a.build_only:

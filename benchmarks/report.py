@@ -16,8 +16,9 @@ SECTION_TITLES = {"demo": "Demo pair (English->German, 12.6M target / 1.6M draft
                   "smollm2": "SmolLM2-135M-Instruct (the real target, from its GGUF; chat prompts)",
                   "smollm2q": "SmolLM2-135M-Instruct quantized: build_sd w8a8/w4a8 vs llama.cpp Q8_0/Q4_0",
                   "1bq": "Llama-3.2-1B shape quantized: build_sd w8a8/w4a8 vs f16 and llama.cpp Q8_0/Q4_0",
+                  "150mq": "~150M draft shape quantized: build_sd w8a8/w4a8 vs f16 and llama.cpp Q8_0/Q4_0",
                   "chatspec": "The real pair: SmolLM2-135M-Instruct + its distilled draft, speculative vs target-only"}
-SECTIONS = ("demo", "1b", "150m", "1bq", "smollm2", "smollm2q", "chatspec")
+SECTIONS = ("demo", "1b", "150m", "1bq", "150mq", "smollm2", "smollm2q", "chatspec")
 
 
 def _bw(run: dict) -> float:
