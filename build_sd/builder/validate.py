@@ -13,8 +13,13 @@ Tolerances:
   outputs, and the residual stream adds the errors of L layers, so per-element errors of a few
   times 1e-3 relative to the largest value are expected; 2e-2 leaves room for that while still
   catching real bugs (a wrong RoPE, mask or cache slot gives errors of order 1).
+- quantized exports (w8a8, w4a8) against the same quantized arithmetic in torch: 2e-2 (5e-2
+  smoothed) of the magnitude, and at least 3x how far the reference's own rounding carries it
+  (a jittered twin of the reference, see TOL_SCALE_QUANT and Twin below: on a 30-layer model ~10 %).
 - argmax: must agree with the reference, except where the reference's top two logits are
   closer than the tolerance (a near tie, reported as such, never silently).
+- Arm modules (a55, a76) run under qemu-aarch64 when `make emulation` set it up (emulate.py):
+  each function once at position 0, with the same tolerances.
 """
 from __future__ import annotations
 
