@@ -306,30 +306,33 @@ def _validate_emulated(artifacts: Path, export, preset: str, emu, ref_model, ref
     iree-run-module gives the Arm-vs-x86 difference of the same compiled graph."""
     import torch
 
+    from ..runtime.devices import DTYPES
     from . import emulate
     V = ref_model.cfg.vocab_size
     scale = tol_scale(export)
-    np_dtype = {"f32": np.float32, "f16": np.float16, "i32": np.int32}
     host = emulate.native() if native_preset else None
+    irpa = artifacts / export.parameters.file
     rng = np.random.default_rng(3)
     rows: list[Row] = []
     worst_vs_host, worst_rel = 0.0, 0.0
     device = f"{preset} (qemu {emu.qemu_cpu})"
     with tempfile.TemporaryDirectory(prefix="build_sd_kv_") as tmp:
-        for i, sg in enumerate(export.subgraphs):
-            kv = emulate.kv_splats(Path(tmp) / f"{sg.name}.kv.irpa", sg.kv_params)
-            for fname, fn in sg.functions.items():
-                T, prefill = fn.T, fn.role == "prefill"
-                n = max(1, T - 2) if prefill and T > 2 else T
-                toks = rng.integers(0, V, size=T, dtype=np.int64).astype(np.int32)
-                if prefill:
-                    toks[n:] = 0
-                ref_model.reset_cache()
-                args = (torch.from_numpy(toks)[None], 0, n if prefill else None)
-                refs = _run_reference(ref_subs, *args)
-                if twin:
-                    twin.reset_cache()
-                reach = twin.reach(refs, *args) if twin else [0.0] * len(refs)
+        kvs = [emulate.kv_splats(Path(tmp) / f"{sg.name}.kv.irpa", sg.kv_params) for sg in export.subgraphs]
+        # every module has the same functions: one reference run (and its twin) per function serves all
+        for fname, fn0 in export.subgraphs[0].functions.items():
+            T, prefill = fn0.T, fn0.role == "prefill"
+            n = max(1, T - 2) if prefill and T > 2 else T
+            toks = rng.integers(0, V, size=T, dtype=np.int64).astype(np.int32)
+            if prefill:
+                toks[n:] = 0
+            ref_model.reset_cache()
+            args = (torch.from_numpy(toks)[None], 0, n if prefill else None)
+            refs = _run_reference(ref_subs, *args)
+            if twin:
+                twin.reset_cache()
+            reach = twin.reach(refs, *args) if twin else [0.0] * len(refs)
+            for i, (sg, kv) in enumerate(zip(export.subgraphs, kvs)):
+                fn = sg.functions[fname]
                 inputs = []
                 for a in fn.args:
                     if a.name == "tok":
@@ -339,9 +342,8 @@ def _validate_emulated(artifacts: Path, export, preset: str, emu, ref_model, ref
                     elif a.name == "length":
                         inputs.append(np.array(n, np.int32))
                     else:           # the hidden state from the module before, in this export's dtype
-                        inputs.append(refs[i - 1].reshape(a.shape).astype(np_dtype[a.dtype]))
+                        inputs.append(refs[i - 1].reshape(a.shape).astype(DTYPES[a.dtype]))
                 vmfb = artifacts / preset / f"{sg.name}.vmfb"
-                irpa = artifacts / export.parameters.file
                 got = emulate.run_function(emu, vmfb, irpa, kv, fname, inputs, len(fn.results))
                 g = got[-1].astype(np.float32)
                 r = refs[i].reshape(g.shape).astype(np.float32)

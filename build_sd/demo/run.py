@@ -32,11 +32,11 @@ def _x(pick) -> str:
     return f"{pick['pred_tokens_per_s']:.0f} tok/s, {pick['speedup']:.2f}x over target-only"
 
 
-def _calibrate(probe: Path):
+def _calibrate(probe: Path, reference: Path | None = None):
     from ..runtime.calibrate import calibrate
     # calibration sentences: the test split's, not the ones the demo translates
     texts = _test_sentences(64)[1::2][:24]
-    return calibrate(str(probe), texts, gamma=6, max_new_tokens=32, log=lambda m: None)
+    return calibrate(str(probe), texts, gamma=6, max_new_tokens=32, log=lambda m: None, reference=reference)
 
 
 def run_demo(out_dir: str | Path = DEFAULT_OUT, gamma: int | None = None, sentences: int = 6,

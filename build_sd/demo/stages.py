@@ -81,7 +81,7 @@ def plan_here(out_dir: Path, arts: dict, ckpts: dict, max_context: int, calibrat
             probe = out_dir / f"probe-{prec}"
             make_bundle(arts["draft"], art, PLACE_HOST, 6, probe, prompt_template=template, link=True,
                         log=lambda m: None)
-            cals.append(calibrate_probe(probe, reference=ref_probe) if ref_probe else calibrate_probe(probe))
+            cals.append(calibrate_probe(probe, reference=ref_probe))
             ref_probe = ref_probe or probe      # the first (f32) target is the others' reference
         prof = profile(list(models.values()), devices=["cpu"], budget_s=0.25, log=lambda m: None)
         got = {"key": key, "calibrations": [c.to_dict() for c in cals], "profile": prof.to_dict()}
