@@ -2,11 +2,15 @@
 
     python benchmarks/spec_gamma.py BUNDLE [--gammas 0,1,2,3,4,5,6] [--rounds 5] [--prompts FILE]
                                            [--variants task,draft-sync,sync]
+                                           [--temperature T [--top-p P] [--top-k K]]
 
 Speed lives here, not in tests. Everything is measured side by side in one process: each
 round runs every (variant, gamma) once per prompt, in rotating order (A B C.. then B C.. A), so
 drifts of this shared machine's memory bandwidth hit all of them alike; medians over rounds are
 printed with the ratio to target-only (gamma 0) under the first variant in the same round.
+Greedy by default; --temperature > 0 samples (exact speculative sampling; the seed is the round and
+prompt number, so every configuration draws from the same seeds). The host share is the time of the
+loop outside the models' calls (acceptance, sampling, bookkeeping) over its wall time.
 Variants: task = every CPU module under local-task (IREE's worker pool; the default),
 draft-sync = the draft under local-sync (calling thread), sync = both under local-sync.
 """
@@ -21,7 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from build_sd.runtime.prompts import encode_prompt, read_prompts  # noqa: E402
-from build_sd.runtime.sampling import GreedyAcceptor  # noqa: E402
+from build_sd.runtime.run import make_acceptor  # noqa: E402
+from build_sd.runtime.sampling import GreedyAcceptor, SamplingParams  # noqa: E402
 from build_sd.runtime.session import open_bundle  # noqa: E402
 from build_sd.runtime.speculative import generate  # noqa: E402
 
@@ -43,7 +48,11 @@ def main(argv=None) -> int:
     ap.add_argument("--prompts", help="file with one prompt per line (a TSV's first column)")
     ap.add_argument("--limit", type=int, help="use the first N prompts")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--top-k", type=int, default=0)
     a = ap.parse_args(argv)
+    sampling = SamplingParams(a.temperature, a.top_k, a.top_p)
     variants = a.variants.split(",")
     sessions = {}
     for v in variants:
@@ -64,10 +73,10 @@ def main(argv=None) -> int:
         secs = {c: 0.0 for c in combos}
         host = {c: 0.0 for c in combos}
         acc = {c: [0, 0, 0, 0] for c in combos}
-        for ids in prompts:
+        for i, ids in enumerate(prompts):
             for c in order:
                 s, g = sessions[c[0]], c[1]
-                m = generate(s.target, s.draft if g else None, ids, g, GreedyAcceptor(),
+                m = generate(s.target, s.draft if g else None, ids, g, make_acceptor(sampling, 1000 * r + i),
                              a.max_new_tokens, s.eos_ids).metrics
                 tokens[c] += m.emitted
                 secs[c] += m.decode_s
@@ -85,7 +94,9 @@ def main(argv=None) -> int:
             judged = acc[c][0] + acc[c][1]
             rows[c]["alpha"].append(acc[c][0] / judged if judged else float("nan"))
             rows[c]["tpi"].append(acc[c][2] / max(1, acc[c][3]))
-    print(f"bundle {a.bundle}: {len(prompts)} prompts x {a.rounds} rounds, greedy, "
+    how = ("greedy" if sampling.greedy else
+           f"sampled (temperature {a.temperature}, top-p {a.top_p}, top-k {a.top_k})")
+    print(f"bundle {a.bundle}: {len(prompts)} prompts x {a.rounds} rounds, {how}, "
           f"max {a.max_new_tokens} new tokens; medians over rounds; x = ratio to {variants[0]} gamma 0")
     print(f"{'variant':>11} {'gamma':>5} {'tok/s':>9} {'x':>7} {'alpha':>7} {'tok/iter':>9} {'host share':>11}")
     out = {}

@@ -8,7 +8,7 @@ of norm(max(0, p - q))) and checks that the same test then fails, so it has the 
 import numpy as np
 import pytest
 
-from build_sd.runtime.sampling import RejectionSampler, SamplingParams, probs, sample
+from build_sd.runtime.sampling import Dense, RejectionSampler, SamplingParams, Sparse, dist, probs, sample
 from conftest import BUILD, _build
 from helpers import make_checkpoint
 
@@ -85,6 +85,65 @@ def test_probs_transforms():
     cold = probs(logits, SamplingParams(temperature=0.1))[0]
     assert cold[0] > 0.99
     assert probs(logits, SamplingParams(temperature=1.0, top_p=1e-9))[0][0] == 1.0
+
+
+def _reference_law(z: np.ndarray, sp: SamplingParams) -> np.ndarray:
+    """The law written plainly (float64, a full stable sort, HF's warpers' order): temperature, then
+    top-k (ties with the k-th kept), then the smallest most-likely prefix whose mass reaches top_p."""
+    z = z.astype(np.float64) / sp.temperature
+    if 0 < sp.top_k < len(z):
+        z = np.where(z < np.sort(z)[-sp.top_k], -np.inf, z)
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    if sp.top_p < 1.0:
+        order = np.argsort(-p, kind="stable")
+        before = np.cumsum(p[order]) - p[order]
+        keep = order[before < sp.top_p]
+        q = np.zeros_like(p)
+        q[keep] = p[keep]
+        p = q / q.sum()
+    return p
+
+
+@pytest.mark.parametrize("sp", [SamplingParams(0.8, 0, 0.95), SamplingParams(1.0, 0, 0.5), SamplingParams(0.7),
+                                SamplingParams(1.0, 40, 1.0), SamplingParams(0.9, 40, 0.9)],
+                         ids=["t0.8-p0.95", "t1-p0.5", "t0.7", "k40", "t0.9-k40-p0.9"])
+def test_fast_sampling_law_equals_the_plain_one(sp):
+    """dist() (sparse nucleus, no full sort, no shift pass when exp cannot overflow) gives the law of
+    the plain float64 implementation on peaked, flat (no id reaches the first threshold) and huge
+    (the shifted path) rows of V = 4096."""
+    rng = np.random.default_rng(3)
+    rows = [rng.normal(0, s, 4096) * 1.0 for s in (0.05, 0.5, 3.0, 8.0)] + [rng.normal(0, 3, 4096) + 200.0]
+    for z in rows:
+        z = z.astype(np.float32)
+        got, want = dist(z, sp).dense(), _reference_law(z, sp)
+        if sp.top_p < 1.0:
+            assert set(np.flatnonzero(got)) == set(np.flatnonzero(want))
+        assert np.allclose(got, want, rtol=1e-5, atol=1e-9), np.abs(got - want).max()
+        assert np.array_equal(probs(z, sp)[0], got)
+
+
+def test_residual_and_sampling_of_sparse_and_dense_rows():
+    """norm(max(0, p - q)) from each pair of forms equals the dense arithmetic, and a sparse row
+    draws its ids with their probabilities (chi-square)."""
+    rng = np.random.default_rng(4)
+    sp = SamplingParams(1.0, 0, 0.9)
+    zp, zq = rng.normal(0, 2, 64).astype(np.float32), rng.normal(0, 2, 64).astype(np.float32)
+    forms = {"sparse": lambda z: dist(z, sp), "dense": lambda z: dist(z, SamplingParams(1.0))}
+    for fp in forms.values():
+        for fq in forms.values():
+            p, q = fp(zp), fq(zq)
+            want = np.maximum(p.dense() - q.dense(), 0.0)
+            want /= want.sum()
+            assert np.allclose(p.residual(q).dense(), want, atol=1e-12)
+            assert np.allclose(p.residual(q.dense()).dense(), want, atol=1e-12)
+    p = dist(zp, sp)
+    assert isinstance(p, Sparse) and isinstance(dist(zp, SamplingParams(1.0)), Dense)
+    assert p.residual(p) is p                                 # nothing to correct: p itself
+    counts = np.bincount([p.sample(rng) for _ in range(20000)], minlength=64)
+    rejected, stat, crit = chi2_rejects(counts, p.dense())
+    assert not rejected, (stat, crit)
+    assert all(p[x] == pytest.approx(p.dense()[x]) for x in range(64))
 
 
 # ---- the whole loop on IREE modules -----------------------------------------------------------------
