@@ -57,6 +57,8 @@ def main(argv=None) -> int:
     p.add_argument("--eval-every", type=int, default=0, help="steps between held-out alpha checks (0: never)")
     p.add_argument("--head-vocab", type=int, default=0,
                    help="a new run's LM head scores only the K ids the teacher writes most (0: all ids)")
+    p.add_argument("--init-layers", help="a new run's draft is these layers of the target (e.g. 0,29): its width, "
+                                         "embedding and head (default: a narrow draft, models.DRAFT)")
     p.add_argument("--device", default=None)
 
     p = common(sub.add_parser("eval", help="greedy alpha of a draft on the held-out prompts"))

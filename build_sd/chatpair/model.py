@@ -84,6 +84,28 @@ def new_draft(target_dir: Path, seed: int = 0, head_ids=None, **over):
     return m, kept
 
 
+def draft_from_layers(target_dir: Path, layers: list[int], head_ids=None):
+    """A draft made of the target's own layers `layers` (in that order; e.g. [0, 29]), with its
+    embedding, final norm and tied head (restricted to head_ids): the target's width, so it starts
+    as a shallow copy of the target rather than from nothing (self-speculative drafts such as
+    LayerSkip start the same way). Returns (model, 1.0: the embedding is kept whole)."""
+    from transformers import LlamaForCausalLM
+    from .teacher import load_target
+    _, t = load_target(Path(target_dir))
+    cfg = t.config.to_dict()
+    cfg.update(num_hidden_layers=len(layers), max_position_embeddings=DRAFT["max_position_embeddings"])
+    m = LlamaForCausalLM(type(t.config)(**cfg))
+    with torch.no_grad():
+        m.model.embed_tokens.weight.copy_(t.model.embed_tokens.weight)
+        m.model.norm.weight.copy_(t.model.norm.weight)
+        for i, L in enumerate(layers):
+            m.model.layers[i].load_state_dict(t.model.layers[L].state_dict())
+    m.tie_weights()
+    if head_ids is not None:
+        restrict(m, head_ids)
+    return m, 1.0
+
+
 def params(cfg) -> dict:
     """Parameter counts (embedding counted once when tied)."""
     h, i, L, v = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size

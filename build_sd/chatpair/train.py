@@ -187,7 +187,11 @@ def run(a) -> None:
         model, kept = M.from_state(ck["config"], ck["model"]), None
     else:
         ids = frequent_ids(out, a.head_vocab) if a.head_vocab else None
-        model, kept = M.new_draft(target_dir(), seed=a.seed, head_ids=ids)
+        if getattr(a, "init_layers", None):
+            layers = [int(x) for x in a.init_layers.split(",")]
+            model, kept = M.draft_from_layers(target_dir(), layers, head_ids=ids)
+        else:
+            model, kept = M.new_draft(target_dir(), seed=a.seed, head_ids=ids)
     hids = M.head_ids(model)
     hmap = None if hids is None else head_map(hids, model.config.vocab_size).to(device)
     model.to(device).train()
