@@ -83,3 +83,46 @@ def test_the_committed_chat_draft_is_what_its_card_says():
     alpha = float(re.search(r"\*\*(0\.\d+)\*\* \(\d+/\d+\), measured on these f16 weights", card).group(1))
     assert 0.0 < alpha < 1.0
     assert ("is NOT met" in card) == (alpha < 0.7)
+
+
+def test_on_policy_shards_score_the_drafts_answers_with_the_targets_argmax(tmp_path):
+    """onpolicy.py: the target's teacher-forced top-k at each answer position of a batch of ragged
+    sequences equals scoring each sequence alone; such a shard loads with the target's argmax (not
+    the draft's token) as the cross-entropy target, and a restricted draft drives teacher.generate
+    through _FullVocab (ids outside its head at -inf, so never drawn)."""
+    import numpy as np
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from build_sd.chatpair import model as M
+    from build_sd.chatpair import onpolicy, train
+    from build_sd.chatpair.teacher import generate, save_atomic
+
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, head_dim=8, max_position_embeddings=128, tie_word_embeddings=False)
+    target = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
+    draft = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
+    M.restrict(draft, list(range(3, 40)))
+    full = onpolicy._FullVocab(draft, 64).eval()
+    prompts = [[5, 9, 11], [7, 8], [1, 2, 3, 4, 6]]
+    got = generate(full, prompts, [0.0, 1.0, 1.0], 6, 1, torch.Generator().manual_seed(0))
+    assert all(3 <= t < 40 or t == 2 for g in got for t in g[0])
+    seqs = [p + g[0] for p, g in zip(prompts, got)]
+    starts = [len(p) for p in prompts]
+    scored = onpolicy.score(target, seqs, starts, k=4, batch=2)
+    for q, s, (ids, logp) in zip(seqs, starts, scored):
+        with torch.no_grad():
+            alone = torch.log_softmax(target(input_ids=torch.tensor([q[:-1]])).logits[0, s - 1:], -1)
+        assert np.array_equal(ids[:, 0], alone.argmax(-1).numpy())
+        assert np.allclose(logp[:, 0], alone.max(-1).values.numpy(), atol=2e-3)
+    off = np.cumsum([0] + [len(q) for q in seqs])
+    save_atomic(tmp_path / "shards" / "op_00000.npz", dict(
+        ids=np.array([t for q in seqs for t in q], np.int32), seq_off=off, ans_start=np.array(starts, np.int32),
+        topk_ids=np.concatenate([x[0] for x in scored]), topk_logp=np.concatenate([x[1] for x in scored]),
+        policy=np.array("draft")))
+    assert train.list_shards(tmp_path) == ["op_00000.npz"]
+    loaded = train.load_shard(tmp_path / "shards" / "op_00000.npz")
+    x, rows, pos, tgt, tki, tkl = train.collate(loaded)
+    with torch.no_grad():
+        assert torch.equal(target(input_ids=x).logits[rows, pos].argmax(-1), tgt)

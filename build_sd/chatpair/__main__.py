@@ -2,6 +2,7 @@
 
     python -m build_sd.chatpair prompts  [--n-train 8000] [--seed 0]        # train_prompts.txt, heldout.txt
     python -m build_sd.chatpair teacher  [--bench] [--batch 64] [--max-new 128] ...   # shards/ (resumable)
+    python -m build_sd.chatpair onpolicy [--ckpt runs/draft/best.pt] ...   # shards/op_*: the draft's answers, scored
     python -m build_sd.chatpair train    [--steps N] [--lr ...] ...         # runs/draft/{last,best}.pt (resumable)
     python -m build_sd.chatpair eval     [--ckpt build/chatpair/runs/draft/last.pt]   # held-out alpha
     python -m build_sd.chatpair export   [--ckpt ...] [--dst build_sd/chatpair/models/draft]
@@ -40,6 +41,16 @@ def main(argv=None) -> int:
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--greedy-frac", type=float, default=0.6)
     p.add_argument("--temps", default="0.7,0.85,1.0")
+    p.add_argument("--max-shards", type=int)
+
+    p = common(sub.add_parser("onpolicy", help="the draft answers training prompts, the target scores them (resumable)"))
+    p.add_argument("--ckpt", type=Path, help="the draft that answers (default OUT/runs/draft/best.pt)")
+    p.add_argument("--shard-size", type=int, default=64)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--max-new", type=int, default=128)
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--greedy-frac", type=float, default=0.5)
+    p.add_argument("--temps", default="0.7,1.0")
     p.add_argument("--max-shards", type=int)
 
     p = common(sub.add_parser("train", help="train the draft on the shards (resumable)"))
@@ -85,6 +96,10 @@ def main(argv=None) -> int:
         else:
             teacher.run(a.out, a.shard_size, a.batch, a.max_new, a.k, a.greedy_frac,
                         tuple(float(x) for x in a.temps.split(",")), a.seed, a.max_shards, a.threads)
+    elif a.cmd == "onpolicy":
+        from . import onpolicy
+        onpolicy.run(a.out, a.ckpt or a.out / "runs" / "draft" / "best.pt", a.shard_size, a.batch, a.max_new, a.k,
+                     a.greedy_frac, tuple(float(x) for x in a.temps.split(",")), a.seed, a.max_shards, a.threads)
     elif a.cmd == "train":
         from . import train
         train.run(a)

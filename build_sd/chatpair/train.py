@@ -38,18 +38,23 @@ from . import model as M
 
 
 def list_shards(out: Path) -> list[str]:
-    return sorted(p.name for p in (out / "shards").glob("shard_*.npz"))
+    """The teacher's shards (shard_*) and the on-policy ones (op_*, onpolicy.py)."""
+    return sorted(p.name for pat in ("shard_*.npz", "op_*.npz") for p in (out / "shards").glob(pat))
 
 
 def load_shard(path: Path) -> list[dict]:
     z = np.load(path)
     ids, off, st = z["ids"], z["seq_off"], z["ans_start"]
     tki, tkl = z["topk_ids"], z["topk_logp"]
+    # on-policy shards hold the draft's answers: the cross-entropy target is the target's argmax there
+    on_policy = "policy" in z.files and str(z["policy"]) == "draft"
     seqs, a = [], 0
     for i in range(len(st)):
         s = ids[off[i]:off[i + 1]]
         n_ans = len(s) - int(st[i])
         seqs.append(dict(ids=s, start=int(st[i]), tki=tki[a:a + n_ans], tkl=tkl[a:a + n_ans]))
+        if on_policy:
+            seqs[-1]["tgt"] = tki[a:a + n_ans, 0]
         a += n_ans
     assert a == len(tki)
     return seqs
@@ -90,7 +95,7 @@ def collate(seqs: list[dict]):
         p = torch.arange(s["start"] - 1, s["start"] - 1 + n)
         rows.append(torch.full((n,), r))
         pos.append(p)
-        tgt.append(ids[s["start"]:])
+        tgt.append(ids[s["start"]:] if "tgt" not in s else torch.from_numpy(s["tgt"].astype(np.int64)))
         tki.append(torch.from_numpy(s["tki"].astype(np.int64)))
         tkl.append(torch.from_numpy(s["tkl"].astype(np.float32)))
     return x, torch.cat(rows), torch.cat(pos), torch.cat(tgt), torch.cat(tki), torch.cat(tkl)
@@ -99,7 +104,7 @@ def collate(seqs: list[dict]):
 def frequent_ids(out: Path, K: int, always=(0, 1, 2)) -> list[int]:
     """The K ids the teacher writes most often in its answers (all shards present now; ties: lower id
     first), the special ids always among them; sorted."""
-    counts = np.bincount(np.concatenate([q["ids"][q["start"]:] for name in list_shards(out)
+    counts = np.bincount(np.concatenate([q["ids"][q["start"]:] for name in list_shards(out) if name.startswith("shard_")
                                          for q in load_shard(out / "shards" / name)]))
     counts[list(always)] = counts.max() + 1
     order = np.lexsort((np.arange(len(counts)), -counts))
