@@ -21,8 +21,19 @@ def data_stats(out: Path) -> dict:
         n_fin += int(z["finished"].sum())
         n_greedy += int((z["temp"] == 0).sum())
     cfg = json.loads((out / "shards" / "config.json").read_text()) if (out / "shards" / "config.json").exists() else {}
+    op = dict(shards=0, sequences=0, answer_tokens=0, greedy=0, draft_steps=set())
+    for p in sorted((out / "shards").glob("op_*.npz")):        # on-policy shards (onpolicy.py)
+        z = np.load(p)
+        op["shards"] += 1
+        op["sequences"] += len(z["ans_start"])
+        op["answer_tokens"] += len(z["topk_ids"])
+        op["greedy"] += int((z["temp"] == 0).sum())
+        op["draft_steps"].add(int(z["draft_step"]))
+    op["draft_steps"] = sorted(op["draft_steps"])
+    prompts = out / "train_prompts.txt"
+    n_prompts = len(prompts.read_text().splitlines()) if prompts.exists() else None
     return dict(shards=len(shards), sequences=n_seq, answer_tokens=n_ans, tokens=n_tok, finished=n_fin,
-                greedy=n_greedy, cfg=cfg)
+                greedy=n_greedy, cfg=cfg, onpolicy=op, train_prompts=n_prompts)
 
 
 def main(a) -> None:
@@ -85,6 +96,24 @@ def save_draft(model, dst: Path) -> None:
     m16.config.save_pretrained(str(dst))
 
 
+def onpolicy_text(d: dict) -> str:
+    op = d.get("onpolicy") or {}
+    if not op.get("shards"):
+        return ""
+    return (f"\nOn-policy data (`onpolicy.py`, DistillSpec): {op['sequences']:,} more sequences in {op['shards']} shards, "
+            f"answered by the DRAFT (checkpoint step {', '.join(map(str, op['draft_steps']))}; {op['greedy']:,} greedy, "
+            f"the rest sampled) to other training prompts and scored by the target in one teacher-forced pass: "
+            f"{op['answer_tokens']:,} answer tokens, whose cross-entropy target is the target's argmax.\n")
+
+
+def onpolicy_cmd(d: dict) -> str:
+    op = d.get("onpolicy") or {}
+    if not op.get("shards"):
+        return ""
+    return (f"\n# the draft of the earlier run answers, the target scores (stopped after {op['shards']} shards)"
+            f"\npython -m build_sd.chatpair onpolicy --ckpt RUN_BEFORE/best.pt --max-shards {op['shards']}")
+
+
 def coverage(c: dict) -> str:
     if "head_coverage" not in c:
         return ""
@@ -133,7 +162,7 @@ others were cut there. Prompts: `prompts.py` (24 template families x subject poo
 of the subjects of every pool held out by a SHA-1 hash; the training prompts use neither), rendered with
 the chat template (default system prompt, `add_generation_prompt=True`). For every answer position the
 teacher's top-{cfg.get('k')} log-probs (temperature 1) were recorded during generation.
-
+{onpolicy_text(d)}
 ## Training
 
 Token-level distillation: loss = {1 - float(args.get('kl_weight', 0.7)):.1f} x CE(teacher's token) +
@@ -162,9 +191,9 @@ During training (f32 weights):
 ## Reproduce (from the repository root; CPU, 2 threads, `nice -n 19`)
 
 ```sh
-python -m build_sd.chatpair prompts --seed 0 --n-train 8000
+python -m build_sd.chatpair prompts --seed 0 --n-train {d.get('train_prompts') or 8000}
 python -m build_sd.chatpair teacher --batch {cfg.get('batch')} --shard-size {cfg.get('shard_size')} --max-new {cfg.get('max_new')} \\
-    --k {cfg.get('k')} --greedy-frac {cfg.get('greedy_frac')} --temps {','.join(str(t) for t in cfg.get('temps', []))} --seed {cfg.get('seed')}
+    --k {cfg.get('k')} --greedy-frac {cfg.get('greedy_frac')} --temps {','.join(str(t) for t in cfg.get('temps', []))} --seed {cfg.get('seed')}{onpolicy_cmd(d)}
 python -m build_sd.chatpair train --run {args.get('run')} --head-vocab {args.get('head_vocab', 0)} \\
     --steps {args.get('steps')} --lr {args.get('lr')} --warmup {args.get('warmup')} \\
     --batch-tokens {args.get('batch_tokens')} --kl-weight {args.get('kl_weight')} --neg {args.get('neg')} \\
