@@ -110,7 +110,7 @@ def onpolicy_cmd(d: dict) -> str:
     op = d.get("onpolicy") or {}
     if not op.get("shards"):
         return ""
-    return (f"\n# the draft of the earlier run answers, the target scores (stopped after {op['shards']} shards)"
+    return (f"\n# the earlier run's best draft (step {', '.join(map(str, op['draft_steps']))}) answers, the target scores"
             f"\npython -m build_sd.chatpair onpolicy --ckpt RUN_BEFORE/best.pt --max-shards {op['shards']}")
 
 
@@ -193,7 +193,7 @@ During training (f32 weights):
 ```sh
 python -m build_sd.chatpair prompts --seed 0 --n-train {d.get('train_prompts') or 8000}
 python -m build_sd.chatpair teacher --batch {cfg.get('batch')} --shard-size {cfg.get('shard_size')} --max-new {cfg.get('max_new')} \\
-    --k {cfg.get('k')} --greedy-frac {cfg.get('greedy_frac')} --temps {','.join(str(t) for t in cfg.get('temps', []))} --seed {cfg.get('seed')}{onpolicy_cmd(d)}
+    --k {cfg.get('k')} --greedy-frac {cfg.get('greedy_frac')} --temps {','.join(str(t) for t in cfg.get('temps', []))} --seed {cfg.get('seed')} --max-shards {d['shards']}{onpolicy_cmd(d)}
 python -m build_sd.chatpair train --run {args.get('run')} --head-vocab {args.get('head_vocab', 0)} \\
     --steps {args.get('steps')} --lr {args.get('lr')} --warmup {args.get('warmup')} \\
     --batch-tokens {args.get('batch_tokens')} --kl-weight {args.get('kl_weight')} --neg {args.get('neg')} \\
