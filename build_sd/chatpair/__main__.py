@@ -29,29 +29,28 @@ def main(argv=None) -> int:
         p.add_argument("--seed", type=int, default=0)
         return p
 
+    def shard_args(p, greedy_frac: float, temps: str):
+        """What a shard writer (teacher, onpolicy) is told: shard and batch size, answer length,
+        top-k kept, the share of greedy answers and the temperatures of the others."""
+        p.add_argument("--shard-size", type=int, default=64)
+        p.add_argument("--batch", type=int, default=64)
+        p.add_argument("--max-new", type=int, default=128)
+        p.add_argument("--k", type=int, default=32)
+        p.add_argument("--greedy-frac", type=float, default=greedy_frac)
+        p.add_argument("--temps", default=temps)
+        p.add_argument("--max-shards", type=int)
+
     p = common(sub.add_parser("prompts", help="write train_prompts.txt and heldout.txt"))
     p.add_argument("--n-train", type=int, default=8000)
     p.add_argument("--n-heldout", type=int, default=40)
 
     p = common(sub.add_parser("teacher", help="generate the teacher's answers + top-k into shards (resumable)"))
     p.add_argument("--bench", action="store_true", help="only measure decode throughput for a few batch sizes")
-    p.add_argument("--shard-size", type=int, default=64)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--max-new", type=int, default=128)
-    p.add_argument("--k", type=int, default=32)
-    p.add_argument("--greedy-frac", type=float, default=0.6)
-    p.add_argument("--temps", default="0.7,0.85,1.0")
-    p.add_argument("--max-shards", type=int)
+    shard_args(p, greedy_frac=0.6, temps="0.7,0.85,1.0")
 
     p = common(sub.add_parser("onpolicy", help="the draft answers training prompts, the target scores them (resumable)"))
     p.add_argument("--ckpt", type=Path, help="the draft that answers (default OUT/runs/draft/best.pt)")
-    p.add_argument("--shard-size", type=int, default=64)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--max-new", type=int, default=128)
-    p.add_argument("--k", type=int, default=32)
-    p.add_argument("--greedy-frac", type=float, default=0.5)
-    p.add_argument("--temps", default="0.7,1.0")
-    p.add_argument("--max-shards", type=int)
+    shard_args(p, greedy_frac=0.5, temps="0.7,1.0")
 
     p = common(sub.add_parser("train", help="train the draft on the shards (resumable)"))
     p.add_argument("--run", type=Path, help="default OUT/runs/draft")
