@@ -203,6 +203,11 @@ def test_profile_artifact_mismatch_refused(target_whole, tmp_path):
     sync = prof.contention["host@local-sync|host@local-sync"]
     assert sync.target >= 1.0 and sync.draft >= 1.0 and sync.verify_T >= 1 and len(sync.alone_ms) == 2
     assert "host|host" not in prof.contention and "host@local-sync|host" in prof.contention
+    # a pair of two device keys also records what each model's calls cost in its sequential loop
+    # over its own device's in-situ figures; one key is its own in-situ loop: nothing to record
+    cross = prof.contention["host@local-sync|host"]
+    assert len(cross.sequential) == 2 and all(0.2 < f < 5.0 for f in cross.sequential)
+    assert sync.sequential == [] and len(cross.together_ms) == 2
     bad = copy.deepcopy(prof.to_dict())
     rel = next(iter(bad["models"][0]["modules"]))
     bad["models"][0]["modules"][rel] = "0" * 64

@@ -230,6 +230,18 @@ def test_contention_comes_from_the_profile_else_an_estimate():
                                                                                  "sync_ms": 0.04}}}, Profile)
     got = contention_for(host, prof, "cpu-sync", "cpu")
     assert (got.target, got.draft, got.sync_ms, got.source) == (1.7, 1.3, 0.04, "profile")
+    # the pair's sequential factors scale each model's calls (1 for one key or when not measured)
+    from build_sd.plan.costmodel import ModelCosts
+    from build_sd.plan.planner import pair_factors
+    prof = msgspec.convert({"models": [], "contention": {
+        "host@local-sync|host": {"target": 1.7, "draft": 1.3, "sequential": [1.1, 1.25]},
+        "host@local-sync|host@local-sync": {"target": 1.1, "draft": 1.0, "sequential": [3.0, 3.0]}}}, Profile)
+    assert pair_factors(host, prof, "cpu-sync", "cpu") == (1.1, 1.25)
+    assert pair_factors(host, prof, "cpu-sync", "cpu-sync") == (1.0, 1.0)      # one key: its in-situ loop
+    assert pair_factors(host, prof, "cpu", "cpu-sync") == (1.0, 1.0)           # not measured
+    assert pair_factors(host, None, "cpu-sync", "cpu") == (1.0, 1.0)
+    mc = ModelCosts({1: 2.0, 4: 3.0}, crossings=1, hidden_bytes_per_token=8).scaled(1.25)
+    assert mc.step_ms == {1: 2.5, 4: 3.75} and mc.crossings == 1 and mc.hidden_bytes_per_token == 8
     board = get_platform("imx95")           # concurrent, one LPDDR5 bus: the shared-bus estimate
     got = contention_for(board, None, "gpu", "cpu")
     assert (got.target, got.source) == (SHARED_BUS_SLOWDOWN, "estimate")

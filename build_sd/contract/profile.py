@@ -69,16 +69,22 @@ class HostCost(Struct, frozen=True, kw_only=True):
 
 
 class ContentionFit(Struct, frozen=True, kw_only=True):
-    """One pair of devices computing at once (the overlapped loop): the rate at which each model
-    computes while the other runs, relative to alone (> 1: slower), from the loop's own pattern
-    timed (runtime/profiler.py: _measure_contention); sync_ms: a block handed to the draft's
-    thread and back. Keyed DRAFT_KEY|TARGET_KEY (profile keys: PRESET or PRESET@local-sync)."""
+    """One pair of devices, the draft on one and the target on the other (runtime/profiler.py:
+    _measure_contention, from the overlapped and the sequential loop timed side by side).
+    target/draft: the rate at which each model computes while the other runs, relative to the
+    pair's sequential loop (> 1: slower); sync_ms: a block handed to the draft's thread and back.
+    sequential: [target, draft], what each model's calls cost in this pair's sequential loop over
+    the same calls in the in-situ loops of its own device (both models there): the other model's
+    driver between calls changes it (a local-task pool's workers asleep after a local-sync draft's
+    calls, or spinning beside a local-sync target after a local-task draft's); empty: 1, 1 (one key).
+    Keyed DRAFT_KEY|TARGET_KEY (profile keys: PRESET or PRESET@local-sync)."""
     target: float
     draft: float
     sync_ms: float = 0.0
     verify_T: int = 1                 # the target function timed (the draft times its decode)
-    alone_ms: list[float] = []        # [target's verify, draft's step] alone
-    together_ms: list[float] = []     # the same inside the overlapped pattern (runtime/profiler.py)
+    alone_ms: list[float] = []        # [target's verify, draft's step] per call, the sequential loop
+    together_ms: list[float] = []     # the same in the overlapped loop
+    sequential: list[float] = []
 
 
 class Machine(Struct, frozen=True, kw_only=True):

@@ -88,6 +88,11 @@ class ModelCosts:
     crossings: int = 0
     hidden_bytes_per_token: int = 0
 
+    def scaled(self, k: float) -> "ModelCosts":
+        """The same calls k times as long (transfers aside): a pair's sequential factor."""
+        return self if k == 1.0 else ModelCosts({T: ms * k for T, ms in self.step_ms.items()},
+                                                self.crossings, self.hidden_bytes_per_token)
+
     def call_ms(self, T: int, transfer: Transfer) -> float:
         if T not in self.step_ms:
             raise KeyError(f"no latency for a {T}-token call")

@@ -283,6 +283,19 @@ def contention_for(platform: Platform, profile: Profile | None, d_dev: str, t_de
     return Contention(k, k, HANDOFF_MS, "estimate")
 
 
+def pair_factors(platform: Platform, profile: Profile | None, d_dev: str, t_dev: str) -> tuple[float, float]:
+    """(target, draft): how much longer each model's calls take in the sequential loop of this pair
+    of devices than in its own device's in-situ loops (ContentionFit.sequential), 1 when the two
+    share one device key or nothing measured it: e.g. a local-task target after a local-sync
+    draft's calls wakes its workers (demo pair here: 1.03-1.12), a local-sync target beside the
+    spinning workers of a local-task draft's pool (1.13-1.30)."""
+    dk, tk = platform.devices[d_dev].profile_key, platform.devices[t_dev].profile_key
+    fit = profile.contention.get(f"{dk}|{tk}") if profile is not None and dk != tk else None
+    if fit is None or len(fit.sequential) != 2:
+        return 1.0, 1.0
+    return fit.sequential[0], fit.sequential[1]
+
+
 @dataclass
 class _Ranked:
     draft: Placement | None
@@ -439,15 +452,20 @@ def _rank(platform: Platform, profile: Profile | None, cfgs: dict, lat: dict, al
                 continue
             tr = transfer_for(platform, profile, tp.device_set | dp.device_set)
             # the overlapped loop: each model whole on one device, the two computing at once
-            ovl = (contention_for(platform, profile, next(iter(dp.device_set)), next(iter(tp.device_set)))
-                   if overlap and len(dp.device_set) == 1 and len(tp.device_set) == 1 else None)
+            whole = len(dp.device_set) == 1 and len(tp.device_set) == 1
+            dd, td = next(iter(dp.device_set)), next(iter(tp.device_set))
+            ovl = contention_for(platform, profile, dd, td) if overlap and whole else None
+            # each model's calls as the sequential loop of this pair of devices times them; the
+            # overlapped loop's contention factors are relative to those
+            ft, fd = pair_factors(platform, profile, dd, td) if whole else (1.0, 1.0)
+            tcp, dcp = tc.scaled(ft), dc.scaled(fd)
             for g in gammas:
                 if g > 0:
-                    pr = predict(tc, dc, g, alpha, tr, host_ms(g))
+                    pr = predict(tcp, dcp, g, alpha, tr, host_ms(g))
                     out.append(_Ranked(dp, tp, g, pr.ms_per_token, pr.expected_tokens, pr.parts,
                                        t_ram + d_ram + RUNTIME_BYTES))
                     if ovl is not None:
-                        pr = predict_overlapped(tc, dc, g, alpha, ovl, tr, host_ms(g))
+                        pr = predict_overlapped(tcp, dcp, g, alpha, ovl, tr, host_ms(g))
                         out.append(_Ranked(dp, tp, g, pr.ms_per_token, pr.expected_tokens, pr.parts,
                                            t_ram + d_ram + RUNTIME_BYTES, overlap=True))
     if not out:

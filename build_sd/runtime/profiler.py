@@ -245,8 +245,12 @@ class _Profiler:
                     draft = ModelChain(self.pool, target.export, target.irpa, target.placed, self.random_weights)
                     draft.warmup()
                 fit = _measure_contention(draft, target, self.budget_s, sync)
+                if dk != tk:
+                    fit = msgspec.structs.replace(fit, sequential=_pair_factors(fit, by_key, dk, tk, small, big))
                 self.contention[f"{dk}|{tk}"] = fit
-                self.log(f"contention draft@{dk} + target@{tk}: target x{fit.target:.2f}, draft x{fit.draft:.2f}")
+                seq = (f"; sequential: target x{fit.sequential[0]:.2f}, draft x{fit.sequential[1]:.2f}"
+                       if fit.sequential else "")
+                self.log(f"contention draft@{dk} + target@{tk}: target x{fit.target:.2f}, draft x{fit.draft:.2f}{seq}")
 
     def _host(self) -> HostCost | None:
         # the host's work per iteration grows with gamma (one acceptance test per drafted token):
@@ -303,62 +307,98 @@ def _handoff_ms(n: int = 200) -> float:
     return round(float(np.median(ts)) * 1e3, 5)
 
 
-def _measure_contention(draft: ModelChain, target: ModelChain, budget_s: float, sync_ms: float) -> ContentionFit:
-    """What the overlapped loop does, timed: the target verifies gamma+1 tokens (a middle gamma) in
-    this thread while a worker thread runs the draft's gamma+1 decode steps, repeatedly; and each
-    model's calls alone. The slowdown factors are the rates that explain the two measured durations
-    (costmodel.together_ms inverted): if the draft's job (J) ends first, it ran slowed all along,
-    k_d = J / W, and the verify did J / k_t of its work meanwhile, so V_measured = J + V - J / k_t;
-    and the other way round. Timing the pattern itself, rather than each model against a busy loop
-    of the other, keeps what a loop of the other overstates (the GIL, the wake-ups of a short job)."""
-    from concurrent.futures import ThreadPoolExecutor
+def _measure_contention(draft: ModelChain, target: ModelChain, budget_s: float, sync_ms: float,
+                        tokens: int = 64) -> ContentionFit:
+    """The overlapped loop itself (overlap.py), timed beside the sequential loop (speculative.py),
+    alternating A B A B over the in-situ loops' prompts at one gamma (a middle one), simulated
+    acceptance 0.7: what each model's calls cost when the other computes at once, as the loop lives
+    it, and in the pair's sequential loop (ContentionFit.sequential).
+
+    The cost model's rate model (costmodel.together_ms) says a model computing beside the other for
+    O ms runs 1/k as fast meanwhile, so its call takes its alone time + O (1 - 1/k). Over all the
+    overlapped loop's calls: 1 - 1/k = (their total time - as many calls' sequential time) / (the
+    total time both computed), a regression through the origin over every iteration. An earlier
+    form timed one verify against one draft job and inverted the rate model per pattern: when the
+    verify slowed by about the job's length the inversion divided by ~0 (the demo pair's local-sync
+    pair came out 4.9 while its loop's verify did not slow at all: docs/FINDINGS.md)."""
+    from .overlap import generate_overlapped
+    from .sampling import SimulatedAcceptor
+    from .speculative import generate
     T = target.verify_T[len(target.verify_T) // 2] if target.verify_T else 1
-    pos = min(target.max_context, draft.max_context) // 4
-    tokens, one = np.ones(T, np.int32), np.ones(1, np.int32)
+    g = T - 1
+    if g < 1:                   # no verify function: no overlapped loop can run on this pair
+        return ContentionFit(target=1.0, draft=1.0, sync_ms=sync_ms, verify_T=T)
+    rng = np.random.default_rng(0)
+    V = min(target.export.config.vocab_size, draft.export.config.vocab_size)
+    S = min(target.max_context, draft.max_context)
+    # the in-situ loops' prompts (one per prefill bucket), so that `sequential` compares like with like
+    prompts = [rng.integers(3, V, size=max(1, P - 1)).astype(np.int32) for P in target.prefill_buckets
+               if P <= S - 12 and S - P - g - 1 >= 2] or [np.ones(1, np.int32)]
+    fv, fd = function_name("verify", T), function_name("verify", 1)
+    seq = {"v": [0.0, 0], "d": [0.0, 0]}
+    ovl = {"v": [0.0, 0], "d": [0.0, 0], "both": 0.0}
 
-    def verify():
-        target.step(tokens, pos)
+    def add(acc, tt, td):
+        for key, times, fname in (("v", tt, fv), ("d", td, fd)):
+            s, c = _per_call(times, fname)
+            acc[key][0] += s
+            acc[key][1] += c
 
-    def job():
-        t0 = time.perf_counter()
-        for i in range(T):
-            draft.step(one, pos + i)
-        return t0, time.perf_counter()
+    def once(overlapped: bool, prompt):
+        n = min(tokens, S - len(prompt) - g - 2)
+        target.stage_times, draft.stage_times = {}, {}
+        try:
+            if overlapped:
+                m = generate_overlapped(target, draft, list(prompt), g, SimulatedAcceptor(0.7, rng), n).metrics
+                ovl["both"] += m.overlap_s
+                add(ovl, target.stage_times, draft.stage_times)
+            else:
+                generate(target, draft, prompt, g, SimulatedAcceptor(0.7, rng), n, [])
+                add(seq, target.stage_times, draft.stage_times)
+        finally:
+            target.stage_times = draft.stage_times = None
+    once(True, prompts[0])      # warm-up: the worker thread, both loops' first calls
+    once(False, prompts[0])
+    seq.update(v=[0.0, 0], d=[0.0, 0])
+    ovl.update(v=[0.0, 0], d=[0.0, 0], both=0.0)
+    # A B A B over the prompts: one round at least and 6 pairs of loops, then up to the budget
+    t_end = time.perf_counter() + budget_s * 4 * len(prompts)
+    pairs = 0
+    while pairs < 6 or (time.perf_counter() < t_end and pairs < 12 * len(prompts)):
+        for prompt in prompts:
+            once(False, prompt)
+            once(True, prompt)
+            pairs += 1
+    vs, ds = seq["v"][0] / max(seq["v"][1], 1), seq["d"][0] / max(seq["d"][1], 1)
+    vm, dm = ovl["v"][0] / max(ovl["v"][1], 1), ovl["d"][0] / max(ovl["d"][1], 1)
 
-    def pattern(pool) -> tuple[float, float]:
-        fut = pool.submit(job)
-        t = time.perf_counter()
-        verify()
-        tv = time.perf_counter()
-        j0, j1 = fut.result()
-        return (j1 - j0) * 1e3, (tv - t) * 1e3
-    # alone and together alternate (A B A B), so that a drift of this machine's speed during the
-    # measurement moves both alike; medians of each
-    valone, walone, js, vs = [], [], [], []
-    with ThreadPoolExecutor(1) as pool:
-        pattern(pool)
-        verify()
-        first = _once(verify) + _once(job)
-        for _ in range(_reps_for(first * 1e3 * 2, budget_s, lo=9, hi=100)):
-            valone.append(_once(verify) * 1e3)
-            j0, j1 = job()
-            walone.append((j1 - j0) * 1e3)
-            j, v = pattern(pool)
-            js.append(j)
-            vs.append(v)
-    V, W = float(np.median(valone)), float(np.median(walone))
-    J, Vm = float(np.median(js)), float(np.median(vs))
-    # running beside another model cannot make one faster: a factor below 1 is this machine's noise
-    # (measured 0.93 for a pair whose bench then ran 1.04x slower overlapped); nor is it ever 20
-    clamp = lambda k: min(20.0, max(1.0, k))     # noqa: E731
-    if J <= Vm:         # the draft's job ended first: it was slowed all along
-        kd = J / W
-        kt = J / (J + V - Vm) if J + V - Vm > 1e-6 else Vm / V
-    else:
-        kt = Vm / V
-        kd = Vm / (Vm + W - J) if Vm + W - J > 1e-6 else J / W
-    return ContentionFit(target=round(clamp(kt), 4), draft=round(clamp(kd), 4), sync_ms=sync_ms, verify_T=T,
-                         alone_ms=[round(V, 5), round(W / T, 5)], together_ms=[round(Vm, 5), round(J / T, 5)])
+    def factor(extra_s: float) -> float:
+        # running beside another model cannot make one faster: below 1 is noise; nor is it ever 20
+        slope = extra_s / ovl["both"] if ovl["both"] > 0 else 0.0
+        return round(min(20.0, 1.0 / (1.0 - min(max(slope, 0.0), 0.95))), 4)
+    return ContentionFit(target=factor(ovl["v"][0] - ovl["v"][1] * vs), draft=factor(ovl["d"][0] - ovl["d"][1] * ds),
+                         sync_ms=sync_ms, verify_T=T, alone_ms=[round(vs * 1e3, 5), round(ds * 1e3, 5)],
+                         together_ms=[round(vm * 1e3, 5), round(dm * 1e3, 5)])
+
+
+def _pair_factors(fit: ContentionFit, by_key: dict, dk: str, tk: str, small: str, big: str) -> list[float]:
+    """[target, draft]: the pair's sequential per-call times over each model's in-situ figures on
+    its own device (the same function, the same prompts and lengths)."""
+    def insitu(key: str, sha: str, fname: str) -> float | None:
+        e = next((e for e, c in by_key[key] if c.export.source.config_sha256 == sha), None)
+        stats = [fns.get(fname) for fns in (e.latency.get(key, {}) if e else {}).values()]
+        return sum(s.mean_ms for s in stats) if stats and all(stats) else None
+    t = insitu(tk, big, function_name("verify", fit.verify_T))
+    d = insitu(dk, small, function_name("verify", 1))
+    if not t or not d or len(fit.alone_ms) != 2:
+        return []
+    return [round(fit.alone_ms[0] / t, 4), round(fit.alone_ms[1] / d, 4)]
+
+
+def _per_call(times: dict, fname: str) -> tuple[float, int]:
+    """(total seconds, calls) of one function over a chain's stages (stage_times of ModelChain.step)."""
+    hits = [v for (stage, f), v in times.items() if f == fname]
+    return sum(s for s, _ in hits), max((c for _, c in hits), default=0)
 
 
 def _once(fn) -> float:
