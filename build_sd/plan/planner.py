@@ -287,8 +287,8 @@ def pair_factors(platform: Platform, profile: Profile | None, d_dev: str, t_dev:
     """(target, draft): how much longer each model's calls take in the sequential loop of this pair
     of devices than in its own device's in-situ loops (ContentionFit.sequential), 1 when the two
     share one device key or nothing measured it: e.g. a local-task target after a local-sync
-    draft's calls wakes its workers (demo pair here: 1.03-1.12), a local-sync target beside the
-    spinning workers of a local-task draft's pool (1.13-1.30)."""
+    draft's calls wakes its workers, a local-sync model runs beside the still-spinning workers of
+    the other's local-task pool (demo pair here: 1.15-1.26, docs/FINDINGS.md)."""
     dk, tk = platform.devices[d_dev].profile_key, platform.devices[t_dev].profile_key
     fit = profile.contention.get(f"{dk}|{tk}") if profile is not None and dk != tk else None
     if fit is None or len(fit.sequential) != 2:
