@@ -126,3 +126,53 @@ def test_on_policy_shards_score_the_drafts_answers_with_the_targets_argmax(tmp_p
     x, rows, pos, tgt, tki, tkl = train.collate(loaded)
     with torch.no_grad():
         assert torch.equal(target(input_ids=x).logits[rows, pos].argmax(-1), tgt)
+
+
+def test_kept_answers_rebuild_the_shards_they_came_from(tmp_path):
+    """keep.py: a shard's sequences are stored without the target's top-k (uint16 ids, compressed,
+    named by content: keeping twice adds nothing) and a teacher-forced pass rebuilds the top-k the
+    teacher recorded while generating (teacher.py: equal up to float rounding); the rebuilt shard
+    trains like the original, a teacher shard under its own name, an on-policy one under its kept name."""
+    import numpy as np
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from build_sd.chatpair import keep, train
+    from build_sd.chatpair.teacher import generate, save_atomic
+
+    torch.manual_seed(0)
+    target = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                          max_position_embeddings=128)).eval()
+    prompts = [[5, 9, 11], [7, 8], [1, 2, 3, 4, 6]]
+    got = generate(target, prompts, [0.0, 1.0, 0.7], 6, 4, torch.Generator().manual_seed(0))
+    seqs = [p + g[0] for p, g in zip(prompts, got)]
+    shard = dict(ids=np.array([t for q in seqs for t in q], np.int32),
+                 seq_off=np.cumsum([0] + [len(q) for q in seqs]).astype(np.int64),
+                 ans_start=np.array([len(p) for p in prompts], np.int32),
+                 topk_ids=np.concatenate([g[1] for g in got]), topk_logp=np.concatenate([g[2] for g in got]),
+                 temp=np.array([0.0, 1.0, 0.7], np.float32), finished=np.array([g[3] for g in got], bool),
+                 prompt_idx=np.arange(3, dtype=np.int32))
+    save_atomic(tmp_path / "shards" / "shard_00000.npz", shard)
+    save_atomic(tmp_path / "shards" / "op_00000.npz", {**shard, "policy": np.array("draft"),
+                                                       "draft_step": np.array(7, np.int64)})
+    dst = tmp_path / "answers"
+    assert keep.keep(tmp_path, dst) == 2 and keep.keep(tmp_path, dst) == 0
+    kept = sorted(dst.glob("*.npz"))
+    assert [p.name.split("-")[0] for p in kept] == ["op_00000", "shard_00000"]
+    assert [keep.shard_name(p) for p in kept] == [kept[0].name, "shard_00000.npz"]
+    z = np.load(kept[1])
+    assert z["ids"].dtype == np.uint16 and "topk_ids" not in z.files
+    for p in kept:
+        arr = keep.rescore_file(target, p, k=4, batch=2)
+        for key in ("ids", "seq_off", "ans_start", "temp", "finished", "prompt_idx"):
+            assert np.array_equal(arr[key], shard[key]), key
+        assert np.array_equal(arr["topk_ids"][:, 0], shard["topk_ids"][:, 0])
+        assert np.allclose(arr["topk_logp"].astype(np.float32), shard["topk_logp"].astype(np.float32), atol=2e-3)
+        save_atomic(tmp_path / "rebuilt" / "shards" / keep.shard_name(p), arr)
+    assert str(np.load(tmp_path / "rebuilt" / "shards" / kept[0].name)["policy"]) == "draft"
+    assert train.list_shards(tmp_path / "rebuilt") == sorted(keep.shard_name(p) for p in kept)
+    again = train.load_shard(tmp_path / "rebuilt" / "shards" / "shard_00000.npz")
+    orig = train.load_shard(tmp_path / "shards" / "shard_00000.npz")
+    assert all(np.array_equal(a["ids"], b["ids"]) and np.array_equal(a["tki"][:, 0], b["tki"][:, 0])
+               for a, b in zip(again, orig))

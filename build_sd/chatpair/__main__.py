@@ -6,6 +6,8 @@
     python -m build_sd.chatpair train    [--steps N] [--lr ...] ...         # runs/draft/{last,best}.pt (resumable)
     python -m build_sd.chatpair eval     [--ckpt build/chatpair/runs/draft/last.pt]   # held-out alpha
     python -m build_sd.chatpair export   [--ckpt ...] [--dst build_sd/chatpair/models/draft]
+    python -m build_sd.chatpair keep                                        # shards' sequences -> data/answers/ (git)
+    python -m build_sd.chatpair rescore  [--k 32]                           # data/answers/ -> the missing shards
 
 Run long jobs with `nice -n 19`; every command takes --threads (default 2).
 """
@@ -69,6 +71,8 @@ def main(argv=None) -> int:
                    help="a new run's LM head scores only the K ids the teacher writes most (0: all ids)")
     p.add_argument("--init-layers", help="a new run's draft is these layers of the target (e.g. 0,29): its width, "
                                          "embedding and head (default: a narrow draft, models.DRAFT)")
+    p.add_argument("--init", type=Path, help="a new run starts from this exported draft folder (e.g. "
+                                             "build_sd/chatpair/models/draft) instead of a fresh one")
     p.add_argument("--device", default=None)
 
     p = common(sub.add_parser("eval", help="greedy alpha of a draft on the held-out prompts"))
@@ -80,6 +84,13 @@ def main(argv=None) -> int:
     p.add_argument("--ckpt", type=Path, help="default OUT/runs/draft/best.pt")
     p.add_argument("--dst", type=Path, default=Path(__file__).parent / "models" / "draft")
     p.add_argument("--eval-json", type=Path, help="default OUT/eval_best.json")
+
+    common(sub.add_parser("keep", help="store the shards' sequences (not their top-k) under "
+                                       "build_sd/chatpair/data/answers, to commit: build/ does not outlive a machine"))
+    p = common(sub.add_parser("rescore", help="rebuild the shards data/answers has and OUT/shards lacks: one "
+                                              "teacher-forced pass of the target per sequence"))
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--batch", type=int, default=16)
 
     a = ap.parse_args(argv)
     import torch
@@ -108,6 +119,12 @@ def main(argv=None) -> int:
     elif a.cmd == "export":
         from . import export
         export.main(a)
+    elif a.cmd == "keep":
+        from . import keep
+        print(f"kept {keep.keep(a.out)} new shards' sequences in {keep.ANSWERS}")
+    elif a.cmd == "rescore":
+        from . import keep
+        print(f"rebuilt {keep.rescore(a.out, k=a.k, batch=a.batch, threads=a.threads)} shards in {a.out / 'shards'}")
     return 0
 
 

@@ -191,8 +191,11 @@ def run(a) -> None:
     if ck is not None:
         model, kept = M.from_state(ck["config"], ck["model"]), None
     else:
-        ids = frequent_ids(out, a.head_vocab) if a.head_vocab else None
-        if getattr(a, "init_layers", None):
+        ids = frequent_ids(out, a.head_vocab) if a.head_vocab and not getattr(a, "init", None) else None
+        if getattr(a, "init", None):             # an exported draft (its head ids included) goes on learning
+            from .evaluate import load_draft
+            model, kept = load_draft(Path(a.init))[0], None
+        elif getattr(a, "init_layers", None):
             layers = [int(x) for x in a.init_layers.split(",")]
             model, kept = M.draft_from_layers(target_dir(), layers, head_ids=ids)
         else:
@@ -215,8 +218,9 @@ def run(a) -> None:
     else:
         random.seed(a.seed)
         np.random.seed(a.seed)
-        log(run_dir, f"new draft: {M.params(model.config)}; embedding keeps {kept:.3f} of the target's "
-                     f"embedding energy; args {vars(a)}")
+        log(run_dir, f"new draft: {M.params(model.config)}; "
+                     + (f"from {a.init}" if kept is None else
+                        f"embedding keeps {kept:.3f} of the target's embedding energy") + f"; args {vars(a)}")
 
     (run_dir / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(a).items()}, indent=1))
     with open(run_dir / "args_history.jsonl", "a") as f:    # a resumed run may change e.g. --max-passes
