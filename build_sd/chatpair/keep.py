@@ -5,7 +5,7 @@ generates ~170 answer tokens/s on 2 cores; 1.5M tokens were lost with one machin
 bytes are the target's top-k (32 ids + 32 log-probs per answer token, ~190 bytes) but most of its
 cost is the generation: the top-k of a given sequence is one teacher-forced pass of the target, the
 same numbers up to float rounding (teacher.py), several times faster than generating. So `keep`
-stores the sequences only (token ids as uint16, offsets, answer starts, temperatures, flags: ~3
+stores the sequences only (token ids as uint16, offsets, answer starts, temperatures, flags: ~1.6
 bytes per answer token, compressed) under build_sd/chatpair/data/answers/, one file per shard named
 by its content, and `rescore` rebuilds the missing shards from them with that pass.
 
