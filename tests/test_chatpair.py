@@ -16,6 +16,22 @@ def test_held_out_prompts_share_no_subject_or_prompt_with_training():
     assert 2 <= len(fams) < len(prompts.FAMILIES) // 2
 
 
+
+def test_prompts_from_every_family_keep_the_first_ones_and_every_held_out_subject_out():
+    """--all-families-from K: prompts K.. come from every family (held-out ones too), the first K are
+    the train-family prompts the existing shards were made from, and no held-out subject enters."""
+    before = prompts.train_prompts(1500, seed=0)
+    mixed = prompts.train_prompts(3000, seed=0, all_families_from=1500)
+    assert mixed[:1500] == before and len(set(mixed)) == 3000
+    assert not set(mixed) & set(prompts.heldout_prompts(40, seed=1))
+    held_subjects = [s for pool in prompts.split_subjects(True).values() for s in pool if len(s) > 12]
+    assert not [p for p in mixed[1500:] if any(s in p for s in held_subjects)]
+    # every held-out family appears in the new block
+    for f in (f for f in prompts.FAMILIES if prompts.held_family(f)):
+        stems = [t.split("{")[0] for t in prompts.FAMILIES[f][1]]
+        hit = lambda p: any(p.startswith(st) and st for st in stems)
+        assert any(map(hit, mixed[1500:])), f
+
 def test_the_chat_demo_asks_and_calibrates_on_held_out_prompts():
     asked, calib = questions()
     held = set(prompts.heldout_prompts(40, seed=1))

@@ -1,6 +1,6 @@
 """CLI of the chat-pair distillation pipeline (everything under --out, default build/chatpair):
 
-    python -m build_sd.chatpair prompts  [--n-train 8000] [--seed 0]        # train_prompts.txt, heldout.txt
+    python -m build_sd.chatpair prompts  [--n-train 8000] [--seed 0] [--all-families-from K]   # train_prompts.txt, heldout.txt
     python -m build_sd.chatpair teacher  [--bench] [--batch 64] [--max-new 128] ...   # shards/ (resumable)
     python -m build_sd.chatpair onpolicy [--ckpt runs/draft/best.pt] ...   # shards/op_*: the draft's answers, scored
     python -m build_sd.chatpair train    [--steps N] [--lr ...] ...         # runs/draft/{last,best}.pt (resumable)
@@ -45,6 +45,9 @@ def main(argv=None) -> int:
     p = common(sub.add_parser("prompts", help="write train_prompts.txt and heldout.txt"))
     p.add_argument("--n-train", type=int, default=8000)
     p.add_argument("--n-heldout", type=int, default=40)
+    p.add_argument("--all-families-from", type=int, metavar="K",
+                   help="prompts K.. come from every family, the held-out ones too (the first K stay as "
+                        "before; default: train families only)")
 
     p = common(sub.add_parser("teacher", help="generate the teacher's answers + top-k into shards (resumable)"))
     p.add_argument("--bench", action="store_true", help="only measure decode throughput for a few batch sizes")
@@ -98,7 +101,7 @@ def main(argv=None) -> int:
     if a.cmd == "prompts":
         from . import prompts
         print(prompts.describe())
-        print(*prompts.write(a.out, a.n_train, a.n_heldout, a.seed))
+        print(*prompts.write(a.out, a.n_train, a.n_heldout, a.seed, a.all_families_from))
     elif a.cmd == "teacher":
         from . import teacher
         if a.bench:

@@ -32,8 +32,10 @@ def data_stats(out: Path) -> dict:
     op["draft_steps"] = sorted(op["draft_steps"])
     prompts = out / "train_prompts.txt"
     n_prompts = len(prompts.read_text().splitlines()) if prompts.exists() else None
+    meta = json.loads((out / "prompts.json").read_text()) if (out / "prompts.json").exists() else {}
     return dict(shards=len(shards), sequences=n_seq, answer_tokens=n_ans, tokens=n_tok, finished=n_fin,
-                greedy=n_greedy, cfg=cfg, onpolicy=op, train_prompts=n_prompts)
+                greedy=n_greedy, cfg=cfg, onpolicy=op, train_prompts=n_prompts,
+                all_families_from=meta.get("all_families_from"))
 
 
 def main(a) -> None:
@@ -101,7 +103,7 @@ def onpolicy_text(d: dict) -> str:
     if not op.get("shards"):
         return ""
     return (f"\nOn-policy data (`onpolicy.py`, DistillSpec): {op['sequences']:,} more sequences in {op['shards']} shards, "
-            f"answered by the DRAFT (checkpoint step {', '.join(map(str, op['draft_steps']))}; {op['greedy']:,} greedy, "
+            f"answered by the DRAFT ({_drafts(op['draft_steps'])}; {op['greedy']:,} greedy, "
             f"the rest sampled) to other training prompts and scored by the target in one teacher-forced pass: "
             f"{op['answer_tokens']:,} answer tokens, whose cross-entropy target is the target's argmax.\n")
 
@@ -110,8 +112,17 @@ def onpolicy_cmd(d: dict) -> str:
     op = d.get("onpolicy") or {}
     if not op.get("shards"):
         return ""
-    return (f"\n# the earlier run's best draft (step {', '.join(map(str, op['draft_steps']))}) answers, the target scores"
-            f"\npython -m build_sd.chatpair onpolicy --ckpt RUN_BEFORE/best.pt --max-shards {op['shards']}")
+    ckpt = "build_sd/chatpair/models/draft" if -1 in op["draft_steps"] else "RUN_BEFORE/best.pt"
+    return (f"\n# an earlier draft ({_drafts(op['draft_steps'])}) answers, the target scores"
+            f"\npython -m build_sd.chatpair onpolicy --ckpt {ckpt} --max-shards {op['shards']}")
+
+
+def _drafts(steps: list[int]) -> str:
+    """On-policy shards record the answering draft's train step; -1: an exported folder (onpolicy.py)."""
+    names = [f"checkpoint step {s}" for s in steps if s >= 0]
+    if -1 in steps:
+        names.append("the exported draft committed before this one")
+    return ", ".join(names)
 
 
 def coverage(c: dict) -> str:
@@ -119,6 +130,27 @@ def coverage(c: dict) -> str:
         return ""
     return (f"\nThe head's ids hold {c['head_coverage']:.1%} of the target's greedy answer tokens on the held-out "
             "prompts: the most alpha can be.")
+
+
+def _families(d: dict) -> str:
+    k = d.get("all_families_from")
+    return "neither" if k is None else (
+        f"no held-out subject; the first {k:,} no held-out family, the rest every family")
+
+
+def _heldfam(d: dict) -> str:
+    k = d.get("all_families_from")
+    return "" if k is None else f", which only training prompts {k:,}.. use, on other subjects"
+
+
+def _afrom(d: dict) -> str:
+    k = d.get("all_families_from")
+    return "" if k is None else f" --all-families-from {k}"
+
+
+def _start(args: dict) -> str:
+    """How the run's draft began: warm from an exported draft, or new with a restricted head."""
+    return f"--init {args['init']}" if args.get("init") else f"--head-vocab {args.get('head_vocab', 0)}"
 
 
 def render_card(d, state, args, r, c, size, n_prompts, evals, ckpt, history=()) -> str:
@@ -159,7 +191,7 @@ Measured with IREE (`build-sd profile`, docs/FINDINGS.md): the f16 draft decodes
 {cfg.get('temps')}), one per training prompt; {d['answer_tokens']:,} answer tokens ({d['tokens']:,} tokens with
 the prompts); {d['finished']:,} answers ended with `<|im_end|>` within {cfg.get('max_new')} new tokens, the
 others were cut there. Prompts: `prompts.py` (24 template families x subject pools; 4 families and ~15 %
-of the subjects of every pool held out by a SHA-1 hash; the training prompts use neither), rendered with
+of the subjects of every pool held out by a SHA-1 hash; the training prompts use {_families(d)}), rendered with
 the chat template (default system prompt, `add_generation_prompt=True`). For every answer position the
 teacher's top-{cfg.get('k')} log-probs (temperature 1) were recorded during generation.
 {onpolicy_text(d)}
@@ -179,7 +211,7 @@ seen (epoch {state.get('epoch')}).
 
 Fraction of positions where the draft's argmax equals the target's greedy token along the target's greedy
 answers (<= 128 tokens) to {n_prompts} held-out prompts (`heldout.txt`: held-out subjects only, half also from
-held-out template families): **{r['alpha']:.4f}** ({r['agree']}/{r['positions']}), measured on these f16 weights.
+the 4 held-out template families{_heldfam(d)}): **{r['alpha']:.4f}** ({r['agree']}/{r['positions']}), measured on these f16 weights.
 The goal set for this draft, alpha >= 0.7, is {'met' if r['alpha'] >= 0.7 else 'NOT met'} by this checkpoint.
 
 During training (f32 weights):
@@ -191,10 +223,10 @@ During training (f32 weights):
 ## Reproduce (from the repository root; CPU, 2 threads, `nice -n 19`)
 
 ```sh
-python -m build_sd.chatpair prompts --seed 0 --n-train {d.get('train_prompts') or 8000}
+python -m build_sd.chatpair prompts --seed 0 --n-train {d.get('train_prompts') or 8000}{_afrom(d)}
 python -m build_sd.chatpair teacher --batch {cfg.get('batch')} --shard-size {cfg.get('shard_size')} --max-new {cfg.get('max_new')} \\
     --k {cfg.get('k')} --greedy-frac {cfg.get('greedy_frac')} --temps {','.join(str(t) for t in cfg.get('temps', []))} --seed {cfg.get('seed')} --max-shards {d['shards']}{onpolicy_cmd(d)}
-python -m build_sd.chatpair train --run {args.get('run')} --head-vocab {args.get('head_vocab', 0)} \\
+python -m build_sd.chatpair train --run {args.get('run')} {_start(args)} \\
     --steps {args.get('steps')} --lr {args.get('lr')} --warmup {args.get('warmup')} \\
     --batch-tokens {args.get('batch_tokens')} --kl-weight {args.get('kl_weight')} --neg {args.get('neg')} \\
     --max-passes {args.get('max_passes')} --eval-every {args.get('eval_every')} --ckpt-minutes {args.get('ckpt_minutes')} --seed {args.get('seed')}

@@ -14,6 +14,7 @@ held-out evaluation prompt uses a held-out subject (and half of them also a held
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from pathlib import Path
 
@@ -200,13 +201,28 @@ def split_subjects(held: bool) -> dict[str, list[str]]:
     return {k: [s for s in v if held_subject(s) == held] for k, v in pools().items()}
 
 
-def train_prompts(n: int, seed: int = 0) -> list[str]:
-    """n distinct training prompts (train families x train subjects), in a seeded order."""
-    rng = random.Random(seed)
+def train_prompts(n: int, seed: int = 0, all_families_from: int | None = None) -> list[str]:
+    """n distinct training prompts (train subjects only), in a seeded order: train families only,
+    or, from index `all_families_from` on, every family (the held-out ones included: a user asks
+    "explain X" too, and the draft had never seen that kind of request; the held-out prompts stay
+    unseen, as every one of them uses a held-out subject). The first `all_families_from` prompts are
+    the same as without it, so the shards made from them stay valid."""
+    k = n if all_families_from is None else min(n, all_families_from)
+    out = _distinct(k, random.Random(seed), sorted(f for f in FAMILIES if not held_family(f)), set())
+    if k < n:
+        # a separate stream (seed + 1000), deduplicated against the first part, then shuffled: the
+        # small families run out of new prompts early, and any slice of the block (on-policy shards
+        # take theirs from the end) should hold every family
+        rng = random.Random(seed + 1000)
+        more = _distinct(n - k, rng, sorted(FAMILIES), set(out))
+        rng.shuffle(more)
+        out += more
+    return out
+
+
+def _distinct(n: int, rng: random.Random, fams: list[str], seen: set[str]) -> list[str]:
     subj = split_subjects(False)
-    fams = sorted(f for f in FAMILIES if not held_family(f))
-    out, seen = [], set()
-    tries = 0
+    out, tries = [], 0
     while len(out) < n and tries < 50 * n:
         tries += 1
         p, _ = _render(rng, rng.choice(fams), subj)
@@ -239,15 +255,19 @@ def heldout_prompts(n: int = 40, seed: int = 1) -> list[str]:
     return out
 
 
-def write(out: Path, n_train: int = 20000, n_heldout: int = 40, seed: int = 0) -> tuple[Path, Path]:
+def write(out: Path, n_train: int = 20000, n_heldout: int = 40, seed: int = 0,
+          all_families_from: int | None = None) -> tuple[Path, Path]:
     """Write train_prompts.txt and heldout.txt (one prompt per line) under `out`; returns both paths."""
     out.mkdir(parents=True, exist_ok=True)
-    tr = train_prompts(n_train, seed)
+    tr = train_prompts(n_train, seed, all_families_from)
     ho = heldout_prompts(n_heldout, seed + 1)
     assert not set(tr) & set(ho)
     ptr, pho = out / "train_prompts.txt", out / "heldout.txt"
     ptr.write_text("\n".join(tr) + "\n")
     pho.write_text("\n".join(ho) + "\n")
+    # how they were made, for the model card's Reproduce section (export.py)
+    (out / "prompts.json").write_text(json.dumps(dict(n_train=n_train, n_heldout=n_heldout, seed=seed,
+                                                      all_families_from=all_families_from)) + "\n")
     return ptr, pho
 
 
