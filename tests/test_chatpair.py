@@ -26,11 +26,12 @@ def test_prompts_from_every_family_keep_the_first_ones_and_every_held_out_subjec
     assert not set(mixed) & set(prompts.heldout_prompts(40, seed=1))
     held_subjects = [s for pool in prompts.split_subjects(True).values() for s in pool if len(s) > 12]
     assert not [p for p in mixed[1500:] if any(s in p for s in held_subjects)]
-    # every held-out family appears in the new block
+    # the block is balanced across families, at its end (where on-policy shards take their prompts)
+    # too: each held-out family holds ~1/24 of the last 480 prompts, not the ~1 % a uniform draw gave
     for f in (f for f in prompts.FAMILIES if prompts.held_family(f)):
         stems = [t.split("{")[0] for t in prompts.FAMILIES[f][1]]
         hit = lambda p: any(p.startswith(st) and st for st in stems)
-        assert any(map(hit, mixed[1500:])), f
+        assert sum(map(hit, mixed[-480:])) >= 15, f
 
 def test_the_chat_demo_asks_and_calibrates_on_held_out_prompts():
     asked, calib = questions()

@@ -210,13 +210,11 @@ def train_prompts(n: int, seed: int = 0, all_families_from: int | None = None) -
     k = n if all_families_from is None else min(n, all_families_from)
     out = _distinct(k, random.Random(seed), sorted(f for f in FAMILIES if not held_family(f)), set())
     if k < n:
-        # a separate stream (seed + 1000), deduplicated against the first part, then shuffled: the
-        # small families run out of new prompts early, and any slice of the block (on-policy shards
-        # take theirs from the end) should hold every family
-        rng = random.Random(seed + 1000)
-        more = _distinct(n - k, rng, sorted(FAMILIES), set(out))
-        rng.shuffle(more)
-        out += more
+        # A separate stream (seed + 1000), deduplicated against the first part and balanced across
+        # families: a uniform draw of distinct prompts ends up mostly "Compare x and y" / questions,
+        # whose subject pairs never run out, while the small families (a few phrasings x the topics)
+        # do. Reversed, so the balanced part is at the END, where on-policy shards take their prompts.
+        out += _balanced(n - k, random.Random(seed + 1000), sorted(FAMILIES), set(out))[::-1]
     return out
 
 
@@ -229,6 +227,27 @@ def _distinct(n: int, rng: random.Random, fams: list[str], seen: set[str]) -> li
         if p not in seen:
             seen.add(p)
             out.append(p)
+    return out
+
+
+def _balanced(n: int, rng: random.Random, fams: list[str], seen: set[str]) -> list[str]:
+    """n distinct prompts, families taken in turn (a shuffled order each round); a family that gives
+    no new prompt in 200 draws has run out and leaves the rotation."""
+    subj = split_subjects(False)
+    live, out = list(fams), []
+    while len(out) < n and live:
+        rng.shuffle(live)
+        for f in list(live):
+            for _ in range(200):
+                p, _ = _render(rng, f, subj)
+                if p not in seen:
+                    seen.add(p)
+                    out.append(p)
+                    break
+            else:
+                live.remove(f)
+            if len(out) == n:
+                break
     return out
 
 
