@@ -61,6 +61,7 @@ def main(a) -> None:
     exported, _ = load_draft(dst)
     items = heldout_answers(out)
     r = alpha(exported, items)
+    r.update(alpha_by_family(items, r["per_prompt"]))
     c = cost(exported.config)
     from .model import head_ids
     hid = head_ids(exported)
@@ -79,9 +80,33 @@ def main(a) -> None:
     card = render_card(d, state, args, r, c, size, len(items), evals, ckpt, history)
     (dst / "README.md").write_text(card)
     summary = dict(ckpt=str(ckpt), step=state.get("step"), alpha=r["alpha"], positions=r["positions"],
+                   **{k: r[k] for k in ("alpha_asked", "alpha_calibration") if k in r},
                    size=size, **c, data={k: v for k, v in d.items() if k != "cfg"})
     (out / "export.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
+
+
+def alpha_by_family(items: list[dict], per_prompt: list[float]) -> dict:
+    """Alpha over the held-out prompts of held-out families (the ones the chat demo and the chatspec
+    benchmark ask) and over the others (the ones they calibrate on); {} when heldout.txt is not the
+    default set."""
+    from .prompts import heldout_with_families
+    prompts, held = heldout_with_families(len(items))
+    if prompts != [it["prompt"] for it in items]:
+        return {}
+    out = {}
+    for key, want in (("alpha_asked", True), ("alpha_calibration", False)):
+        n = [len(it["answer"]) for it, h in zip(items, held) if h == want]
+        ok = [a * len(it["answer"]) for it, a, h in zip(items, per_prompt, held) if h == want]
+        out[key] = sum(ok) / max(1, sum(n))
+    return out
+
+
+def _split_text(r: dict) -> str:
+    if "alpha_asked" not in r:
+        return ""
+    return (f"\nOn the 20 prompts of the held-out families, which the chat demo and the chatspec benchmark ask: "
+            f"**{r['alpha_asked']:.4f}**; on the other 20, which they calibrate on: {r['alpha_calibration']:.4f}.")
 
 
 def save_draft(model, dst: Path) -> None:
@@ -140,12 +165,21 @@ def _families(d: dict) -> str:
 
 def _heldfam(d: dict) -> str:
     k = d.get("all_families_from")
-    return "" if k is None else f", which only training prompts {k:,}.. use, on other subjects"
+    return "" if k is None else f", which training prompts {k:,}.. use too, with other subjects"
 
 
 def _afrom(d: dict) -> str:
     k = d.get("all_families_from")
     return "" if k is None else f" --all-families-from {k}"
+
+
+def _init_text(args: dict) -> str:
+    if args.get("init"):
+        return (f"Warm-started (`--init {args['init']}`) from the draft committed before this one, whose own data and "
+                "training its card described (`git log -p -- build_sd/chatpair/models/draft/README.md`); the steps "
+                "and tokens below count from there.")
+    return ("Embedding initialised from the target's (projection on its top-256 right singular\n"
+            "vectors).")
 
 
 def _start(args: dict) -> str:
@@ -203,15 +237,14 @@ AdamW (0.9, 0.95; wd 0.1 on matrices), peak lr {args.get('lr')}, warm-up {args.g
 to 10 % over {args.get('steps')} steps, batches of <= {args.get('batch_tokens')} padded tokens, grad clip 1.0,
 seed {args.get('seed')}; sampled softmax with {args.get('neg')} random negatives (0 = full vocabulary);
 the trainer waits for new shards once it has seen {args.get('max_passes')} x the data (0 = never).
-Embedding initialised from the target's (projection on its top-256 right singular
-vectors). Exported checkpoint: `{ckpt.name}`, step {state.get('step')}, {state.get('tokens') or 0:,} answer tokens
+{_init_text(args)} Exported checkpoint: `{ckpt.name}`, step {state.get('step')}, {state.get('tokens') or 0:,} answer tokens
 seen (epoch {state.get('epoch')}).
 
 ## Held-out alpha
 
 Fraction of positions where the draft's argmax equals the target's greedy token along the target's greedy
 answers (<= 128 tokens) to {n_prompts} held-out prompts (`heldout.txt`: held-out subjects only, half also from
-the 4 held-out template families{_heldfam(d)}): **{r['alpha']:.4f}** ({r['agree']}/{r['positions']}), measured on these f16 weights.
+the 4 held-out template families{_heldfam(d)}): **{r['alpha']:.4f}** ({r['agree']}/{r['positions']}), measured on these f16 weights.{_split_text(r)}
 The goal set for this draft, alpha >= 0.7, is {'met' if r['alpha'] >= 0.7 else 'NOT met'} by this checkpoint.
 
 During training (f32 weights):

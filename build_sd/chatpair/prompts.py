@@ -253,11 +253,17 @@ def _balanced(n: int, rng: random.Random, fams: list[str], seen: set[str]) -> li
 
 def heldout_prompts(n: int = 40, seed: int = 1) -> list[str]:
     """n evaluation prompts: all on held-out subjects; half also from held-out families."""
+    return heldout_with_families(n, seed)[0]
+
+
+def heldout_with_families(n: int = 40, seed: int = 1) -> tuple[list[str], list[bool]]:
+    """heldout_prompts and, for each, whether its family is a held-out one (the even ones: the
+    chat demo asks those and calibrates on the others, demo/chat.py)."""
     rng = random.Random(seed)
     subj = split_subjects(True)
     held_f = sorted(f for f in FAMILIES if held_family(f))
     train_f = sorted(f for f in FAMILIES if not held_family(f))
-    out, seen = [], set()
+    out, seen, flags = [], set(), []
     i = 0
     while len(out) < n:
         fams = held_f if i % 2 == 0 else train_f
@@ -271,7 +277,8 @@ def heldout_prompts(n: int = 40, seed: int = 1) -> list[str]:
         if p not in seen:
             seen.add(p)
             out.append(p)
-    return out
+            flags.append(held_family(f))
+    return out, flags
 
 
 def write(out: Path, n_train: int = 20000, n_heldout: int = 40, seed: int = 0,
