@@ -9,6 +9,11 @@ measures memorisation. So whole families and whole subjects are held out by a st
 name, not Python's salted hash): a training prompt uses a train family AND a train subject; every
 held-out evaluation prompt uses a held-out subject (and half of them also a held-out family).
 
+`--all-families-from K` lets training prompts K.. come from every family: the draft then learns the
+kinds of request it is judged on (explain, facts, letter, poem: the ones the chat demo asks), still on
+other subjects, so no held-out prompt is ever seen. The held-out families then measure unseen subjects,
+no longer unseen kinds; the model card gives alpha on both halves.
+
     python -m build_sd.chatpair prompts [--out build/chatpair]   # train_prompts.txt, heldout.txt
 """
 from __future__ import annotations
