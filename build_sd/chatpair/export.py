@@ -95,18 +95,19 @@ def alpha_by_family(items: list[dict], per_prompt: list[float]) -> dict:
     if prompts != [it["prompt"] for it in items]:
         return {}
     out = {}
-    for key, want in (("alpha_asked", True), ("alpha_calibration", False)):
+    for key, want in (("asked", True), ("calibration", False)):
         n = [len(it["answer"]) for it, h in zip(items, held) if h == want]
         ok = [a * len(it["answer"]) for it, a, h in zip(items, per_prompt, held) if h == want]
-        out[key] = sum(ok) / max(1, sum(n))
+        out[f"alpha_{key}"], out[f"prompts_{key}"] = sum(ok) / max(1, sum(n)), len(n)
     return out
 
 
 def _split_text(r: dict) -> str:
     if "alpha_asked" not in r:
         return ""
-    return (f"\nOn the 20 prompts of the held-out families, which the chat demo and the chatspec benchmark ask: "
-            f"**{r['alpha_asked']:.4f}**; on the other 20, which they calibrate on: {r['alpha_calibration']:.4f}.")
+    return (f"\nOn the {r['prompts_asked']} prompts of the held-out families, which the chat demo and the chatspec "
+            f"benchmark ask: **{r['alpha_asked']:.4f}**; on the other {r['prompts_calibration']}, which they calibrate "
+            f"on: {r['alpha_calibration']:.4f}.")
 
 
 def save_draft(model, dst: Path) -> None:
