@@ -71,6 +71,21 @@ def test_calibrate_measures_the_targets_agreement_with_its_reference(target_w8a8
             assert cal["target_agreement"] == 1.0 and cal["first_divergence"] == 16.0
         else:
             assert 0.0 <= cal["target_agreement"] <= 1.0 and 0.0 <= cal["first_divergence"] <= 16.0
+    # first_divergence is read off the teacher-forced predictions (agreement.py): it equals where the
+    # target's own free-running greedy output first leaves the reference's
+    import numpy as np
+
+    from build_sd.runtime.prompts import encode_as
+    from build_sd.runtime.sampling import GreedyAcceptor
+    from build_sd.runtime.session import open_bundle
+    from build_sd.runtime.speculative import generate
+    q, ref = (open_bundle(tmp_path / n, load_draft=False) for n in ("q", "ref"))
+    div = []
+    for p in prompts.read_text().splitlines():
+        ids = encode_as(q, p, False)
+        a, b = (generate(s.target, None, ids, 0, GreedyAcceptor(), 16, []).token_ids for s in (q, ref))
+        div.append(next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(b)))
+    assert cal["first_divergence"] == round(float(np.mean(div)), 2), div
 
 
 def test_demo_stage_chooses_the_targets_precision(tmp_path, draft_ckpt, target_ckpt, draft_art, target_whole):

@@ -141,14 +141,16 @@ def export_model(ckpt: str | Path, out: str | Path, split: list[int] | None = No
                  gammas: list[int] | None = None, prefill: list[int] | None = None,
                  max_context: int | None = None, dtype: str = "f32", fuse: bool = True,
                  max_module_bytes: int | None = None, log=print, quant: str = "none",
-                 smooth: float | None = None) -> ExportRecord:
+                 smooth: float | None = None, jobs: int | None = None) -> ExportRecord:
     """Export `ckpt` into `out` (skipped when the same checkpoint, options and exporter made it).
 
     max_module_bytes: cut the model into layer ranges whose weights and KV caches each stay
     within it, adding cuts to `split` (contract/layout.py); None: the smallest GPU allocation
     limit of the known platforms, with a margin (plan/platforms.py); 0: no limit.
     smooth: SmoothQuant's alpha for a w8a8 export (builder/model/smooth.py); None: its default
-    (0.5) for w8a8, nothing else; 0: no smoothing."""
+    (0.5) for w8a8, nothing else; 0: no smoothing.
+    jobs: processes that trace the functions at once (export_parts.py); None: as many as the cores,
+    the amount of tracing and the free memory allow; 1: this process only."""
     from .checkpoint import checkpoint_files
 
     # torch.export's pytree deprecation notices (torch 2.13) say nothing about the user's model
@@ -195,9 +197,21 @@ def export_model(ckpt: str | Path, out: str | Path, split: list[int] | None = No
         save_scales(scales, out / SCALES_FILE)
         log(f"SmoothQuant alpha {smooth}: activation ranges of the calibration text in "
             f"{time.perf_counter() - t:.1f}s" + ("" if tok_src.exists() else " (no tokenizer.json: random ids)"))
-    full = _load(ckpt, dtype, max_context, cfg, fuse, log, quant, scales)
     fns = function_table(gammas, prefill)
-    subgraphs = [_export_subgraph(full, spec, fns, cfg, dtype, max_context, out, log) for spec in specs]
+    from .export_parts import PartsExport, export_jobs
+    n_jobs = export_jobs(cfg, dtype, len(fns), jobs)
+    # the children start before the parent loads the model: their start overlaps its load
+    parts = PartsExport(n_jobs, fns, specs, out, dict(
+        ckpt=str(ckpt), dtype=dtype, max_context=max_context, fuse=fuse, quant=quant,
+        scales_file=str(out / SCALES_FILE) if smooth else None), log) if n_jobs > 1 else None
+    try:
+        full = _load(ckpt, dtype, max_context, cfg, fuse, log, quant, scales)
+        merged = parts.finish(full, cfg, dtype) if parts else None
+    finally:
+        if parts:
+            parts.close()
+    subgraphs = [_export_subgraph(full, spec, fns, cfg, dtype, max_context, out, log,
+                                  parts=(lambda sp: merged[sp.name]) if merged else None) for spec in specs]
     save_irpa(full, out / "model.irpa")
     tokenizer = tokenizer_config = None
     if tok_src.exists():
@@ -267,15 +281,14 @@ def _load(ckpt: Path, dtype: str, max_context: int, cfg: ModelConfig, fuse: bool
     return full
 
 
-def _export_subgraph(full, spec: SubgraphSpec, fns: dict, cfg: ModelConfig, dtype: str, max_context: int,
-                     out: Path, log) -> SubgraphRecord:
-    """One module: every function of the table, sharing the subgraph's weights and caches."""
+def export_mlir(full, spec: SubgraphSpec, fns: dict, cfg: ModelConfig, dtype: str, path: Path) -> None:
+    """Trace `fns` (name -> (role, T, gamma)) of one subgraph of `full` and write their module to `path`.
+    Each function is one torch.export trace plus a decomposition retrace of the whole subgraph:
+    ~0.4 s per decoder layer per function on one core here, the bulk of an export."""
     import iree.turbine.aot as aot
-    import torch
 
     from .model.llama import Subgraph
     from .model.loader import DTYPES
-    t = time.perf_counter()
     module = Subgraph(full, spec.kind, spec.start, spec.end)
     fxb = aot.FxProgramsBuilder(module)
     for fname, (role, T, _) in fns.items():
@@ -284,10 +297,27 @@ def _export_subgraph(full, spec: SubgraphSpec, fns: dict, cfg: ModelConfig, dtyp
         def entry(module, *a):
             return module(*a)
         fxb.export_program(name=fname, args=args, strict=False)(entry)
-    tmp = out / f".{spec.name}.mlir.export"
-    aot.export(fxb, module_name=spec.name).save_mlir(tmp)
-    changed = write_atomic(out / f"{spec.name}.mlir", tmp.read_bytes())
-    tmp.unlink()
+    aot.export(fxb, module_name=spec.name).save_mlir(path)
+
+
+def _export_subgraph(full, spec: SubgraphSpec, fns: dict, cfg: ModelConfig, dtype: str, max_context: int,
+                     out: Path, log, parts=None) -> SubgraphRecord:
+    """One module: every function of the table, sharing the subgraph's weights and caches.
+    parts: spec -> the module's text, merged from a parallel export (export_parts.py); None: trace here."""
+    import torch
+
+    from .model.llama import Subgraph
+    from .model.loader import DTYPES
+    t = time.perf_counter()
+    module = Subgraph(full, spec.kind, spec.start, spec.end)
+    if parts is None:
+        tmp = out / f".{spec.name}.mlir.export"
+        export_mlir(full, spec, fns, cfg, dtype, tmp)
+        text = tmp.read_bytes()
+        tmp.unlink()
+    else:
+        text = parts(spec)
+    changed = write_atomic(out / f"{spec.name}.mlir", text)
     S, KVH, Dh = max_context, cfg.num_kv_heads, cfg.head_dim
     elt = torch.tensor([], dtype=DTYPES[dtype]).element_size()
     functions = {}
@@ -295,7 +325,8 @@ def _export_subgraph(full, spec: SubgraphSpec, fns: dict, cfg: ModelConfig, dtyp
         args, results = abi_of(spec, role, T, cfg, dtype)
         functions[fname] = FunctionRecord(T=T, role=role, gamma=msgspec.UNSET if g is None else g,
                                           args=args, results=results)
-    log(f"exported {spec.label:>14} ({len(fns)} functions) in {time.perf_counter() - t:.1f}s"
+    log(f"exported {spec.label:>14} ({len(fns)} functions) "
+        + (f"in {time.perf_counter() - t:.1f}s" if parts is None else "from the parallel trace")
         + ("" if changed else " (unchanged)"))
     return SubgraphRecord(
         name=spec.name, kind=spec.kind, label=spec.label, start=spec.start, end=spec.end,

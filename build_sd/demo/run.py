@@ -1,8 +1,7 @@
 """`build-sd demo`: build the embedded English->German pair and translate with speculation.
 
 Stages (each cached by build_sd's own incremental export/compile, so a second run only loads):
-export both models -> compile for `host` (+ `vulkan-llvmpipe` when a Vulkan device exists)
--> validate the target on this machine -> plan (profile this CPU under both IREE CPU drivers and
+export both models -> compile for `host` (the plan leaves lavapipe out: stages.py) -> validate the target on this machine -> plan (profile this CPU under both IREE CPU drivers and
 calibrate alpha, cached; the cost model picks gamma and the drivers) -> bundle -> translate test
 sentences with that gamma and with gamma 0 (target only) from the same bundle, alternating, and
 print the speedup.
@@ -36,7 +35,7 @@ def _calibrate(probe: Path, reference: Path | None = None):
     from ..runtime.calibrate import calibrate
     # calibration sentences: the test split's, not the ones the demo translates
     texts = _test_sentences(64)[1::2][:24]
-    return calibrate(str(probe), texts, gamma=6, max_new_tokens=32, log=lambda m: None, reference=reference)
+    return calibrate(str(probe), texts, max_new_tokens=32, log=lambda m: None, reference=reference)
 
 
 def run_demo(out_dir: str | Path = DEFAULT_OUT, gamma: int | None = None, sentences: int = 6,
@@ -58,15 +57,13 @@ def _build(out_dir: Path, gamma: int | None, validate_models: bool, con):
     from . import DRAFT_DIR, TARGET_DIR
     from .stages import PLACE_HOST, build_models, plan_here, validate_target
     from ..builder.bundle import make_bundle
-    from ..runtime.devices import vulkan_device_names
     for d in (TARGET_DIR, DRAFT_DIR):
         if not (d / "config.json").exists():
             raise UserError(f"the demo pair is missing ({d}): train it with build_sd/demo/train.py")
-    presets = ["host"] + (["vulkan-llvmpipe"] if any("llvmpipe" in n for n in vulkan_device_names()) else [])
     ckpts = {"target": TARGET_DIR, "draft": DRAFT_DIR}
     with con.status("") as status:
         arts = build_models(out_dir, {"target": (TARGET_DIR, [1, 2, 3, 4, 5, 6]), "draft": (DRAFT_DIR, [1])},
-                            presets, [16, 64], 256, status, con)
+                            ["host"], [16, 64], 256, status, con)
         if validate_models:
             validate_target(arts["target"], TARGET_DIR, status, con)
         from .tokenizer import SEPARATOR, BOS

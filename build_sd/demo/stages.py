@@ -48,7 +48,8 @@ def plan_here(out_dir: Path, arts: dict, ckpts: dict, max_context: int, calibrat
               con, what: str = "", template: str | None = None, targets: dict[str, Path] | None = None,
               min_agreement: float | None = None):
     """(gamma, CPU driver per role, the pick as a dict with a label). calibrate_probe(bundle,
-    reference=None) -> the calibration of a gamma-6 probe bundle of the pair on the host.
+    reference=None) -> the calibration of a probe bundle of the pair on the host, which drafts the
+    largest gamma the target was exported for.
 
     targets: precision -> the target's artifacts in it (f32 first: arts["target"]): the planner
     chooses the target's precision too, each calibrated against the f32 one for its agreement, and
@@ -63,8 +64,10 @@ def plan_here(out_dir: Path, arts: dict, ckpts: dict, max_context: int, calibrat
     from ..plan.platforms import host_platform
     from ..runtime.hostinfo import detect_host
     from ..runtime.profiler import profile
+    from ..builder.compile import load_artifacts
     targets = targets or {"f32": arts["target"]}
     models = {"draft": arts["draft"], **{f"target-{p}": a for p, a in targets.items()}}
+    gmax = max(load_artifacts(arts["target"])[1].gammas)    # the probes draft that far; the plan chooses up to it
     key = {r: sha256_file(a / "host" / "whole.vmfb") for r, a in models.items()}
     cache = out_dir / "plan_inputs.json"
     got = read_json(cache) if cache.exists() else {}
@@ -79,7 +82,7 @@ def plan_here(out_dir: Path, arts: dict, ckpts: dict, max_context: int, calibrat
         cals, ref_probe = [], None
         for prec, art in targets.items():
             probe = out_dir / f"probe-{prec}"
-            make_bundle(arts["draft"], art, PLACE_HOST, 6, probe, prompt_template=template, link=True,
+            make_bundle(arts["draft"], art, PLACE_HOST, gmax, probe, prompt_template=template, link=True,
                         log=lambda m: None)
             cals.append(calibrate_probe(probe, reference=ref_probe))
             ref_probe = ref_probe or probe      # the first (f32) target is the others' reference
@@ -93,7 +96,7 @@ def plan_here(out_dir: Path, arts: dict, ckpts: dict, max_context: int, calibrat
                   f" (calibrated here{what}){agree}")
     several = len(targets) > 1
     plan = make_plan(ckpts["draft"], ckpts["target"], host_platform(detect_host()), cals[0].greedy.for_planner(),
-                     prof, max_context=max_context, gammas=range(0, 7), devices=["cpu", "cpu-sync"],
+                     prof, max_context=max_context, gammas=range(0, gmax + 1), devices=["cpu", "cpu-sync"],
                      precisions=list(targets) if several else None, calibrations=cals if several else None,
                      min_agreement=min_agreement if several else None)
     for prec, why in plan.excluded.items():

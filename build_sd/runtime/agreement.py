@@ -7,6 +7,12 @@ predicts each next token: the fraction equal), mean over the prompts. first_dive
 target's free-running greedy output first differs from the reference's (n when it never does),
 mean over the prompts. Speculative decoding reproduces the target it runs, so this -- not alpha --
 is what a precision costs in accuracy.
+
+The free-running output is not generated: up to its first difference it is the reference's, so at
+each position until then the target sees the same tokens as teacher-forced, and its first different
+token is the first teacher-forced prediction that differs. (That verify and decode calls agree on
+the same tokens is what speculative decoding already relies on; the tests check it.) This saves a
+greedy generation of the target per prompt: ~12 s of the chat demo's w8a8 calibration here.
 """
 from __future__ import annotations
 
@@ -39,9 +45,9 @@ def agreement(target: ModelChain, reference: ModelChain, prompts: list[list[int]
             continue
         ref = generate(reference, None, ids, 0, GreedyAcceptor(), n_here, []).token_ids
         forced = teacher_forced_ids(target, ids, ref)
-        agree.append(float(np.mean([a == b for a, b in zip(forced, ref)])))
-        free = generate(target, None, ids, 0, GreedyAcceptor(), n_here, []).token_ids
-        diverge.append(next((i for i, (a, b) in enumerate(zip(free, ref)) if a != b), len(ref)))
+        same = [a == b for a, b in zip(forced, ref)]
+        agree.append(float(np.mean(same)))
+        diverge.append(same.index(False) if False in same else len(ref))
         total += len(ref)
     return {"agreement": float(np.mean(agree)) if agree else None,
             "first_divergence": float(np.mean(diverge)) if diverge else None, "tokens": total, "prompts": len(agree)}
