@@ -34,7 +34,15 @@ def test_the_planner_chooses_each_models_precision(draft_ckpt, target_ckpt):
     plan = make_plan(draft_ckpt, target_ckpt, "imx95", None, dtype="f16", max_context=96, split=False,
                      precisions=["f16", "w8a8"], calibrations=cals, min_agreement=0.95)
     assert {c.target_precision for c in plan.configs} == {"f16"} and "0.900" in plan.excluded["w8a8"]
+    # a draft built in fewer precisions (the chat demo's, f32 only): the plan never picks another
+    plan = make_plan(draft_ckpt, target_ckpt, "imx95", None, dtype="f16", max_context=96, split=False, overlap=False,
+                     precisions=["f16", "w8a8"], calibrations=cals, keep_top=0, draft_precisions=["f16"])
+    assert {(c.draft_precision, c.target_precision) for c in plan.configs if c.gamma} == {("f16", "f16"),
+                                                                                         ("f16", "w8a8")}
     from build_sd.errors import UserError
+    with pytest.raises(UserError, match="must be among"):
+        make_plan(draft_ckpt, target_ckpt, "imx95", None, dtype="f16", max_context=96, split=False,
+                  precisions=["f16", "w8a8"], calibrations=cals, draft_precisions=["w4a8"])
     with pytest.raises(UserError, match="leaves no target precision"):
         make_plan(draft_ckpt, target_ckpt, "imx95", None, dtype="f16", max_context=96, split=False,
                   precisions=["w8a8", "w4a8"], calibrations=cals, min_agreement=0.95)
@@ -113,6 +121,7 @@ def test_demo_stage_chooses_the_targets_precision(tmp_path, draft_ckpt, target_c
     assert [(c["draft_precision"], c["target_precision"]) for c in cals] == [("f32", "f32"), ("f32", "w8a8")]
     assert "target_agreement" not in cals[0] and 0.0 <= cals[1]["target_agreement"] <= 1.0
     assert pick["target_precision"] in targets and 0 <= gamma <= 6
+    assert pick["draft_precision"] == ("f32" if gamma else "")       # the only draft the demo builds
     text = con.export_text()
     assert "target w8a8: alpha per position" in text and "top-1 agreement with f32" in text
     # the same inputs again: from the cache; a bound above w8a8's agreement leaves f32 alone

@@ -326,11 +326,13 @@ def make_plan(draft_ckpt: str | Path, target_ckpt: str | Path, platform: str | P
               max_context: int = 512, gammas=GAMMAS, devices: list[str] | None = None,
               split: bool = True, keep_top: int | None = None, overlap: bool = True,
               precisions: list[str] | None = None, calibrations: list[Calibration] | None = None,
-              min_agreement: float | None = None) -> Plan:
+              min_agreement: float | None = None, draft_precisions: list[str] | None = None) -> Plan:
     """Rank every configuration; split=False: every model whole on one device; overlap=False:
     the sequential loop only. precisions: each model's precision is a dimension too (plan/precision.py;
     None: `dtype` alone), alpha per pair from `calibrations` (else `alpha` for all), and
     min_agreement keeps the target precisions whose measured agreement with f32 reaches it.
+    draft_precisions: the draft's, when the caller builds fewer for it (default: `precisions`); a
+    plan must not pick a draft precision that is not going to be built (the chat demo's draft is f32).
     keep_top: how many of
     the best the plan keeps besides the best of each device mapping (default KEEP_TOP; 0: all).
     platform: a preset name, or a Platform (the `host` one is built from this machine's
@@ -340,6 +342,9 @@ def make_plan(draft_ckpt: str | Path, target_ckpt: str | Path, platform: str | P
     shas = {"draft": config_sha(draft_ckpt), "target": config_sha(target_ckpt)}
     explicit = precisions is not None
     precs = list(precisions) if explicit else [dtype]
+    d_precs = list(draft_precisions) if explicit and draft_precisions else precs
+    if explicit and not set(d_precs) <= set(precs):
+        raise UserError(f"draft precisions {','.join(d_precs)} must be among --precisions {','.join(precs)}")
     calibrations = list(calibrations or [])
     t_precs, excluded = allowed_targets(precs, calibrations, min_agreement)
     if profile is not None:
@@ -354,7 +359,7 @@ def make_plan(draft_ckpt: str | Path, target_ckpt: str | Path, platform: str | P
         return Latencies(platform, cfgs[role], fdtype, max_context, profile, shas[role], quant)
     ranked, sources = [], {"draft": {}, "target": {}}
     for tp in t_precs:
-        for i, dp in enumerate(precs):
+        for i, dp in enumerate(d_precs):
             lat = {"target": latencies("target", tp), "draft": latencies("draft", dp)}
             pa = alpha_for(dp, tp, calibrations, alpha) if (calibrations or alpha is not None) else None
             if pa is None:
@@ -371,7 +376,7 @@ def make_plan(draft_ckpt: str | Path, target_ckpt: str | Path, platform: str | P
                 for k, n in lat[r].sources.items():
                     sources[r][k] = sources[r].get(k, 0) + n
     if alpha is None:
-        alpha = alpha_for(precs[0], t_precs[0], calibrations, None).alpha
+        alpha = alpha_for(d_precs[0], t_precs[0], calibrations, None).alpha
     best_ar = min(c.ms_per_token for c in ranked if c.gamma == 0)
     ranked.sort(key=lambda c: c.ms_per_token)
     n_ranked = len(ranked)
