@@ -35,13 +35,27 @@ def build_models(out_dir: Path, models: dict, presets: list[str], prefill: list[
 
 
 def validate_target(art: Path, ckpt: Path, status, con) -> None:
+    """Compare the target's host modules with PyTorch, once per build: a pass is remembered beside the
+    artifacts (validated.json) under the hashes of their manifest (modules, compiler, flags) and export
+    record (checkpoint, weights) and the IREE runtime's version, so a built demo does not run torch again
+(~8-17 s a target here)."""
     from ..builder.validate import validate
+    from ..fsutil import read_json, sha256_file, write_json
+    memo = art.parent / "validated.json"
+    from ..runtime.checks import runtime_version
+    key = {"manifest": sha256_file(art / "manifest.json"), "export": sha256_file(art / "export.json"),
+           "runtime": runtime_version()}
+    done = read_json(memo) if memo.exists() else {}
+    if done.get(art.name, {}).get("key") == key:
+        con.print(f"  {done[art.name]['line']} (validated when built; same modules and checkpoint)")
+        return
     status.update("[bold]validate[/] target against PyTorch")
     lines = []
     if not validate(art, ckpt, presets=["host"], out=lines.append):
         con.print("\n".join(lines))
         raise UserError("the compiled target does not match PyTorch (see the table)")
     con.print(f"  {lines[-1]}")
+    write_json(memo, {**done, art.name: {"key": key, "line": lines[-1]}})
 
 
 def plan_here(out_dir: Path, arts: dict, ckpts: dict, max_context: int, calibrate_probe: Callable,
