@@ -85,8 +85,9 @@ class PartsExport:
         for i, p in enumerate(self.procs):
             if p.wait() != 0:
                 tail = _log_path(self.out, i).read_text(errors="replace").strip().splitlines()[-6:]
-                raise RuntimeError(f"export process {i + 1} of {len(self.shares)} failed (exit {p.returncode}):\n"
-                                   + "\n".join(tail))
+                raise UserError(f"export process {i + 1} of {len(self.shares)} failed (exit {p.returncode}; "
+                                f"-9: killed, often for memory: --jobs 1 traces in this process only):\n"
+                                + "\n".join(tail))
         try:
             merged = {}
             for spec in self.specs:

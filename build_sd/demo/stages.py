@@ -53,12 +53,12 @@ def build_models(out_dir: Path, models: dict, presets: list[str], prefill: list[
 def validate_target(art: Path, ckpt: Path, status, con) -> None:
     """Compare the target's host modules with PyTorch, once per build: a pass is remembered beside the
     artifacts (validated.json) under the hashes of their manifest (modules, compiler, flags) and export
-    record (checkpoint, weights) and the IREE runtime's version, so a built demo does not run torch again
-(~8-17 s a target here)."""
+    record (checkpoint, weights) and the IREE runtime's version, so a built demo does not run torch
+    again (~8-17 s a target here)."""
     from ..builder.validate import validate
     from ..fsutil import read_json, sha256_file, write_json
-    memo = art.parent / "validated.json"
     from ..runtime.checks import runtime_version
+    memo = art.parent / "validated.json"
     key = {"manifest": sha256_file(art / "manifest.json"), "export": sha256_file(art / "export.json"),
            "runtime": runtime_version()}
     done = read_json(memo) if memo.exists() else {}
