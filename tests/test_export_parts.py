@@ -52,3 +52,23 @@ def test_merge_orders_functions_and_refuses_parts_that_do_not_belong_together():
         merge_modules([_module(["w"], ["decode"]), _module(["w"], ["verify_T2"], "0x0500")], ["decode", "verify_T2"])
     with pytest.raises(MergeError, match="not a module"):
         merge_modules(["func.func @x()"], ["x"])
+
+
+def test_a_failed_export_process_is_one_user_error_and_leaves_nothing(target_ckpt, tmp_path):
+    """A child that cannot trace (here: its checkpoint is gone) ends the export with a UserError that
+    says which process failed and how to avoid the processes; no part or log file stays behind."""
+    from build_sd.builder.export import _load, function_table
+    from build_sd.builder.export_parts import PartsExport
+    from build_sd.contract import ModelConfig, subgraph_specs
+    from build_sd.errors import UserError
+    cfg = ModelConfig.from_hf(target_ckpt)
+    fns, specs = function_table([1], [4]), subgraph_specs(cfg.num_layers, None)
+    load = dict(ckpt=str(tmp_path / "gone"), dtype="f32", max_context=16, fuse=True, quant="none", scales_file=None)
+    parts = PartsExport(2, fns, specs, tmp_path, load, log=lambda m: None)
+    try:
+        full = _load(target_ckpt, "f32", 16, cfg, True, lambda m: None)
+        with pytest.raises(UserError, match=r"export process 1 of 2 failed .*--jobs 1"):
+            parts.finish(full, cfg, "f32")
+    finally:
+        parts.close()
+    assert not list(tmp_path.glob(".*"))
