@@ -6,7 +6,8 @@ model's 9-11 functions take 1.5-3 minutes on one core while the others idle. The
 independent, so J processes each load the model and trace a share of them (round-robin over the
 function table); the parent traces its own share meanwhile, then merges each subgraph's parts into
 the module one process would have written (mlir_merge.py: byte-identical, so compile caches stay
-valid). Processes are spawned, not forked: torch and its threads do not survive a fork.
+valid). The children are fresh interpreters (PartsExport says why), never forks: torch and its
+threads do not survive a fork.
 
 The number of processes is bounded by the cores this process may use, the functions to trace, and
 the memory: every process holds the whole model (its weights once, plus ~1.5 GB of torch).

@@ -1,8 +1,9 @@
 """`build-sd demo`: build the embedded English->German pair and translate with speculation.
 
 Stages (each cached by build_sd's own incremental export/compile, so a second run only loads):
-export both models -> compile for `host` (the plan leaves lavapipe out: stages.py) -> validate the target on this machine -> plan (profile this CPU under both IREE CPU drivers and
-calibrate alpha, cached; the cost model picks gamma and the drivers) -> bundle -> translate test
+export both models -> compile for `host` (the plan leaves lavapipe out: stages.py) -> validate the
+target on this machine -> plan (profile this CPU under both IREE CPU drivers and calibrate alpha,
+cached; the cost model picks gamma and the drivers) -> bundle -> translate test
 sentences with that gamma and with gamma 0 (target only) from the same bundle, alternating, and
 print the speedup.
 """
