@@ -128,7 +128,7 @@ def cmd_export(a):
     export_model(model_dir(a.model), a.out, split=int_list(a.split, "--split") or None, gammas=int_list(a.gammas, "--gammas"),
                  prefill=int_list(a.prefill, "--prefill"), max_context=a.max_context, dtype=a.dtype,
                  fuse=not a.no_fuse, max_module_bytes=a.max_module_bytes, quant=a.quant,
-                 smooth=a.smooth, jobs=a.jobs)
+                 smooth=a.smooth, jobs=a.jobs, attention=a.attention)
 
 
 def cmd_compile(a):

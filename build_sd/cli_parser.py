@@ -53,6 +53,9 @@ def _export(sub) -> None:
                         "of the known GPUs less 1/16, 1.875 GiB for lavapipe; 0 = no limit)")
     p.add_argument("--no-fuse", action="store_true",
                    help="keep q/k/v and gate/up as separate matmuls (default: stacked, fewer dispatches)")
+    p.add_argument("--attention", default="filled", choices=["filled", "all"],
+                   help="cache slots each call attends to: filled = the pos+T written so far, a dynamic length (default; "
+                        "a call costs what the context holds), all = every --max-context slot, masked (static shapes)")
     p.add_argument("--jobs", type=int, metavar="J",
                    help="processes that trace the functions at once, each holding the model (default: as many as "
                         "the cores and free memory allow, 1 for a small model; tracing is single-threaded)")

@@ -25,6 +25,7 @@ from ..contract import (PARAM_SCOPE, ExportRecord, FunctionRecord, KVParam, Mode
                         SubgraphRecord, SubgraphSpec, TensorShape, TensorSpec, function_name, kv_param_name,
                         subgraph_specs)
 from ..contract.config import default_max_context
+from ..contract.export import ATTENTION
 from ..contract.layout import cut
 from ..errors import UserError
 from ..fsutil import sha256_file, write_atomic
@@ -141,7 +142,8 @@ def export_model(ckpt: str | Path, out: str | Path, split: list[int] | None = No
                  gammas: list[int] | None = None, prefill: list[int] | None = None,
                  max_context: int | None = None, dtype: str = "f32", fuse: bool = True,
                  max_module_bytes: int | None = None, log=print, quant: str = "none",
-                 smooth: float | None = None, jobs: int | None = None) -> ExportRecord:
+                 smooth: float | None = None, jobs: int | None = None,
+                 attention: str = "filled") -> ExportRecord:
     """Export `ckpt` into `out` (skipped when the same checkpoint, options and exporter made it).
 
     max_module_bytes: cut the model into layer ranges whose weights and KV caches each stay
@@ -150,7 +152,10 @@ def export_model(ckpt: str | Path, out: str | Path, split: list[int] | None = No
     smooth: SmoothQuant's alpha for a w8a8 export (builder/model/smooth.py); None: its default
     (0.5) for w8a8, nothing else; 0: no smoothing.
     jobs: processes that trace the functions at once (export_parts.py); None: as many as the cores,
-    the amount of tracing and the free memory allow; 1: this process only."""
+    the amount of tracing and the free memory allow; 1: this process only.
+    attention: "filled" (default): each call attends to the cache slots 0..pos+T-1, a dynamic length,
+    so a call costs what the context holds so far; "all": every one of the max_context slots, masked
+    (static shapes everywhere: the escape hatch for a driver that mishandles the dynamic length)."""
     from .checkpoint import checkpoint_files
 
     # torch.export's pytree deprecation notices (torch 2.13) say nothing about the user's model
@@ -160,6 +165,8 @@ def export_model(ckpt: str | Path, out: str | Path, split: list[int] | None = No
         raise UserError(f"checkpoint folder not found: {ckpt}")
     if dtype not in ("f32", "f16"):
         raise UserError(f"--dtype must be f32 or f16, got {dtype!r}")
+    if attention not in ATTENTION:
+        raise UserError(f"--attention must be {' or '.join(ATTENTION)}, got {attention!r}")
     gammas = list(DEFAULT_GAMMAS) if gammas is None else sorted(set(gammas))
     prefill = list(DEFAULT_PREFILL) if prefill is None else sorted(set(prefill))
     cfg = ModelConfig.from_hf(ckpt)
@@ -179,7 +186,7 @@ def export_model(ckpt: str | Path, out: str | Path, split: list[int] | None = No
     check_quant_shapes(cfg, quant)
     smooth = _smooth_alpha(quant, smooth)
     fingerprint = _fingerprint(source.sha256, [s.label for s in specs], gammas, prefill, max_context, dtype, fuse,
-                               quant, smooth)
+                               quant, smooth, attention)
     prev = _previous_export(out)
     if prev is not None and prev.fingerprint == fingerprint and all(
             (out / f).exists() for f in [sg.mlir for sg in prev.subgraphs] + ["model.irpa"]
@@ -202,10 +209,10 @@ def export_model(ckpt: str | Path, out: str | Path, split: list[int] | None = No
     n_jobs = export_jobs(cfg, dtype, len(fns), jobs)
     # the children start before the parent loads the model: their start overlaps its load
     parts = PartsExport(n_jobs, fns, specs, out, dict(
-        ckpt=str(ckpt), dtype=dtype, max_context=max_context, fuse=fuse, quant=quant,
+        ckpt=str(ckpt), dtype=dtype, max_context=max_context, fuse=fuse, quant=quant, attention=attention,
         scales_file=str(out / SCALES_FILE) if smooth else None), log) if n_jobs > 1 else None
     try:
-        full = _load(ckpt, dtype, max_context, cfg, fuse, log, quant, scales)
+        full = _load(ckpt, dtype, max_context, cfg, fuse, log, quant, scales, attention)
         merged = parts.finish(full, cfg, dtype) if parts else None
     finally:
         if parts:
@@ -222,7 +229,7 @@ def export_model(ckpt: str | Path, out: str | Path, split: list[int] | None = No
         tokenizer_config = "tokenizer_config.json"
     record = ExportRecord(
         name=out.name, source=source, fingerprint=fingerprint, config=cfg, dtype=dtype, quant=quant,
-        smooth=smooth, smooth_scales=SCALES_FILE if smooth else None, max_context=max_context,
+        smooth=smooth, smooth_scales=SCALES_FILE if smooth else None, max_context=max_context, attention=attention,
         fused_projections=fuse, gammas=gammas, prefill=prefill, subgraphs=subgraphs,
         parameters=Parameters(file="model.irpa", scope=PARAM_SCOPE, sha256=sha256_file(out / "model.irpa"),
                               tensors={n: TensorShape(list(t.shape), _dtype_name(t.dtype))
@@ -263,12 +270,12 @@ def _smooth_alpha(quant: str, smooth: float | None) -> float:
 
 
 def _load(ckpt: Path, dtype: str, max_context: int, cfg: ModelConfig, fuse: bool, log, quant: str = "none",
-          scales=None):
+          scales=None, attention: str = "filled"):
     """The torch model with its weights and KV caches marked as external parameters; `scales`:
     SmoothQuant's, folded in before the projections are quantized."""
     from .model.loader import load_checkpoint
     t0 = time.perf_counter()
-    full = load_checkpoint(ckpt, dtype, max_context, cfg, zero_caches=False)
+    full = load_checkpoint(ckpt, dtype, max_context, cfg, zero_caches=False, attention=attention)
     log(f"loaded {ckpt} ({cfg.model_type}, {cfg.num_parameters() / 1e6:.1f}M parameters, "
         f"{cfg.num_layers} layers) in {time.perf_counter() - t0:.1f}s")
     if fuse:
@@ -338,14 +345,14 @@ def _export_subgraph(full, spec: SubgraphSpec, fns: dict, cfg: ModelConfig, dtyp
 
 
 def _fingerprint(source_sha: dict, labels, gammas, prefill, max_context, dtype, fuse=True, quant="none",
-                 smooth=0.0) -> str:
+                 smooth=0.0, attention="filled") -> str:
     h = hashlib.sha256()
     here = Path(__file__).parent
     code = sorted(here.joinpath("model").glob("*.py")) + [Path(__file__)]
     for f in code:
         h.update(f.read_bytes())
     h.update(json.dumps([source_sha, labels, gammas, prefill, max_context, dtype, fuse, _versions()]
-                        + ([quant] if quant != "none" else []) + ([smooth] if smooth else []),
+                        + ([quant] if quant != "none" else []) + ([smooth] if smooth else []) + [attention],
                         sort_keys=True).encode())
     return h.hexdigest()
 

@@ -88,6 +88,11 @@ class Source(Struct, frozen=True):
         return self.sha256.get("config.json")
 
 
+# The cache slots each call attends to (builder/model/llama.py: attended_slots): "filled", the
+# pos + T written so far (a dynamic length), or "all" max_context of them, masked.
+ATTENTION = ("filled", "all")
+
+
 class ExportRecord(Record, frozen=True, kw_only=True):
     KIND = "build_sd.export"
     WHAT = "export"
@@ -107,6 +112,8 @@ class ExportRecord(Record, frozen=True, kw_only=True):
     smooth_scales: str | None = None
     max_context: Annotated[int, Meta(ge=2)]
     fused_projections: bool = True
+    # exports written before the choice existed attended to every slot
+    attention: Literal["filled", "all"] = "all"
     gammas: list[int] = []
     prefill: list[Positive]
     subgraphs: list[SubgraphRecord]

@@ -206,7 +206,8 @@ class Latencies:
                     self._count("profile-sum")
                     return parts[0] + parts[1] + sum(per) / len(per) * spec.end
         self._count("analytic")
-        w = work(self.cfg, spec.kind, spec.start, spec.end, T, self.S, ELT[self.dtype], prefill,
+        # exports attend to the filled slots (builder/model/llama.py): half the context on average
+        w = work(self.cfg, spec.kind, spec.start, spec.end, T, max(1, self.S // 2), ELT[self.dtype], prefill,
                  weight_elt=WEIGHT_BYTES.get(self.quant))
         return self.platform.devices[dev].latency_ms(w, self.dtype)
 

@@ -4,8 +4,10 @@ platform description (plan/platforms.json, plan/platforms.py). For boards not at
 Per call of a subgraph on T tokens (S cache slots; letters as in contract/config.py):
 - embed: gathers T rows: bytes 2 T D e (read + write), no FLOPs;
 - each layer: weights W e with W = D H Dh + 2 D KVH Dh + H Dh D + 3 D F (+ norms), read once
-  per call; the KV cache: our attention reads all S slots of K and V (masked), 2 S KVH Dh e,
-  and writes 2 T KVH Dh e; FLOPs 2 T W + 4 T H Dh S (QK^T and AV over S slots);
+  per call; the KV cache: our attention reads the S slots it attends to of K and V, 2 S KVH Dh e,
+  and writes 2 T KVH Dh e; FLOPs 2 T W + 4 T H Dh S (QK^T and AV over S slots). An export that
+  attends to the filled slots only (the default) reads pos + T of them: the planner passes S/2,
+  the mean over a context that fills up;
 - head: T' rows (1 for prefill): weights D V e, FLOPs 2 T' D V.
 latency = max(FLOPs / (peak x compute efficiency), bytes / (bandwidth x efficiency))
           + dispatches x per-dispatch overhead + a fixed per-call cost.

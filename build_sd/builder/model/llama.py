@@ -8,8 +8,9 @@ Export-friendly means (docs/FINDINGS.md, "The feasibility probes"):
 - the KV cache is one non-persistent buffer per layer and per K/V, position-major [S, KVH, Dh],
   written in place with a slice assignment at `pos` (IREE turns that into an O(T) in-place
   update of a mutable global; one [L, ...] buffer would be copied every step);
-- attention runs over all S slots with a position mask, so a stale tail after a rejected draft
-  is invisible and simply overwritten by the next call (rollback = the host not advancing pos);
+- attention runs over the filled slots 0..pos+T-1 (a dynamic length; or all S slots, `attention="all"`)
+  with a position mask, so a stale tail after a rejected draft is invisible and simply overwritten
+  by the next call (rollback = the host not advancing pos);
 - integers at the ABI are int32 (Vulkan demotes i64 by reinterpreting the buffer).
 
 RoPE rotates halves (`rotate_half`) as HF Llama/Qwen2 do, not interleaved pairs.
@@ -21,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...contract.config import ModelConfig, rope_inv_freq
+from ...contract.export import ATTENTION
 
 
 class RMSNorm(nn.Module):
@@ -70,8 +72,9 @@ class Attention(nn.Module):
         del self.q_proj, self.k_proj, self.v_proj
 
     def forward(self, x, p, cos, sin, mask):
-        # x (1, T, D); p: start position (SymInt); cos/sin (T, 1, Dh); mask (T, S) bool
-        T = x.shape[1]
+        # x (1, T, D); p: start position (SymInt); cos/sin (T, 1, Dh); mask (T, L) bool over the
+        # first L cache slots (L = S, or the filled part: see attended_slots)
+        T, L = x.shape[1], mask.shape[-1]
         if hasattr(self, "qkv_proj"):
             nq, nkv = self.H * self.Dh, self.KVH * self.Dh
             q, k, v = self.qkv_proj(x).split([nq, nkv, nkv], dim=-1)
@@ -97,18 +100,17 @@ class Attention(nn.Module):
         qg = q.view(T, self.KVH, self.G, self.Dh).permute(1, 2, 0, 3)     # (KVH, G, T, Dh)
         scale = self.Dh ** -0.5
         if x.dtype == torch.float32:
-            kc = self.k_cache.permute(1, 0, 2)[:, None, None]              # (KVH, 1, 1, S, Dh)
-            att = (qg[:, :, :, None, :] * kc).sum(-1) * scale             # (KVH, G, T, S)
+            kc = self.k_cache[:L].permute(1, 0, 2)[:, None, None]          # (KVH, 1, 1, L, Dh)
+            att = (qg[:, :, :, None, :] * kc).sum(-1) * scale             # (KVH, G, T, L)
             att = att.masked_fill(~mask, float("-inf")).softmax(-1)
-            vc = self.v_cache.permute(1, 0, 2)[:, None, None]              # (KVH, 1, 1, S, Dh)
+            vc = self.v_cache[:L].permute(1, 0, 2)[:, None, None]          # (KVH, 1, 1, L, Dh)
             y = (att[..., None] * vc).sum(-2)                              # (KVH, G, T, Dh)
         else:
-            S = self.k_cache.shape[0]
-            kc = self.k_cache.permute(1, 2, 0).float()                     # (KVH, Dh, S)
-            att = (qg.reshape(self.KVH, self.G * T, self.Dh).float() @ kc) * scale  # (KVH, G*T, S)
-            att = att.view(self.KVH, self.G, T, S).masked_fill(~mask, float("-inf"))
-            att = att.softmax(-1).to(x.dtype).view(self.KVH, self.G * T, S)
-            y = (att @ self.v_cache.permute(1, 0, 2)).view(self.KVH, self.G, T, self.Dh)
+            kc = self.k_cache[:L].permute(1, 2, 0).float()                 # (KVH, Dh, L)
+            att = (qg.reshape(self.KVH, self.G * T, self.Dh).float() @ kc) * scale  # (KVH, G*T, L)
+            att = att.view(self.KVH, self.G, T, L).masked_fill(~mask, float("-inf"))
+            att = att.softmax(-1).to(x.dtype).view(self.KVH, self.G * T, L)
+            y = (att @ self.v_cache[:L].permute(1, 0, 2)).view(self.KVH, self.G, T, self.Dh)
         y = y.permute(2, 0, 1, 3).reshape(1, T, self.H * self.Dh)
         return self.o_proj(y)
 
@@ -166,9 +168,11 @@ class Backbone(nn.Module):
 class Transformer(nn.Module):
     """The whole model; `Subgraph` views of it are what gets exported."""
 
-    def __init__(self, cfg: ModelConfig, max_context: int, dtype: torch.dtype = torch.float32):
+    def __init__(self, cfg: ModelConfig, max_context: int, dtype: torch.dtype = torch.float32,
+                 attention: str = "filled"):
         super().__init__()
-        self.cfg, self.max_context, self.dtype = cfg, max_context, dtype
+        assert attention in ATTENTION, attention
+        self.cfg, self.max_context, self.dtype, self.attention = cfg, max_context, dtype, attention
         self.model = Backbone(cfg, max_context, dtype)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.head_rows, bias=False, dtype=dtype)
         if cfg.tie_word_embeddings:
@@ -204,7 +208,24 @@ def start_position(pos: torch.Tensor, T: int, S: int):
     return p
 
 
-def rope_and_mask(inv_freq, pos, T: int, S: int, dtype):
+def attended_slots(p, T: int, S: int, filled: bool):
+    """How many cache slots a call attends to: all S (static), or only the filled part, p + T.
+
+    Why the filled part: the rows past pos + T are masked anyway, yet reading and scoring them is
+    paid on every call: at S = 2048, SmolLM2-135M's f32 decode at position 64 took 44 ms over all
+    slots against 29 ms over the filled ones (docs/FINDINGS.md). p + T is a dynamic size (p is
+    the unbacked int of `pos`); IREE compiles the attention's dispatches for a dynamic length, and
+    the ABI does not change. Rounding it up to a multiple of 64 did not export (torch's min of an
+    unbacked expression)."""
+    if not filled:
+        return S
+    L = p + T
+    torch._check(L >= 1)
+    torch._check(L <= S)
+    return L
+
+
+def rope_and_mask(inv_freq, pos, T: int, S, dtype):
     # positions pos..pos+T-1; angles in f32 as HF (cos/sin cast to the compute dtype)
     posv = pos.to(torch.int32) + torch.arange(T, dtype=torch.int32)            # (T,)
     freqs = posv.float()[:, None] * inv_freq[None, :]                          # (T, Dh/2)
@@ -249,7 +270,7 @@ class Subgraph(nn.Module):
         super().__init__()
         assert kind in ("embed", "layers", "head", "whole")
         self.kind, self.start, self.end = kind, start, end
-        self.cfg, self.S = full.cfg, full.max_context
+        self.cfg, self.S, self.filled = full.cfg, full.max_context, full.attention == "filled"
         if kind == "whole":
             self.start, self.end = 0, full.cfg.num_layers
         # Attributes reference the full model's submodules; the tensors keep their HF names
@@ -270,7 +291,8 @@ class Subgraph(nn.Module):
     def run_layers(self, h, pos):
         T = h.shape[1]
         p = start_position(pos, T, self.S)
-        cos, sin, mask = rope_and_mask(self.inv_freq, pos, T, self.S, h.dtype)
+        cos, sin, mask = rope_and_mask(self.inv_freq, pos, T, attended_slots(p, T, self.S, self.filled),
+                                        h.dtype)
         for layer in self.layers:
             h = layer(h, p, cos, sin, mask)
         return h

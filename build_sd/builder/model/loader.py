@@ -41,10 +41,12 @@ def expected_shapes(model: Transformer) -> dict[str, tuple[int, ...]]:
 
 
 def load_checkpoint(ckpt: str | Path, dtype: str = "f32", max_context: int = 512,
-                    cfg: ModelConfig | None = None, zero_caches: bool = True) -> Transformer:
+                    cfg: ModelConfig | None = None, zero_caches: bool = True,
+                    attention: str = "filled") -> Transformer:
     """Build the model for `ckpt` in `dtype` and fill it with the checkpoint's weights.
     zero_caches=False leaves the KV-cache buffers unwritten (export: they become runtime
-    parameters, and untouched pages cost no memory: 2 GiB of cache at a long context)."""
+    parameters, and untouched pages cost no memory: 2 GiB of cache at a long context).
+    attention: the cache slots each call attends to (model/llama.py: attended_slots)."""
     ckpt = Path(ckpt)
     if not ckpt.is_dir():
         raise UserError(f"checkpoint folder not found: {ckpt}")
@@ -53,7 +55,7 @@ def load_checkpoint(ckpt: str | Path, dtype: str = "f32", max_context: int = 512
     cfg = cfg or ModelConfig.from_hf(ckpt)
     torch_dtype = DTYPES[dtype]
     with torch.device("meta"):
-        model = Transformer(cfg, max_context, torch_dtype)
+        model = Transformer(cfg, max_context, torch_dtype, attention)
     sd = read_state_dict(ckpt)
     want = expected_shapes(model)
     if cfg.tie_word_embeddings:
