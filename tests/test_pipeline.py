@@ -125,10 +125,13 @@ def test_manifest_records_flags_versions_hashes(target_whole):
 
 def test_f16_export_validates_against_f32(tmp_path):
     """f16 modules (weights, cache and hidden states in f16; scores/softmax/logits in f32) stay
-    within the f16 tolerance of the f32 model on every device here, argmax included."""
+    within the f16 tolerance of the f32 model on every device here, argmax included. The Arm and
+    Mali presets too (a55 run under qemu where `make emulation` set it up): an f16 attention-weighted
+    sum of V over the filled slots (a dynamic length) did not compile for the a55 in IREE 3.13
+    ("affine.delinearize_index ... statically non-positive"); it is an f32 matmul now."""
     ck = make_checkpoint(BUILD / "ckpt" / "f16", kind="qwen2", vocab=203, hidden=40, layers=2,
                          heads=4, kv_heads=2, ffn=72, seed=8, init=0.05)
-    presets = ["host"] + (["vulkan-llvmpipe"] if HAS_VULKAN else [])
+    presets = ["host", "a55", "valhall3"] + (["vulkan-llvmpipe"] if HAS_VULKAN else [])
     art = _build("f16", ck, presets, split="0,1", gammas="3", prefill="8", max_context=32, dtype="f16")
     out = _validate(art, ck)
     assert "2.0e-02" in out or "e-02" in out         # the f16 tolerance is in force

@@ -93,7 +93,8 @@ class Attention(nn.Module):
         # on every step (an O(S) copy, 4 extra dispatches per layer); this form compiles to
         # two contraction-like dispatches reading the caches in place (219 -> 141 dispatches
         # per decode on the demo target).
-        # f16 models: f32 matmuls on the upcast operands. The reduce form with f16 inputs
+        # f16 models: f32 matmuls on the upcast operands (for A V too: in f16 over a dynamic length it
+        # did not compile for aarch64, "affine.delinearize_index ... statically non-positive"). The reduce form with f16 inputs
         # failed IREE 3.13's vulkan-spirv codegen ("failed to legalize memref.alloc ... xindex,
         # Workgroup" / "arith.constant vector<8xf32>"), and so did f16 scores upcast later.
         # Scores and softmax are f32 in both (HF eager does the softmax in f32 too).
@@ -109,8 +110,8 @@ class Attention(nn.Module):
             kc = self.k_cache[:L].permute(1, 2, 0).float()                 # (KVH, Dh, L)
             att = (qg.reshape(self.KVH, self.G * T, self.Dh).float() @ kc) * scale  # (KVH, G*T, L)
             att = att.view(self.KVH, self.G, T, L).masked_fill(~mask, float("-inf"))
-            att = att.softmax(-1).to(x.dtype).view(self.KVH, self.G * T, L)
-            y = (att @ self.v_cache[:L].permute(1, 0, 2)).view(self.KVH, self.G, T, self.Dh)
+            att = att.softmax(-1).view(self.KVH, self.G * T, L)
+            y = (att @ self.v_cache[:L].permute(1, 0, 2).float()).to(x.dtype).view(self.KVH, self.G, T, self.Dh)
         y = y.permute(2, 0, 1, 3).reshape(1, T, self.H * self.Dh)
         return self.o_proj(y)
 
