@@ -93,9 +93,9 @@ class Attention(nn.Module):
         # on every step (an O(S) copy, 4 extra dispatches per layer); this form compiles to
         # two contraction-like dispatches reading the caches in place (219 -> 141 dispatches
         # per decode on the demo target).
-        # f16 models: f32 matmuls on the upcast operands (for A V too: in f16 over a dynamic length it
-        # did not compile for aarch64, "affine.delinearize_index ... statically non-positive"). The reduce form with f16 inputs
-        # failed IREE 3.13's vulkan-spirv codegen ("failed to legalize memref.alloc ... xindex,
+        # f16 models: f32 matmuls on the upcast operands (A V too: an f16 matmul over the dynamic
+        # length did not compile for x86 or aarch64, "affine.delinearize_index ... statically
+        # non-positive"). The reduce form with f16 inputs failed IREE 3.13's vulkan-spirv codegen ("failed to legalize memref.alloc ... xindex,
         # Workgroup" / "arith.constant vector<8xf32>"), and so did f16 scores upcast later.
         # Scores and softmax are f32 in both (HF eager does the softmax in f32 too).
         qg = q.view(T, self.KVH, self.G, self.Dh).permute(1, 2, 0, 3)     # (KVH, G, T, Dh)
@@ -226,13 +226,14 @@ def attended_slots(p, T: int, S: int, filled: bool):
     return L
 
 
-def rope_and_mask(inv_freq, pos, T: int, S, dtype):
-    # positions pos..pos+T-1; angles in f32 as HF (cos/sin cast to the compute dtype)
+def rope_and_mask(inv_freq, pos, T: int, L, dtype):
+    # positions pos..pos+T-1; angles in f32 as HF (cos/sin cast to the compute dtype); the mask
+    # covers the L attended slots (attended_slots: S, or the dynamic pos + T)
     posv = pos.to(torch.int32) + torch.arange(T, dtype=torch.int32)            # (T,)
     freqs = posv.float()[:, None] * inv_freq[None, :]                          # (T, Dh/2)
     emb = torch.cat((freqs, freqs), dim=-1)                                   # (T, Dh)
     cos, sin = emb.cos().to(dtype)[:, None, :], emb.sin().to(dtype)[:, None, :]  # (T, 1, Dh)
-    mask = torch.arange(S, dtype=torch.int32)[None, :] <= posv[:, None]      # (T, S)
+    mask = torch.arange(L, dtype=torch.int32)[None, :] <= posv[:, None]      # (T, L)
     return cos, sin, mask
 
 
