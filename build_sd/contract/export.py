@@ -6,7 +6,7 @@ kinds, the KV-cache parameters, dtype, context, and the names and shapes of the 
 """
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import msgspec
 from msgspec import Meta, Struct
@@ -90,7 +90,8 @@ class Source(Struct, frozen=True):
 
 # The cache slots each call attends to (builder/model/llama.py: attended_slots): "filled", the
 # pos + T written so far (a dynamic length), or "all" max_context of them, masked.
-ATTENTION = ("filled", "all")
+Attention = Literal["filled", "all"]
+ATTENTION = get_args(Attention)
 
 
 class ExportRecord(Record, frozen=True, kw_only=True):
@@ -113,7 +114,7 @@ class ExportRecord(Record, frozen=True, kw_only=True):
     max_context: Annotated[int, Meta(ge=2)]
     fused_projections: bool = True
     # exports written before the choice existed attended to every slot
-    attention: Literal["filled", "all"] = "all"
+    attention: Attention = "all"
     gammas: list[int] = []
     prefill: list[Positive]
     subgraphs: list[SubgraphRecord]
