@@ -369,3 +369,27 @@ def test_a_three_device_plan_keeps_the_top_and_the_best_of_each_mapping(tmp_path
     assert len(keys) > 20 and any(c.draft and c.draft.device_set == {"gpu"} and c.target.device_set == {"cpu"}
                                   for c in plan.configs)
     assert f"ranked {plan.configs_ranked} configurations" in out
+
+
+def test_bench_predicts_every_configuration_not_only_the_kept_ones(pair, tmp_path):
+    """bench re-predicts after each in-situ re-profile, which re-ranks: a measured configuration
+    past plan.json's kept ones (--configs 142 of a plan keeping 100 + the best per mapping) must
+    still be predicted (it was once a KeyError after the first round)."""
+    import msgspec
+    from build_sd.bench.options import BenchOptions
+    from build_sd.bench.predict import Predictor, mean_predictions
+    from build_sd.bench.run import choose
+    plan = planner.make_plan(*pair, _platform(), 0.6, max_context=128, keep_top=1)
+    assert len(plan.configs) < plan.configs_ranked
+    pred = Predictor(tmp_path, plan, _platform(), 0.6).predict(None)
+    assert len(pred) == plan.configs_ranked and {c.key for c in plan.configs} <= set(pred)
+    # two predictions over different key sets average over the common ones
+    some = dict(list(pred.items())[:3])
+    avg = mean_predictions(pred, some)
+    assert set(avg) == set(some)
+    k = next(iter(some))
+    assert avg[k].pred_tokens_per_s == pytest.approx(pred[k].pred_tokens_per_s)
+    # a plan with a precision dimension is refused in one line (its predictions would need alpha
+    # per precision pair)
+    with pytest.raises(UserError, match="one precision"):
+        choose(msgspec.structs.replace(plan, precisions=["f16", "w8a8"]), BenchOptions(configs=[0]))

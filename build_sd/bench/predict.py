@@ -18,10 +18,13 @@ class Predictor:
         self.ckpts = {r: _ckpt(plan, r, root) for r in ("draft", "target")}
 
     def predict(self, prof: Profile) -> dict[tuple, PlanConfig]:
+        """Every configuration, not only those a plan.json keeps (keep_top=0): a re-profile
+        re-ranks them, and the measured ones must be there whatever their new rank (bench once
+        failed with a KeyError on the plan's 142nd configuration after an in-situ re-profile)."""
         from ..plan.planner import make_plan
         fresh = make_plan(self.ckpts["draft"], self.ckpts["target"], self.platform, self.alpha, prof,
                           dtype=self.plan.dtype, max_context=self.plan.max_context, devices=list(self.plan.devices),
-                          split=self.plan.split)
+                          split=self.plan.split, keep_top=0)
         return {c.key: c for c in fresh.configs}
 
 
@@ -66,7 +69,7 @@ def _laid_over(old: FnStats | None, new: FnStats) -> FnStats:
 
 
 def mean_predictions(a: dict, b: dict) -> dict:
-    """Per configuration, the mean of two predictions (tokens/s and the cost model's terms)."""
+    """Per configuration in both, the mean of two predictions (tokens/s and the cost model's terms)."""
     return {k: msgspec.structs.replace(
         v, pred_tokens_per_s=(v.pred_tokens_per_s + b[k].pred_tokens_per_s) / 2,
-        parts_ms={p: (ms + b[k].parts_ms[p]) / 2 for p, ms in v.parts_ms.items()}) for k, v in a.items()}
+        parts_ms={p: (ms + b[k].parts_ms[p]) / 2 for p, ms in v.parts_ms.items()}) for k, v in a.items() if k in b}

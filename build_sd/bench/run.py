@@ -54,6 +54,11 @@ def run_bench(root: str | Path, plan: Plan, plan_path: str, prompts: list[str], 
 # ---- 1. what to measure, and its bundles ------------------------------------------------------------
 def choose(plan: Plan, opts: BenchOptions) -> list[PlanConfig]:
     """The chosen configurations, and always the best target-only one: the speedup baseline."""
+    if plan.precisions:
+        # the predictor re-ranks at the plan's dtype alone, with one calibrated alpha: a precision
+        # dimension would need alpha per precision pair, which bench does not calibrate
+        raise UserError(f"bench measures plans of one precision; this one ranks {','.join(plan.precisions)} "
+                        f"(plan --precisions): plan again with --dtype f32 or f16 and no --precisions")
     if opts.configs and max(opts.configs) >= len(plan.configs):
         raise UserError(f"--configs: the plan has {len(plan.configs)} configurations")
     chosen = [plan.configs[i] for i in (opts.configs or range(min(opts.top, len(plan.configs))))]
