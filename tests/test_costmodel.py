@@ -269,6 +269,12 @@ def test_bench_measures_the_plans_configurations(draft_ckpt, target_ckpt, tmp_pa
         assert len(r["rounds"]) == len(r["predicted_rounds"]) == 2
     assert 0 <= res["median_abs_error"] < 10 and "gap_to_measured_best" in res["pick"]
     assert "median |error|" in so
+    # both speedups are over the same row, the fastest measured target-only one
+    base = max((r for r in res["rows"] if r["gamma"] == 0), key=lambda r: r["measured_tokens_per_s"])
+    assert base["measured_speedup"] == base["predicted_speedup"] == 1
+    for r in res["rows"]:
+        assert r["predicted_speedup"] == pytest.approx(r["predicted_tokens_per_s"] / base["predicted_tokens_per_s"],
+                                                       rel=1e-3)
     work = tmp_path / "work"
     arts = {p.name: p for p in (work / "artifacts").iterdir()}
     man = json.loads((work / "bench" / "c0" / "manifest.json").read_text())
