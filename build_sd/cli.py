@@ -173,7 +173,10 @@ def cmd_chat(a):
 
 def cmd_profile(a):
     from .runtime.profiler import profile
-    profile(a.paths, device_classes(a.devices), a.budget, random_weights=a.random_weights).write(a.out)
+    if a.contention_rounds < 1:
+        raise UserError("--contention-rounds: at least 1")
+    profile(a.paths, device_classes(a.devices), a.budget, random_weights=a.random_weights,
+            contention_rounds=a.contention_rounds).write(a.out)
     print(f"wrote {a.out}")
 
 

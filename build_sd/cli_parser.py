@@ -166,6 +166,9 @@ def _profile(sub) -> None:
     p.add_argument("paths", nargs="+", metavar="ARTIFACTS_OR_BUNDLE")
     p.add_argument("--devices", help="device classes to profile, e.g. cpu,vulkan (default: all here)")
     p.add_argument("--budget", type=float, default=0.4, help="seconds per function (default 0.4)")
+    p.add_argument("--contention-rounds", type=int, default=3, metavar="N",
+                   help="the least rounds of each device pair's contention loops, timed in turn "
+                        "(default 3; fewer where they would take over 40 s)")
     _random_weights_option(p)
     p.add_argument("--out", required=True)
 

@@ -207,6 +207,7 @@ def test_profile_artifact_mismatch_refused(target_whole, tmp_path):
     # over its own device's in-situ figures; one key is its own in-situ loop: nothing to record
     cross = prof.contention["host@local-sync|host"]
     assert len(cross.sequential) == 2 and all(0.2 < f < 5.0 for f in cross.sequential)
+    assert cross.rounds >= 3 and sync.rounds >= 3         # profile(contention_rounds=3), loops of ms
     assert sync.sequential == [] and len(cross.together_ms) == 2
     bad = copy.deepcopy(prof.to_dict())
     rel = next(iter(bad["models"][0]["modules"]))
@@ -219,6 +220,32 @@ def test_profile_artifact_mismatch_refused(target_whole, tmp_path):
         make_plan(ck, ck, _platform(), 0.8, prof, max_context=512)
     plan = make_plan(ck, ck, _platform(), 0.8, prof, max_context=96)
     assert plan["latency_sources"]["target"].get("profile", 0) > 0
+
+
+def test_sequential_factors_are_timed_in_the_same_rounds(target_whole):
+    """ContentionFit.sequential is the pair's sequential loop over each model's own device's loop,
+    the loops taking turns in the same rounds. Given its own loop as the reference, a pair must read
+    about 1: computed from the in-situ phase's figures, minutes earlier, the ratio read this
+    machine's drift instead (the real pair: 1.19 / 1.34 in one run, 0.99 / 0.95 in the next)."""
+    from build_sd.runtime.chain import ModelChain, PlacedSubgraph
+    from build_sd.runtime.devices import DevicePool
+    from build_sd.runtime.profiler import _measure_contention, load_model_source
+    src = load_model_source(target_whole)[0]
+    pool = DevicePool()
+
+    def chain(driver: str) -> ModelChain:
+        c = ModelChain(pool, src.export, src.irpa, [PlacedSubgraph(sg, src.dir / src.module_file("host", sg.name),
+                                                                   driver, "host") for sg in src.export.subgraphs], None)
+        c.warmup()
+        return c
+    draft, target = chain("local-sync"), chain("local-task")
+    fit = _measure_contention(draft, target, 0.05, 0.0, tokens=16, own=((draft, target), (draft, target)))
+    assert fit.rounds >= 3 and len(fit.sequential) == 2
+    # the same loop timed in turn with itself: only this machine's noise apart from 1
+    assert all(0.5 < f < 2.0 for f in fit.sequential), fit
+    # without its own devices' loops a pair records nothing here (the profiler falls back to the
+    # in-situ figures)
+    assert _measure_contention(draft, target, 0.01, 0.0, tokens=8, min_rounds=1).sequential == []
 
 
 def test_cpu_drivers_are_two_devices_of_one_processor(target_whole):

@@ -74,7 +74,8 @@ class ContentionFit(Struct, frozen=True, kw_only=True):
     target/draft: the rate at which each model computes while the other runs, relative to the
     pair's sequential loop (> 1: slower); sync_ms: a block handed to the draft's thread and back.
     sequential: [target, draft], what each model's calls cost in this pair's sequential loop over
-    the same calls in the in-situ loops of its own device (both models there): the other model's
+    the same calls in the sequential loop of its own device (both models there), the loops timed in
+    turn in the same rounds (older profiles: over the in-situ phase's figures): the other model's
     driver between calls changes it (a local-task pool's workers asleep after a local-sync draft's
     calls, or spinning beside a local-sync target after a local-task draft's); empty: 1, 1 (one key).
     Keyed DRAFT_KEY|TARGET_KEY (profile keys: PRESET or PRESET@local-sync)."""
@@ -85,6 +86,7 @@ class ContentionFit(Struct, frozen=True, kw_only=True):
     alone_ms: list[float] = []        # [target's verify, draft's step] per call, the sequential loop
     together_ms: list[float] = []     # the same in the overlapped loop
     sequential: list[float] = []
+    rounds: int = 0                   # A B (C D) rounds timed (0: not recorded)
 
 
 class Machine(Struct, frozen=True, kw_only=True):

@@ -102,9 +102,12 @@ def profile_key(preset: str, driver: str) -> str:
 
 def profile(paths: list[str | Path], devices: list[str] | None = None, budget_s: float = 0.4,
             log=print, cpu_drivers: tuple[str, ...] = ("local-task", "local-sync"),
-            isolated: bool = True, in_situ_tokens: int = 64, random_weights: int | None = None) -> Profile:
+            isolated: bool = True, in_situ_tokens: int = 64, random_weights: int | None = None,
+            contention_rounds: int = 3) -> Profile:
     """isolated=False: only the in-situ loops (and the host, transfers), for a quick re-profile
     laid over a full one (bench): the isolated calls take most of a profile's time.
+    contention_rounds: the least rounds of each device pair's contention loops (_measure_contention;
+    fewer where they would take over 40 s).
     in_situ_tokens: tokens each in-situ loop generates. The first calls after a prefill cost
     more (demo pair: loops of 24 tokens timed verify_T2 4 % and decode 2.5 % above loops of 64),
     so the loops should be as long as the workload's generations; 64 by default.
@@ -115,14 +118,16 @@ def profile(paths: list[str | Path], devices: list[str] | None = None, budget_s:
     try:
         # a lost lavapipe device breaks every chain on it: the whole profile runs again
         return retry_if_lost(lambda: _Profiler(paths, budget_s, log, cpu_drivers, isolated, in_situ_tokens,
-                                               random_weights).run(devices), "the profile")
+                                               random_weights, contention_rounds).run(devices), "the profile")
     finally:
         release_vulkan()        # every chain of the profile is gone: lavapipe spins while its device lives
 
 
 class _Profiler:
-    def __init__(self, paths, budget_s, log, cpu_drivers, isolated, in_situ_tokens, random_weights):
+    def __init__(self, paths, budget_s, log, cpu_drivers, isolated, in_situ_tokens, random_weights,
+                 contention_rounds: int = 3):
         self.budget_s, self.log, self.cpu_drivers = budget_s, log, cpu_drivers
+        self.contention_rounds = contention_rounds
         self.isolated, self.in_situ_tokens, self.random_weights = isolated, in_situ_tokens, random_weights
         self.pool = DevicePool()
         self.sources = [src for p in paths for src in load_model_source(Path(p))]
@@ -134,6 +139,7 @@ class _Profiler:
                        for sg in s.export.subgraphs]) for s in self.sources]
         self.host_ms: list[tuple[int, float]] = []
         self.contention: dict[str, ContentionFit] = {}
+        self._twins: dict[int, ModelChain] = {}      # a model drafting for itself: its second instance
 
     def run(self, devices: list[str] | None) -> Profile:
         # One device class after the other, the CPU first: an idle lavapipe device keeps two
@@ -237,20 +243,40 @@ class _Profiler:
                 if dk == tk and not dk.endswith("@local-sync"):
                     continue        # one worker pool or one GPU queue serves a model at a time
 
-                draft = next((c for e, c in dgroup if c.export.source.config_sha256 == small), None)
-                target = next((c for e, c in tgroup if c.export.source.config_sha256 == big), None)
+                draft, target = self._loop_pair(dgroup, tgroup, small, big)
                 if draft is None or target is None:
                     continue
-                if draft is target:
-                    draft = ModelChain(self.pool, target.export, target.irpa, target.placed, self.random_weights)
-                    draft.warmup()
-                fit = _measure_contention(draft, target, self.budget_s, sync)
+                # each model's own device's loop (both models there), timed in the same rounds:
+                # ContentionFit.sequential is the pair's loop over those, side by side
+                own = None
                 if dk != tk:
+                    own_t, own_d = self._loop_pair(tgroup, tgroup, small, big), self._loop_pair(dgroup, dgroup, small, big)
+                    if None not in own_t + own_d:
+                        own = (own_t, own_d)
+                fit = _measure_contention(draft, target, self.budget_s, sync, own=own,
+                                          min_rounds=self.contention_rounds)
+                if dk != tk and not fit.sequential:
                     fit = msgspec.structs.replace(fit, sequential=_pair_factors(fit, by_key, dk, tk, small, big))
                 self.contention[f"{dk}|{tk}"] = fit
                 seq = (f"; sequential: target x{fit.sequential[0]:.2f}, draft x{fit.sequential[1]:.2f}"
                        if fit.sequential else "")
-                self.log(f"contention draft@{dk} + target@{tk}: target x{fit.target:.2f}, draft x{fit.draft:.2f}{seq}")
+                self.log(f"contention draft@{dk} + target@{tk}: target x{fit.target:.2f}, draft x{fit.draft:.2f}{seq}"
+                         f" ({fit.rounds} rounds)")
+        self._twins.clear()
+
+    def _loop_pair(self, dgroup, tgroup, small: str, big: str) -> tuple[ModelChain | None, ModelChain | None]:
+        """(draft, target): the smallest model's chain in dgroup, the largest's in tgroup; one model
+        on one key plays both as a second instance with its own caches (made once, kept)."""
+        draft = next((c for e, c in dgroup if c.export.source.config_sha256 == small), None)
+        target = next((c for e, c in tgroup if c.export.source.config_sha256 == big), None)
+        if draft is not None and draft is target:
+            twin = self._twins.get(id(target))
+            if twin is None:
+                twin = self._twins[id(target)] = ModelChain(self.pool, target.export, target.irpa, target.placed,
+                                                            self.random_weights)
+                twin.warmup()
+            draft = twin
+        return draft, target
 
     def _host(self) -> HostCost | None:
         # the host's work per iteration grows with gamma (one acceptance test per drafted token):
@@ -308,11 +334,22 @@ def _handoff_ms(n: int = 200) -> float:
 
 
 def _measure_contention(draft: ModelChain, target: ModelChain, budget_s: float, sync_ms: float,
-                        tokens: int = 64) -> ContentionFit:
+                        tokens: int = 64, own: tuple | None = None, min_rounds: int = 3,
+                        min_rounds_s: float = 40.0) -> ContentionFit:
     """The overlapped loop itself (overlap.py), timed beside the sequential loop (speculative.py),
     alternating A B A B over the in-situ loops' prompts at one gamma (a middle one), simulated
     acceptance 0.7: what each model's calls cost when the other computes at once, as the loop lives
     it, and in the pair's sequential loop (ContentionFit.sequential).
+
+    own: ((draft, target) on the target's device, (draft, target) on the draft's device) when the
+    two are different devices: their sequential loops join the rotation (A B C D), and
+    `sequential` is the pair's per-call time over theirs. Computed from figures taken minutes apart
+    (the in-situ phase, then this one) that ratio read the machine's drift, not the pair: the real
+    pair's target x1.19 / draft x1.34 in one run, 0.99 / 0.95 in the next (docs/FINDINGS.md).
+
+    Rounds: up to the budget and at least `min_rounds` while they take under `min_rounds_s` in
+    all (one round of a real model's loops is a few seconds, a single window of this noisy
+    machine; a slow device, e.g. lavapipe, gets one).
 
     The cost model's rate model (costmodel.together_ms) says a model computing beside the other for
     O ms runs 1/k as fast meanwhile, so its call takes its alone time + O (1 - 1/k). Over all the
@@ -335,56 +372,68 @@ def _measure_contention(draft: ModelChain, target: ModelChain, budget_s: float, 
     prompts = [rng.integers(3, V, size=max(1, P - 1)).astype(np.int32) for P in target.prefill_buckets
                if P <= S - 12 and S - P - g - 1 >= 2] or [np.ones(1, np.int32)]
     fv, fd = function_name("verify", T), function_name("verify", 1)
-    seq = {"v": [0.0, 0], "d": [0.0, 0]}
+    loops = {"seq": (draft, target), **({"own_t": own[0], "own_d": own[1]} if own else {})}
+    acc = {name: {"v": [0.0, 0], "d": [0.0, 0]} for name in loops}
     ovl = {"v": [0.0, 0], "d": [0.0, 0], "both": 0.0}
 
-    def add(acc, tt, td):
+    def add(into, tt, td):
         for key, times, fname in (("v", tt, fv), ("d", td, fd)):
             s, c = _per_call(times, fname)
-            acc[key][0] += s
-            acc[key][1] += c
+            into[key][0] += s
+            into[key][1] += c
 
-    def once(overlapped: bool, prompt):
+    def once(name: str, prompt):
+        d, t = loops.get(name, (draft, target))
         n = min(tokens, S - len(prompt) - g - 2)
-        target.stage_times, draft.stage_times = {}, {}
+        t.stage_times, d.stage_times = {}, {}
         try:
-            if overlapped:
-                m = generate_overlapped(target, draft, list(prompt), g, SimulatedAcceptor(0.7, rng), n).metrics
+            if name == "ovl":
+                m = generate_overlapped(t, d, list(prompt), g, SimulatedAcceptor(0.7, rng), n).metrics
                 ovl["both"] += m.overlap_s
-                add(ovl, target.stage_times, draft.stage_times)
+                add(ovl, t.stage_times, d.stage_times)
             else:
-                generate(target, draft, prompt, g, SimulatedAcceptor(0.7, rng), n, [])
-                add(seq, target.stage_times, draft.stage_times)
+                generate(t, d, prompt, g, SimulatedAcceptor(0.7, rng), n, [])
+                add(acc[name], t.stage_times, d.stage_times)
         finally:
-            target.stage_times = draft.stage_times = None
-    once(True, prompts[0])      # warm-up: the worker thread, both loops' first calls
-    once(False, prompts[0])
-    seq.update(v=[0.0, 0], d=[0.0, 0])
+            t.stage_times = d.stage_times = None
+    order = ["seq", "ovl"] + [k for k in loops if k != "seq"]
+    for name in order[:2]:      # warm-up: the worker thread, both loops' first calls (the own loops
+        once(name, prompts[0])  # ran in the in-situ phase)
+    for a in acc.values():
+        a.update(v=[0.0, 0], d=[0.0, 0])
     ovl.update(v=[0.0, 0], d=[0.0, 0], both=0.0)
-    # A B A B over the prompts: one round at least (a slow device, e.g. lavapipe, gets no more), then
-    # up to the budget
-    t_end = time.perf_counter() + budget_s * 4 * len(prompts)
+    # A B (C D) A B (C D) over the prompts, then up to the budget
+    t0 = time.perf_counter()
+    t_end = t0 + budget_s * 2 * len(order) * len(prompts)
     rounds = 0
-    while rounds < 1 or (time.perf_counter() < t_end and rounds < 12):
+    while rounds < 1 or (rounds < 12 and (time.perf_counter() < t_end
+                                          or (rounds < min_rounds and time.perf_counter() - t0 < min_rounds_s))):
         for prompt in prompts:
-            once(False, prompt)
-            once(True, prompt)
+            for name in order:
+                once(name, prompt)
         rounds += 1
-    vs, ds = seq["v"][0] / max(seq["v"][1], 1), seq["d"][0] / max(seq["d"][1], 1)
-    vm, dm = ovl["v"][0] / max(ovl["v"][1], 1), ovl["d"][0] / max(ovl["d"][1], 1)
+
+    def per_call(a, key):
+        return a[key][0] / max(a[key][1], 1)
+    vs, ds = per_call(acc["seq"], "v"), per_call(acc["seq"], "d")
+    vm, dm = per_call(ovl, "v"), per_call(ovl, "d")
 
     def factor(extra_s: float) -> float:
         # running beside another model cannot make one faster: below 1 is noise; nor is it ever 20
         slope = extra_s / ovl["both"] if ovl["both"] > 0 else 0.0
         return round(min(20.0, 1.0 / (1.0 - min(max(slope, 0.0), 0.95))), 4)
+    own_v, own_d = (per_call(acc["own_t"], "v"), per_call(acc["own_d"], "d")) if own else (0.0, 0.0)
+    sequential = [round(vs / own_v, 4), round(ds / own_d, 4)] if own_v > 0 and own_d > 0 else []
     return ContentionFit(target=factor(ovl["v"][0] - ovl["v"][1] * vs), draft=factor(ovl["d"][0] - ovl["d"][1] * ds),
                          sync_ms=sync_ms, verify_T=T, alone_ms=[round(vs * 1e3, 5), round(ds * 1e3, 5)],
-                         together_ms=[round(vm * 1e3, 5), round(dm * 1e3, 5)])
+                         together_ms=[round(vm * 1e3, 5), round(dm * 1e3, 5)], sequential=sequential,
+                         rounds=rounds)
 
 
 def _pair_factors(fit: ContentionFit, by_key: dict, dk: str, tk: str, small: str, big: str) -> list[float]:
     """[target, draft]: the pair's sequential per-call times over each model's in-situ figures on
-    its own device (the same function, the same prompts and lengths)."""
+    its own device (the same function, the same prompts and lengths). The fallback when a model
+    was not profiled on the other's device: those figures were taken minutes earlier."""
     def insitu(key: str, sha: str, fname: str) -> float | None:
         e = next((e for e, c in by_key[key] if c.export.source.config_sha256 == sha), None)
         stats = [fns.get(fname) for fns in (e.latency.get(key, {}) if e else {}).values()]
