@@ -125,7 +125,7 @@ def profile(paths: list[str | Path], devices: list[str] | None = None, budget_s:
 
 class _Profiler:
     def __init__(self, paths, budget_s, log, cpu_drivers, isolated, in_situ_tokens, random_weights,
-                 contention_rounds: int = 3):
+                 contention_rounds: int):
         self.budget_s, self.log, self.cpu_drivers = budget_s, log, cpu_drivers
         self.contention_rounds = contention_rounds
         self.isolated, self.in_situ_tokens, self.random_weights = isolated, in_situ_tokens, random_weights
@@ -372,8 +372,9 @@ def _measure_contention(draft: ModelChain, target: ModelChain, budget_s: float, 
     prompts = [rng.integers(3, V, size=max(1, P - 1)).astype(np.int32) for P in target.prefill_buckets
                if P <= S - 12 and S - P - g - 1 >= 2] or [np.ones(1, np.int32)]
     fv, fd = function_name("verify", T), function_name("verify", 1)
-    loops = {"seq": (draft, target), **({"own_t": own[0], "own_d": own[1]} if own else {})}
-    acc = {name: {"v": [0.0, 0], "d": [0.0, 0]} for name in loops}
+    # the rotation, in order: sequential, overlapped, then each model's own device's sequential loop
+    loops = {"seq": (draft, target), "ovl": (draft, target), **({"own_t": own[0], "own_d": own[1]} if own else {})}
+    acc = {name: {"v": [0.0, 0], "d": [0.0, 0]} for name in loops if name != "ovl"}
     ovl = {"v": [0.0, 0], "d": [0.0, 0], "both": 0.0}
 
     def add(into, tt, td):
@@ -383,7 +384,7 @@ def _measure_contention(draft: ModelChain, target: ModelChain, budget_s: float, 
             into[key][1] += c
 
     def once(name: str, prompt):
-        d, t = loops.get(name, (draft, target))
+        d, t = loops[name]
         n = min(tokens, S - len(prompt) - g - 2)
         t.stage_times, d.stage_times = {}, {}
         try:
@@ -396,7 +397,7 @@ def _measure_contention(draft: ModelChain, target: ModelChain, budget_s: float, 
                 add(acc[name], t.stage_times, d.stage_times)
         finally:
             t.stage_times = d.stage_times = None
-    order = ["seq", "ovl"] + [k for k in loops if k != "seq"]
+    order = list(loops)
     for name in order[:2]:      # warm-up: the worker thread, both loops' first calls (the own loops
         once(name, prompts[0])  # ran in the in-situ phase)
     for a in acc.values():
