@@ -24,7 +24,7 @@ from .config import ModelConfig, RopeConfig
 from .golden import GoldenCase, GoldenStep, ModuleDigest
 from .export import (ExportRecord, FunctionRecord, KVParam, Parameters, Source, SubgraphRecord, TensorShape,
                      TensorSpec)
-from .host import HostInfo
+from .host import HostInfo, HostProbe
 from .names import PARAM_SCOPE, ROLES, SubgraphSpec, function_name, kv_param_name, layout_name, subgraph_specs
 from .pack import PackManifest, WheelFile
 from .plan import Placement, Plan, PlanConfig, PlanDevice, PlanModel
@@ -36,7 +36,7 @@ __all__ = [
     "convert", "schema_of", "CPU_DRIVERS", "BundleFile", "BundleManifest", "BundleModel",
     "BundleModels", "IreeVersions", "ModelFiles", "ModuleRef", "Overlap", "Acceptance", "Calibration",
     "ModelConfig", "RopeConfig", "ExportRecord", "FunctionRecord", "KVParam", "Parameters",
-    "Source", "SubgraphRecord", "TensorShape", "TensorSpec", "HostInfo", "PARAM_SCOPE", "ROLES",
+    "Source", "SubgraphRecord", "TensorShape", "TensorSpec", "HostInfo", "HostProbe", "PARAM_SCOPE", "ROLES",
     "SubgraphSpec", "function_name", "kv_param_name", "layout_name", "subgraph_specs",
     "PackManifest", "WheelFile", "Placement", "Plan", "PlanConfig", "PlanDevice", "PlanModel",
     "ContentionFit", "FnStats", "HostCost", "Machine", "ProfiledModel", "ProfiledSubgraph", "Profile", "TransferFit",

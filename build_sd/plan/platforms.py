@@ -5,14 +5,25 @@ figure with its source; `host` is this machine, built from what the board side m
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..contract import HostInfo
+from ..contract import HostInfo, HostProbe
 from ..errors import UserError
 from .roofline import Work
 
 PLATFORMS_FILE = Path(__file__).with_name("platforms.json")
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A roofline fitted to one driver's measured times (fit_probe): effective GB/s and GFLOP/s
+    (no efficiency factors: they are what was reached) and how the two overlap: a call costs
+    (t_mem^p + t_compute^p)^(1/p); p = inf is the plain max, p = 1 their sum."""
+    gbs: float
+    gflops: float
+    p: float
 
 
 @dataclass(frozen=True)
@@ -30,6 +41,8 @@ class DeviceSpec:
     # the largest single buffer the device allocates (Vulkan maxMemoryAllocationSize); None: no
     # limit that matters (CPU drivers). A module's weights, and its KV caches, must each fit.
     max_allocation_bytes: int | None = None
+    # dtype -> the roofline fitted to IREE's own times here (host CPU devices with a probe)
+    fitted: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def profile_key(self) -> str:
@@ -38,6 +51,11 @@ class DeviceSpec:
 
     def latency_ms(self, w: Work, dtype: str) -> float:
         """The roofline: max(compute, memory) + dispatches x overhead + the per-call cost."""
+        fit = self.fitted.get(dtype)
+        if fit is not None:
+            tm, tc = w.bytes / (fit.gbs * 1e9), w.flops / (fit.gflops * 1e9)
+            t = max(tm, tc) if math.isinf(fit.p) else (tm ** fit.p + tc ** fit.p) ** (1.0 / fit.p)
+            return t * 1e3 + w.dispatches * self.dispatch_overhead_us / 1e3 + self.call_overhead_us / 1e3
         peak = self.peak_gflops.get(dtype) or self.peak_gflops.get("f32")
         t_compute = w.flops / (peak * 1e9 * self.compute_efficiency) if peak else 0.0
         t_mem = w.bytes / (self.mem_bw_gbs * 1e9 * self.bw_efficiency)
@@ -131,26 +149,81 @@ def get_platform(name: str, host: HostInfo | None = None) -> Platform:
                     max([_int(d.get("cores")) or 1 for d in p["devices"].values()] + [1]))
 
 
+# the overlap exponents fit_probe tries: 1 (memory and compute add up) .. inf (the plain max)
+FIT_P = (1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0, math.inf)
+ELT_BYTES = {"f32": 4, "f16": 2, "bf16": 2}
+
+
+def fit_probe(probe: HostProbe, driver: str, dtype: str) -> tuple[Fitted, float] | None:
+    """The roofline that best explains the probe's chain times under one driver (least squares
+    of the log error over its rows T), and the cost of one projection's dispatches in us; None
+    where the probe did not time this driver and dtype. The chain's weights are read once a call
+    (bytes B) and each row costs 2 W FLOPs: t(T) = (t_mem^p + t_compute(T)^p)^(1/p) + dispatches."""
+    ms = (probe.chain_ms.get(driver) or {}).get(dtype)
+    tiny = (probe.tiny_ms.get(driver) or {}).get(dtype)
+    if not ms or 1 not in ms or tiny is None or dtype not in ELT_BYTES:
+        return None
+    W = probe.weights()
+    over = 2 * probe.pairs * tiny
+    t = {T: max(v - over, 1e-6) for T, v in sorted(ms.items())}
+    Tmax = max(t)
+    gf_min = 2.0 * W * Tmax / (t[Tmax] * 1e6)     # compute alone cannot take longer than the call
+    best = None
+    for p in FIT_P:
+        for i in range(120):
+            gf = gf_min * 1.08 ** i
+            tc = {T: 2.0 * W * T / (gf * 1e6) for T in t}
+            if tc[1] >= t[1]:
+                continue
+            tm = t[1] if math.isinf(p) else (t[1] ** p - tc[1] ** p) ** (1.0 / p)
+            err = 0.0
+            for T, got in t.items():
+                model = max(tm, tc[T]) if math.isinf(p) else (tm ** p + tc[T] ** p) ** (1.0 / p)
+                err += math.log(model / got) ** 2
+            if best is None or err < best[0] - 1e-12:
+                best = (err, Fitted(W * ELT_BYTES[dtype] / (tm * 1e6), gf, p))
+    return None if best is None else (best[1], tiny * 1e3)
+
+
+def _probed(probe: HostProbe | None, driver: str) -> tuple[dict, float | None]:
+    """{dtype: Fitted} and the per-dispatch us (f32's) of one CPU driver, from the probe."""
+    fits, us = {}, None
+    for dtype in ("f32", "f16"):
+        got = fit_probe(probe, driver, dtype) if probe is not None else None
+        if got:
+            fits[dtype] = got[0]
+            us = got[1] if us is None or dtype == "f32" else us
+    return fits, us
+
+
 def host_platform(host: HostInfo) -> Platform:
     """This machine: its CPU (under local-task: `cpu`, and local-sync: `cpu-sync`), plus lavapipe
     when present (same cores: never concurrent).
 
-    Bandwidth and FLOP/s are the board side's quick fit (numpy), an upper bound on what IREE
-    reaches; a profile, when given, replaces these figures for everything it covers."""
+    Where the build side timed IREE's own kernels here (host.probe: builder/hostfit.py), each CPU
+    driver's roofline is fitted to those times; else bandwidth and FLOP/s are the board side's
+    quick fit (numpy), an upper bound on what IREE reaches, alike for both drivers. A profile,
+    when given, replaces these figures for everything it covers."""
     bw, gflops, cores = host.mem_bw_gbs, host.gflops_f32, max(1, host.cores)
+    task_fit, task_us = _probed(host.probe, "local-task")
+    sync_fit, sync_us = _probed(host.probe, "local-sync")
     devices = {"cpu": DeviceSpec("cpu", "cpu", "host", "local-task", {"f32": gflops, "f16": gflops},
-                                 bw, 0.8, 0.5, 3.0, 20.0),
+                                 bw, 0.8, 0.5, 3.0 if task_us is None else task_us, 20.0, fitted=task_fit),
                # the same modules under IREE's local-sync driver: one core, but no worker wake-ups
                # between dispatches (a few us each here, up to ms on a shared VM): small models
                # win, big ones lose the other cores' bandwidth. A profile decides; these figures
                # only order them without one.
                "cpu-sync": DeviceSpec("cpu-sync", "cpu", "host", "local-sync",
-                                      {"f32": gflops / cores, "f16": gflops / cores}, bw, 0.8, 0.5, 0.5, 10.0)}
+                                      {"f32": gflops / cores, "f16": gflops / cores}, bw, 0.8, 0.5,
+                                      0.5 if sync_us is None else sync_us, 10.0, fitted=sync_fit)}
     if host.has_lavapipe:
         # lavapipe runs SPIR-V on the same cores through LLVM, measured ~30x slower per call here
         devices["vulkan"] = DeviceSpec("vulkan", "gpu", "vulkan-llvmpipe", "vulkan",
                                        {"f32": gflops / 8}, bw, 0.3, 0.2, 400.0, 2000.0,
                                        host.max_allocation_bytes.get("vulkan", LAVAPIPE_MAX_ALLOCATION))
+    fitted = "; ".join(f"{d} f32 {f['f32'].gbs:.1f} GB/s, {f['f32'].gflops:.0f} GFLOP/s, p {f['f32'].p:g}"
+                       for d, f in (("local-task", task_fit), ("local-sync", sync_fit)) if "f32" in f)
     return Platform("host", devices, True, False, 2.0, 50.0, 0.02,
-                    f"fitted here: {bw:.1f} GB/s read, {gflops:.0f} GFLOP/s f32 (numpy), {cores} cores",
+                    f"fitted here: {bw:.1f} GB/s read, {gflops:.0f} GFLOP/s f32 (numpy), {cores} cores"
+                    + (f"; IREE's kernels: {fitted}" if fitted else ""),
                     host.ram_bytes or None, cores)
