@@ -11,8 +11,8 @@ The probe compiles one small module with the `host` preset's flags (data tiling 
 - `chain_T{T}`: 6 pairs of projections 1024 -> 4096 -> 1024 on T rows (T = 1, 2, 4, 8): 192 MB of
   f32 weights (96 MB f16), beyond any L3 here, read once a call like a decode or a verify;
 - `tiny`: 48 chained 32 x 32 projections on one row: each costs its dispatches and little else.
-It runs them under local-task and local-sync (medians of 7 calls after 2 warm-ups, the drivers
-alternated) and keeps the times; the planner fits the roofline to them. The weights are
+It runs them under local-task and local-sync (medians of 7 calls after 2 warm-ups, 35 for the
+tiny chain, the drivers alternated) and keeps the times; the planner fits the roofline to them. The weights are
 parameters, as in an exported model, so nothing folds them at compile time.
 
 About 15 s, once per (CPU, cores, iree-compile version): the times are cached in
@@ -39,6 +39,7 @@ TINY, TINY_N = 32, 48                # the tiny chain: TINY_N projections of TIN
 DTYPES = {"f32": np.float32, "f16": np.float16}
 DRIVERS = ("local-task", "local-sync")
 CALLS, WARMUP = 7, 2
+TINY_CALLS = 5                       # the tiny chain's calls per round (CALLS rounds)
 
 
 def _matmul(lines: list[str], name: str, x: str, w: str, T: int, k: int, n: int, dt: str) -> str:
@@ -146,7 +147,8 @@ def measure(dtypes=("f32", "f16"), log=print) -> HostProbe:
             for _ in range(CALLS):
                 for driver, (fns, xs, got) in runs.items():
                     for T, f in fns.items():
-                        got[T] += _time(f, xs[T], 1)
+                        # the tiny chain takes ~0.1 ms: more calls, or one descheduling is its median
+                        got[T] += _time(f, xs[T], 1 if T else TINY_CALLS)
             for driver, (_, _, got) in runs.items():
                 ms[driver][dt] = {T: float(np.median(v)) for T, v in got.items() if T}
                 tiny[driver][dt] = float(np.median(got[0])) / TINY_N
