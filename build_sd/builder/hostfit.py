@@ -11,7 +11,7 @@ The probe compiles one small module with the `host` preset's flags (data tiling 
 - `chain_T{T}`: 6 pairs of projections 1024 -> 4096 -> 1024 on T rows (T = 1, 2, 4, 8): 192 MB of
   f32 weights (96 MB f16), beyond any L3 here, read once a call like a decode or a verify;
 - `tiny`: 48 chained 32 x 32 projections on one row: each costs its dispatches and little else.
-It runs them under local-task and local-sync (medians of 7 calls after 2 warm-ups, 35 for the
+It runs them under local-task and local-sync (medians of 11 calls after 2 warm-ups, 33 for the
 tiny chain, the drivers alternated) and keeps the times; the planner fits the roofline to them. The weights are
 parameters, as in an exported model, so nothing folds them at compile time.
 
@@ -38,8 +38,8 @@ ROWS = (1, 2, 4, 8)
 TINY, TINY_N = 32, 48                # the tiny chain: TINY_N projections of TINY x TINY
 DTYPES = {"f32": np.float32, "f16": np.float16}
 DRIVERS = ("local-task", "local-sync")
-CALLS, WARMUP = 7, 2
-TINY_CALLS = 5                       # the tiny chain's calls per round (CALLS rounds)
+CALLS, WARMUP = 11, 2
+TINY_CALLS = 3                       # the tiny chain's calls per round (CALLS rounds)
 
 
 def _matmul(lines: list[str], name: str, x: str, w: str, T: int, k: int, n: int, dt: str) -> str:
