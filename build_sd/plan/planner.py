@@ -205,7 +205,8 @@ class Latencies:
                 if None not in parts:
                     self._count("profile-sum")
                     return parts[0] + parts[1] + sum(per) / len(per) * spec.end
-        self._count("analytic")
+        # "analytic (IREE probe)": the roofline of a host CPU driver fitted to IREE's kernels here
+        self._count("analytic (IREE probe)" if self.dtype in self.platform.devices[dev].fitted else "analytic")
         # exports attend to the filled slots (builder/model/llama.py): half the context on average
         w = work(self.cfg, spec.kind, spec.start, spec.end, T, max(1, self.S // 2), ELT[self.dtype], prefill,
                  weight_elt=WEIGHT_BYTES.get(self.quant))
