@@ -71,6 +71,7 @@ def test_the_probe_runs_here_and_is_cached(tmp_path, monkeypatch):
     monkeypatch.setattr(hostfit, "N", 128)
     monkeypatch.setattr(hostfit, "TINY_N", 4)
     monkeypatch.setattr(hostfit, "CALLS", 2)
+    monkeypatch.setattr(hostfit, "busy_fraction", lambda: 0.0)    # whatever else this machine runs
     lines = []
     probe = hostfit.host_probe("test-cpu", 2, log=lines.append)
     assert probe is not None and probe.weights() == 2 * 64 * 128
@@ -86,3 +87,24 @@ def test_the_probe_runs_here_and_is_cached(tmp_path, monkeypatch):
     assert hostfit.host_probe("test-cpu", 2, log=lines.append) == probe and not lines   # from the cache
     cached[0].write_text("{not json")
     assert hostfit.host_probe("test-cpu", 2, log=lines.append) is not None and lines     # measured again
+
+
+def test_a_probe_beside_other_work_is_not_cached(tmp_path, monkeypatch):
+    """Busy CPUs (here: one spinning process per core) read as busy, and a probe taken then serves
+    the plan at hand without being kept."""
+    import os
+    import subprocess
+    spin = [subprocess.Popen(["sh", "-c", "while :; do :; done"]) for _ in range(os.cpu_count() or 1)]
+    try:
+        assert hostfit.busy_fraction() > hostfit.BUSY
+    finally:
+        for p in spin:
+            p.kill()
+            p.wait()
+    monkeypatch.setenv("BUILD_SD_CACHE", str(tmp_path))
+    for name, v in (("PAIRS", 1), ("K", 64), ("N", 128), ("TINY_N", 4), ("CALLS", 2)):
+        monkeypatch.setattr(hostfit, name, v)
+    monkeypatch.setattr(hostfit, "busy_fraction", lambda: 0.9)
+    lines = []
+    assert hostfit.host_probe("test-cpu", 2, log=lines.append) is not None
+    assert any("not cached" in ln for ln in lines) and not list(tmp_path.glob("hostfit/*.json"))

@@ -15,8 +15,9 @@ It runs them under local-task and local-sync (medians of 11 calls after 2 warm-u
 tiny chain, the drivers alternated) and keeps the times; the planner fits the roofline to them. The weights are
 parameters, as in an exported model, so nothing folds them at compile time.
 
-About 15 s, once per (CPU, cores, iree-compile version): the times are cached in
-$BUILD_SD_CACHE/hostfit/ (delete the file to measure again).
+About 10-15 s, once per (CPU, cores, iree-compile version): the times are cached in
+$BUILD_SD_CACHE/hostfit/ (delete the file to measure again), unless other work kept the CPUs busy
+meanwhile (busy_fraction): then they serve the plan at hand and the next plan measures again.
 """
 from __future__ import annotations
 
@@ -176,8 +177,36 @@ def host_probe(cpu: str, cores: int, log=print) -> HostProbe | None:
         except (OSError, msgspec.DecodeError):    # a damaged cache: measure again
             pass
     log("host probe: timing IREE's kernels on this machine once (cached in "
-        f"{path.parent}; about 15 s)")
+        f"{path.parent}; about 10 s)")
+    before = busy_fraction()
     probe = measure(log=log)
+    busy = max(before, busy_fraction())
+    if busy > BUSY:
+        # a probe taken beside other work reads that work's share of the cores and bus: use it
+        # for this plan, but measure again next time rather than keep it
+        log(f"host probe: other processes kept {busy:.0%} of the CPUs busy: its figures are low "
+            "and not cached (plan on an idle machine, or profile)")
+        return probe
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, msgspec.to_builtins(probe))
     return probe
+
+
+BUSY = 0.25          # the share of the CPUs other work may keep busy for a probe to be cached
+
+
+def busy_fraction(window_s: float = 0.3) -> float:
+    """The share of all CPUs' time spent outside idle/iowait over a short window (/proc/stat), this
+    process sleeping meanwhile: what other work takes now. 0 where /proc/stat is not readable."""
+    def sample():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        idle = v[3] + (v[4] if len(v) > 4 else 0)
+        return sum(v), idle
+    try:
+        t0, i0 = sample()
+        time.sleep(window_s)
+        t1, i1 = sample()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return 0.0 if t1 <= t0 else 1.0 - (i1 - i0) / (t1 - t0)
