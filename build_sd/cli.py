@@ -232,6 +232,10 @@ def cmd_build(a):
     _check_template(a.prompt_template)
     plan, prof = _plan(a)
     run_build(plan, a.out, profile=prof, prompt_template=a.prompt_template)
+    if prof is None:
+        # the roofline orders configurations; only measurements on the board rank near-equal ones
+        print(f"planned from the roofline, not measured: on the target machine, `build-sd profile "
+              f"{Path(a.out) / 'bundle'} --out profile.json`, then build again with --profile profile.json")
 
 
 def cmd_bench(a):
