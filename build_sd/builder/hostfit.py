@@ -124,10 +124,10 @@ def _time(inv, x, calls: int) -> list[float]:
     return out
 
 
-def measure(dtypes=("f32", "f16"), log=print) -> HostProbe:
-    """Compile and run the probe here; the medians per driver, dtype and rows."""
+def measure(compiler: str, dtypes=("f32", "f16"), log=print) -> HostProbe:
+    """Compile and run the probe here; the medians per driver, dtype and rows (compiler: the
+    iree-compile version it records)."""
     import iree.runtime as rt
-    from .compile import compiler_version, iree_compile_path
     ms: dict[str, dict[str, dict[int, float]]] = {d: {} for d in DRIVERS}
     tiny: dict[str, dict[str, float]] = {d: {} for d in DRIVERS}
     t0 = time.perf_counter()
@@ -154,8 +154,7 @@ def measure(dtypes=("f32", "f16"), log=print) -> HostProbe:
                 ms[driver][dt] = {T: float(np.median(v)) for T, v in got.items() if T}
                 tiny[driver][dt] = float(np.median(got[0])) / TINY_N
             del runs
-    probe = HostProbe(compiler=compiler_version(iree_compile_path(), cache_dir() / "iree-compile-version.json"),
-                      pairs=PAIRS, k=K, n=N, chain_ms=ms, tiny_ms=tiny)
+    probe = HostProbe(compiler=compiler, pairs=PAIRS, k=K, n=N, chain_ms=ms, tiny_ms=tiny)
     log(f"host probe: IREE on this machine, {time.perf_counter() - t0:.0f} s: " + "; ".join(
         f"{d} f32 decode-like {ms[d]['f32'][1]:.1f} ms (T=8 {ms[d]['f32'][8]:.1f})" for d in DRIVERS if "f32" in ms[d]))
     return probe
@@ -180,7 +179,7 @@ def host_probe(cpu: str, cores: int, log=print) -> HostProbe | None:
         f"{path.parent}; about 10 s)")
     before = busy_fraction()
     try:
-        probe = measure(log=log)
+        probe = measure(version, log=log)
     except BuildError as e:
         # the plan does not need the probe: it falls back to the numpy figures, and says so
         log(f"warning: {e}; planning from the numpy figures")

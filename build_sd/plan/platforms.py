@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..contract import HostInfo, HostProbe
+from ..contract.layout import ELT
 from ..errors import UserError
 from .roofline import Work
 
@@ -55,12 +56,11 @@ class DeviceSpec:
         if fit is not None:
             tm, tc = w.bytes / (fit.gbs * 1e9), w.flops / (fit.gflops * 1e9)
             t = max(tm, tc) if math.isinf(fit.p) else (tm ** fit.p + tc ** fit.p) ** (1.0 / fit.p)
-            return t * 1e3 + w.dispatches * self.dispatch_overhead_us / 1e3 + self.call_overhead_us / 1e3
-        peak = self.peak_gflops.get(dtype) or self.peak_gflops.get("f32")
-        t_compute = w.flops / (peak * 1e9 * self.compute_efficiency) if peak else 0.0
-        t_mem = w.bytes / (self.mem_bw_gbs * 1e9 * self.bw_efficiency)
-        return (max(t_compute, t_mem) * 1e3 + w.dispatches * self.dispatch_overhead_us / 1e3
-                + self.call_overhead_us / 1e3)
+        else:
+            peak = self.peak_gflops.get(dtype) or self.peak_gflops.get("f32")
+            t = max(w.flops / (peak * 1e9 * self.compute_efficiency) if peak else 0.0,
+                    w.bytes / (self.mem_bw_gbs * 1e9 * self.bw_efficiency))
+        return t * 1e3 + w.dispatches * self.dispatch_overhead_us / 1e3 + self.call_overhead_us / 1e3
 
 
 @dataclass
@@ -151,7 +151,6 @@ def get_platform(name: str, host: HostInfo | None = None) -> Platform:
 
 # the overlap exponents fit_probe tries: 1 (memory and compute add up) .. inf (the plain max)
 FIT_P = (1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0, math.inf)
-ELT_BYTES = {"f32": 4, "f16": 2, "bf16": 2}
 
 
 def fit_probe(probe: HostProbe, driver: str, dtype: str) -> tuple[Fitted, float] | None:
@@ -161,7 +160,7 @@ def fit_probe(probe: HostProbe, driver: str, dtype: str) -> tuple[Fitted, float]
     (bytes B) and each row costs 2 W FLOPs: t(T) = (t_mem^p + t_compute(T)^p)^(1/p) + dispatches."""
     ms = (probe.chain_ms.get(driver) or {}).get(dtype)
     tiny = (probe.tiny_ms.get(driver) or {}).get(dtype)
-    if not ms or 1 not in ms or tiny is None or dtype not in ELT_BYTES:
+    if not ms or 1 not in ms or tiny is None or dtype not in ELT:
         return None
     W = probe.weights()
     over = 2 * probe.pairs * tiny
@@ -183,19 +182,16 @@ def fit_probe(probe: HostProbe, driver: str, dtype: str) -> tuple[Fitted, float]
                     model = max(tm, tc[T]) if math.isinf(p) else (tm ** p + tc[T] ** p) ** (1.0 / p)
                     err += math.log(model / got) ** 2
                 if best is None or err < best[0] - 1e-12:
-                    best = (err, Fitted(W * ELT_BYTES[dtype] / (tm * 1e6), gf, p))
+                    best = (err, Fitted(W * ELT[dtype] / (tm * 1e6), gf, p))
     return None if best is None else (best[1], tiny * 1e3)
 
 
 def _probed(probe: HostProbe | None, driver: str) -> tuple[dict, float | None]:
-    """{dtype: Fitted} and the per-dispatch us (f32's) of one CPU driver, from the probe."""
-    fits, us = {}, None
-    for dtype in ("f32", "f16"):
-        got = fit_probe(probe, driver, dtype) if probe is not None else None
-        if got:
-            fits[dtype] = got[0]
-            us = got[1] if us is None or dtype == "f32" else us
-    return fits, us
+    """{dtype: Fitted} and the per-dispatch us of one CPU driver, from the probe (f32's tiny chain,
+    else f16's)."""
+    got = {dt: fit_probe(probe, driver, dt) for dt in ("f32", "f16")} if probe is not None else {}
+    got = {dt: g for dt, g in got.items() if g}
+    return {dt: g[0] for dt, g in got.items()}, next((g[1] for g in got.values()), None)
 
 
 def host_platform(host: HostInfo) -> Platform:
