@@ -8,6 +8,8 @@
     python -m build_sd.chatpair export   [--ckpt ...] [--dst build_sd/chatpair/models/draft]
     python -m build_sd.chatpair keep                                        # shards' sequences -> data/answers/ (git)
     python -m build_sd.chatpair rescore  [--k 32]                           # data/answers/ -> the missing shards
+    python -m build_sd.chatpair features [--only shard]                     # data/answers/ -> features/ (EAGLE head data)
+    python -m build_sd.chatpair eagle-train | eagle-eval                    # runs/eagle/, held-out acceptance
 
 Run long jobs with `nice -n 19`; every command takes --threads (default 2).
 """
@@ -95,6 +97,30 @@ def main(argv=None) -> int:
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--batch", type=int, default=16)
 
+    p = common(sub.add_parser("features", help="the target's last hidden states + top-k over data/answers/ "
+                                               "(feature-level draft data; resumable)"))
+    p.add_argument("--k", type=int, default=8)
+    p.add_argument("--batch-tokens", type=int, default=2048)
+    p.add_argument("--only", help="only the shards whose name starts so (e.g. shard)")
+    p.add_argument("--max-shards", type=int)
+
+    p = common(sub.add_parser("eagle-train", help="train the feature-level draft head on features/ (resumable)"))
+    p.add_argument("--run", type=Path, help="default OUT/runs/eagle")
+    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--batch-tokens", type=int, default=2048)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--noise", type=float, default=0.1, help="uniform feature noise, x the features' RMS")
+    p.add_argument("--p-weight", type=float, default=0.1, help="weight of the token loss (the feature loss: 1)")
+    p.add_argument("--ckpt-minutes", type=float, default=3.0)
+    p.add_argument("--log-every", type=int, default=20)
+    p.add_argument("--val-every", type=int, default=200)
+
+    p = common(sub.add_parser("eagle-eval", help="replay greedy speculative decoding with the head on the held-out prompts"))
+    p.add_argument("--ckpt", type=Path, help="default OUT/runs/eagle/last.pt")
+    p.add_argument("--prompts", type=int, default=40)
+    p.add_argument("--json", type=Path)
+
     a = ap.parse_args(argv)
     import torch
     torch.set_num_threads(a.threads)
@@ -128,6 +154,15 @@ def main(argv=None) -> int:
     elif a.cmd == "rescore":
         from . import keep
         print(f"rebuilt {keep.rescore(a.out, k=a.k, batch=a.batch, threads=a.threads)} shards in {a.out / 'shards'}")
+    elif a.cmd == "features":
+        from . import features
+        features.main(a)
+    elif a.cmd == "eagle-train":
+        from . import eagle
+        eagle.train(a)
+    elif a.cmd == "eagle-eval":
+        from . import eagle
+        eagle.evaluate(a)
     return 0
 
 

@@ -1,0 +1,368 @@
+"""A feature-level draft head for the chat target (EAGLE, arXiv 2401.15077): model, training, held-out eval.
+
+The head drafts from the target's own last hidden state instead of tokens alone:
+
+    h_t     = fc([embed(x_{t+1}); f_t])                 f_t: the target's normed last hidden state at t
+    fhat_t  = norm(LlamaDecoderLayer(h)_t)              one layer of the target's shape, causal over 0..t,
+                                                        and a final RMSNorm (started as the target's)
+    logits  = head(fhat_t)  -> the draft's x_{t+2}      head: the target's tied embedding rows, frozen,
+                                                        over the K ids of the token-level draft's head
+
+`embed` is the target's embedding (frozen). The final norm makes the head an ordinary Llama model
+with one layer, an `fc` before it and a second input (build_sd exports it like any draft), and puts
+fhat where f lives: both are normed vectors that the same head rows score. fhat_t is trained to BE f_{t+1} (smooth-L1, weight 1) and
+its head scores to match the target's next-token distribution (KL over the target's top-k renormalised
+on the head's ids, weight --p-weight), as EAGLE does. Drafting step k > 1 feeds the head its own fhat
+in place of f: features are noised during training (uniform, +-noise x the features' RMS) so it holds.
+
+Cost per drafted token: fc 2H.H + layer 4.H.H(GQA less) + 3.H.I + head H.K multiply-adds, about 9M for
+SmolLM2-135M (H 576, I 1536, K 8192): c ~0.07 of the target's 134M.
+
+Evaluation (`eagle-eval`) replays greedy speculative decoding exactly along the target's greedy answers
+to the held-out prompts (evaluate.heldout_answers): before each block the head's cache holds the true
+features of every accepted position, the block drafts g tokens feeding fhat back, and the number of
+leading matches is what greedy verification would accept. It reports step-1 accuracy (comparable to the
+token-level draft's alpha) and tokens per verify for g = 1..6 next to the token-level draft's.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import log_to
+
+
+@dataclass
+class HeadConfig:
+    hidden: int = 576
+    intermediate: int = 1536
+    heads: int = 9
+    kv_heads: int = 3
+    head_dim: int = 64
+    rope_theta: float = 100000.0
+    eps: float = 1e-5
+    vocab: int = 49152
+
+    @classmethod
+    def of_target(cls, cfg: dict) -> "HeadConfig":
+        return cls(cfg["hidden_size"], cfg["intermediate_size"], cfg["num_attention_heads"],
+                   cfg["num_key_value_heads"], cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"],
+                   cfg.get("rope_theta", 10000.0), cfg.get("rms_norm_eps", 1e-5), cfg["vocab_size"])
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, n: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(n))
+        self.eps = eps
+
+    def forward(self, x):
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+
+
+def rope(x, pos, theta: float):
+    """Llama's rotate-half RoPE; x [B, h, T, d], pos [T] (absolute positions)."""
+    d = x.shape[-1]
+    inv = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d)
+    ang = pos.float()[:, None] * inv[None]                      # [T, d/2]
+    cos, sin = torch.cat([ang, ang], -1).cos(), torch.cat([ang, ang], -1).sin()
+    x1, x2 = x[..., : d // 2], x[..., d // 2:]
+    return x * cos + torch.cat([-x2, x1], -1) * sin
+
+
+class Layer(nn.Module):
+    """A Llama decoder layer with HF's parameter names, and an explicit KV cache for drafting."""
+
+    def __init__(self, c: HeadConfig):
+        super().__init__()
+        self.c = c
+        H, q, kv = c.hidden, c.heads * c.head_dim, c.kv_heads * c.head_dim
+        self.input_layernorm = RMSNorm(H, c.eps)
+        self.post_attention_layernorm = RMSNorm(H, c.eps)
+        self.self_attn = nn.Module()
+        self.self_attn.q_proj = nn.Linear(H, q, bias=False)
+        self.self_attn.k_proj = nn.Linear(H, kv, bias=False)
+        self.self_attn.v_proj = nn.Linear(H, kv, bias=False)
+        self.self_attn.o_proj = nn.Linear(q, H, bias=False)
+        self.mlp = nn.Module()
+        self.mlp.gate_proj = nn.Linear(H, c.intermediate, bias=False)
+        self.mlp.up_proj = nn.Linear(H, c.intermediate, bias=False)
+        self.mlp.down_proj = nn.Linear(c.intermediate, H, bias=False)
+
+    def forward(self, x, pos, cache: list | None = None):
+        """x [B, T, H] at positions pos [T]; cache [k, v] ([B, kvh, S, d], the positions before pos[0])
+        is extended in place when given; without it the T rows attend causally among themselves."""
+        c, a = self.c, self.self_attn
+        B, T, _ = x.shape
+        h = self.input_layernorm(x)
+        q = a.q_proj(h).view(B, T, c.heads, c.head_dim).transpose(1, 2)
+        k = a.k_proj(h).view(B, T, c.kv_heads, c.head_dim).transpose(1, 2)
+        v = a.v_proj(h).view(B, T, c.kv_heads, c.head_dim).transpose(1, 2)
+        q, k = rope(q, pos, c.rope_theta), rope(k, pos, c.rope_theta)
+        if cache is not None:
+            if cache[0] is not None:
+                k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
+            cache[0], cache[1] = k, v
+        rep = c.heads // c.kv_heads
+        k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+        S = k.shape[2]
+        # row i (absolute S-T+i) sees keys 0..S-T+i
+        mask = torch.ones(T, S, dtype=torch.bool).tril(S - T)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x + a.o_proj(o.transpose(1, 2).reshape(B, T, -1))
+        h = self.post_attention_layernorm(x)
+        return x + self.mlp.down_proj(F.silu(self.mlp.gate_proj(h)) * self.mlp.up_proj(h))
+
+
+class EagleHead(nn.Module):
+    def __init__(self, c: HeadConfig, embed: torch.Tensor, head_ids: torch.Tensor, norm: torch.Tensor):
+        super().__init__()
+        self.c = c
+        self.embed = nn.Embedding.from_pretrained(embed.float(), freeze=True)          # the target's
+        self.register_buffer("vocab_ids", head_ids.to(torch.int32))
+        self.head = nn.Linear(c.hidden, len(head_ids), bias=False)
+        with torch.no_grad():
+            self.head.weight.copy_(embed.float()[head_ids.long()])                    # tied rows
+        self.head.weight.requires_grad_(False)
+        self.fc = nn.Linear(2 * c.hidden, c.hidden, bias=False)
+        self.layer = Layer(c)
+        self.norm = RMSNorm(c.hidden, c.eps)
+        with torch.no_grad():
+            self.norm.weight.copy_(norm.float())
+
+    def forward(self, feats, next_ids, pos, cache=None):
+        """fhat [B, T, H] from the features f_t and the tokens x_{t+1} at positions pos."""
+        return self.norm(self.layer(self.fc(torch.cat([self.embed(next_ids), feats], -1)), pos, cache))
+
+    def trainable(self):
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+# ---- data -----------------------------------------------------------------------------------------
+
+def load_features(dirs: list[Path]) -> list[dict]:
+    seqs = []
+    for p in sorted(q for d in dirs for q in d.glob("*.npz") if ".tmp" not in q.name):
+        z = np.load(p)
+        off, st = z["seq_off"], z["ans_start"]
+        for i in range(len(st)):
+            a, b = int(off[i]), int(off[i + 1])
+            seqs.append(dict(ids=z["ids"][a:b].astype(np.int64), feat=z["feat"][a:b], top_ids=z["top_ids"][a:b],
+                             top_logp=z["top_logp"][a:b], start=int(st[i]), shard=p.name, i=i))
+    return seqs
+
+
+def split(seqs: list[dict], val_frac: float, seed: int):
+    """(train, validation) by a hash of each sequence's shard and index: a sequence stays on its side
+    while shards keep arriving."""
+    import hashlib
+
+    def val(s):
+        h = hashlib.sha1(f"{seed}:{s['shard']}:{s['i']}".encode()).digest()
+        return int.from_bytes(h[:4], "little") < val_frac * 2 ** 32
+    return [s for s in seqs if not val(s)], [s for s in seqs if val(s)]
+
+
+def batch(seqs: list[dict], remap: np.ndarray):
+    """Tensors for a list of sequences (right padding): inputs (f_t, x_{t+1}) for t = 0..n-2, targets
+    f_{t+1} and the target's top-k at t+1 (mapped onto the head's rows; -1 = not in the head), and
+    the loss mask: t+2 is an answer position (the drafted token is an answer token)."""
+    L = max(len(s["ids"]) for s in seqs) - 1
+    B, H, k = len(seqs), seqs[0]["feat"].shape[1], seqs[0]["top_ids"].shape[1]
+    f = np.zeros((B, L, H), np.float32)
+    x = np.zeros((B, L), np.int64)
+    ft = np.zeros((B, L, H), np.float32)
+    ti = np.full((B, L, k), -1, np.int64)
+    tl = np.zeros((B, L, k), np.float32)
+    m = np.zeros((B, L), bool)
+    for b, s in enumerate(seqs):
+        n = len(s["ids"]) - 1
+        f[b, :n] = s["feat"][:n]
+        x[b, :n] = s["ids"][1:]
+        ft[b, :n] = s["feat"][1:]
+        ti[b, :n] = remap[s["top_ids"][1:]]
+        tl[b, :n] = s["top_logp"][1:]
+        m[b, max(0, s["start"] - 2):n] = True
+    t = torch.from_numpy
+    return t(f), t(x), t(ft), t(ti), t(tl), t(m)
+
+
+def losses(model: EagleHead, f, x, ft, ti, tl, m, noise: float, p_weight: float):
+    if noise:
+        f = f + (torch.rand_like(f) * 2 - 1) * noise
+    pos = torch.arange(f.shape[1])
+    fh = model(f, x, pos)
+    fh_m, ft_m = fh[m], ft[m]
+    v_loss = F.smooth_l1_loss(fh_m, ft_m)
+    logq = torch.log_softmax(model.head(fh_m), -1)
+    ti_m, tl_m = ti[m], tl[m]
+    ok = ti_m >= 0
+    p = torch.softmax(tl_m.masked_fill(~ok, -1e9), -1)                    # the target's top-k on the head
+    p_loss = -(p * logq.gather(-1, ti_m.clamp(min=0)).masked_fill(~ok, 0)).sum(-1).mean()
+    with torch.no_grad():
+        # step-1 agreement with the target's argmax (top-1 of its top-k), where the head holds it
+        acc = ((logq.argmax(-1) == ti_m[:, 0]) & ok[:, 0]).float().mean()
+    return v_loss + p_weight * p_loss, v_loss.detach(), p_loss.detach(), acc
+
+
+def target_parts(target_dir: Path):
+    from safetensors import safe_open
+    cfg = json.loads((target_dir / "config.json").read_text())
+    with safe_open(str(target_dir / "model.safetensors"), "pt") as fh:
+        E = fh.get_tensor("model.embed_tokens.weight").float()
+        norm = fh.get_tensor("model.norm.weight").float()
+    return HeadConfig.of_target(cfg), E, norm
+
+
+def default_head_ids() -> torch.Tensor:
+    """The token-level draft's 8192 head ids (the ids the teacher writes most)."""
+    from safetensors import safe_open
+    p = Path(__file__).parent / "models" / "draft" / "model.safetensors"
+    with safe_open(str(p), "pt") as fh:
+        return fh.get_tensor("lm_head.vocab_ids").long()
+
+
+def new_head(target_dir: Path, seed: int) -> EagleHead:
+    torch.manual_seed(seed)
+    c, E, norm = target_parts(target_dir)
+    m = EagleHead(c, E, default_head_ids(), norm)
+    return m
+
+
+def train(a) -> None:
+    from .teacher import target_dir
+    torch.manual_seed(a.seed)
+    torch.set_num_threads(a.threads)
+    run = a.run or a.out / "runs" / "eagle"
+    run.mkdir(parents=True, exist_ok=True)
+    log = run / "train.log"
+    model = new_head(target_dir(), a.seed)
+    remap = np.full(model.c.vocab, -1, np.int64)
+    remap[model.vocab_ids.numpy()] = np.arange(len(model.vocab_ids))
+    opt = torch.optim.AdamW(model.trainable(), lr=a.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    step, rng_state = 0, None
+    last = run / "last.pt"
+    if last.exists():
+        ck = torch.load(last, map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        step = ck["step"]
+        log_to(log, f"eagle: resumed at step {step}")
+    seqs = load_features([a.out / "features"])
+    tr, va = split(seqs, 0.02, a.seed)
+    rms = float(np.sqrt(np.mean(np.square(seqs[0]["feat"].astype(np.float32)))))
+    log_to(log, f"eagle: {len(tr)} train / {len(va)} val sequences, "
+                f"{sum(len(s['ids']) for s in tr):,} tokens; feature RMS {rms:.3f}; step {step} of {a.steps}")
+    r = random.Random(a.seed * 1000 + step)
+    t0, seen = time.time(), 0
+    last_ck = time.time()
+    n_files = len(list((a.out / "features").glob("*.npz")))
+    while step < a.steps:
+        if step % 250 == 0 and len(list((a.out / "features").glob("*.npz"))) != n_files:
+            # the features job is still writing shards: train on what has arrived (same split rule)
+            n_files = len(list((a.out / "features").glob("*.npz")))
+            tr, va = split(load_features([a.out / "features"]), 0.02, a.seed)
+            log_to(log, f"eagle: {n_files} feature shards now, {len(tr)} train sequences")
+        # a batch: sequences of similar length up to --batch-tokens padded tokens
+        s0 = tr[r.randrange(len(tr))]
+        L = len(s0["ids"])
+        pool = [s for s in (tr[r.randrange(len(tr))] for _ in range(64)) if abs(len(s["ids"]) - L) < 32]
+        chosen = [s0] + pool[: max(0, a.batch_tokens // L - 1)]
+        lr = a.lr * min(1.0, (step + 1) / a.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / a.steps))))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        loss, vl, pl, acc = losses(model, *batch(chosen, remap), noise=a.noise * rms, p_weight=a.p_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.trainable(), 1.0)
+        opt.step()
+        step += 1
+        seen += sum(len(s["ids"]) for s in chosen)
+        if step % a.log_every == 0:
+            log_to(log, f"step {step} lr {lr:.2e} v {vl:.4f} p {pl:.3f} acc1 {acc:.3f} "
+                        f"{seen / (time.time() - t0):.0f} tok/s")
+        if step % a.val_every == 0 or step == a.steps:
+            with torch.no_grad():
+                accs = [float(losses(model, *batch(va[i:i + 8], remap), 0.0, a.p_weight)[3])
+                        for i in range(0, len(va), 8)]
+            log_to(log, f"step {step} val acc1 {np.mean(accs):.4f}")
+        if time.time() - last_ck > a.ckpt_minutes * 60 or step == a.steps:
+            tmp = run / "last.tmp.pt"
+            torch.save(dict(model=model.state_dict(), opt=opt.state_dict(), step=step, args=vars(a) | dict(
+                out=str(a.out), run=str(run))), tmp)
+            tmp.replace(last)
+            last_ck = time.time()
+
+
+# ---- held-out replay ------------------------------------------------------------------------------
+
+@torch.no_grad()
+def replay(model: EagleHead, target, items: list[dict], gammas=(1, 2, 3, 4, 5, 6)) -> dict:
+    """Greedy speculative decoding replayed along each held-out greedy answer: tokens per verify for
+    each gamma, and step-1 accuracy (the head fed the true features, as in the first draft of a block)."""
+    ids_of = model.vocab_ids.long()
+    out = {g: [0, 0] for g in gammas}                 # tokens emitted, verify calls
+    hit1 = n1 = 0
+    for it in items:
+        seq = it["ids"] + it["answer"]
+        P, A = len(it["ids"]), len(it["answer"])
+        x = torch.tensor([seq])
+        f = target.model(input_ids=x).last_hidden_state[0]            # [S, H] true features
+        # step-1 along the whole answer: (f_t, x_{t+1}) -> token t+2, judged for t+2 in the answer
+        fh = model(f[None, :-1], x[:, 1:], torch.arange(len(seq) - 1))[0]
+        pred = ids_of[model.head(fh).argmax(-1)]
+        for t in range(P - 2, len(seq) - 2):
+            hit1 += int(pred[t] == seq[t + 2])
+            n1 += 1
+        for g in gammas:
+            p = P                       # the target emits answer token 0 from f_{P-1} (prefill); p = its position
+            emitted, calls = 1, 0
+            while p < P + A - 1:
+                # the head's cache: true features for inputs 0..p-2 ((f_t, x_{t+1}) for t < p-1)
+                cache = [None, None]
+                model(f[None, : p - 1], x[:, 1:p], torch.arange(p - 1), cache)
+                fin, xin, drafts = f[p - 1], seq[p], []
+                for i in range(g):
+                    fh = model(fin[None, None], torch.tensor([[xin]]), torch.tensor([p - 1 + i]), cache)[0, 0]
+                    d = int(ids_of[model.head(fh).argmax()])
+                    drafts.append(d)
+                    fin, xin = fh, d
+                n = 0
+                while n < g and p + 1 + n < P + A and drafts[n] == seq[p + 1 + n]:
+                    n += 1
+                calls += 1
+                step = min(n + 1, P + A - 1 - p)
+                emitted += step
+                p += step
+            out[g][0] += emitted
+            out[g][1] += calls
+    return dict(acc1=hit1 / n1, positions=n1,
+                tokens_per_verify={g: out[g][0] / max(1, out[g][1]) for g in gammas})
+
+
+def evaluate(a) -> None:
+    from .evaluate import heldout_answers
+    from .teacher import load_target, target_dir
+    torch.set_num_threads(a.threads)
+    items = heldout_answers(a.out, 128)[: a.prompts]
+    model = new_head(target_dir(), 0)
+    ck = torch.load(a.ckpt or a.out / "runs" / "eagle" / "last.pt", map_location="cpu", weights_only=False)
+    model.load_state_dict(ck["model"])
+    model.eval()
+    _, target = load_target()
+    r = replay(model, target, items)
+    print(f"step {ck['step']}: held-out step-1 accuracy {r['acc1']:.4f} over {r['positions']} positions "
+          f"({len(items)} prompts)")
+    for g, v in r["tokens_per_verify"].items():
+        print(f"  gamma {g}: {v:.3f} tokens per verify")
+    if a.json:
+        a.json.write_text(json.dumps(dict(step=ck["step"], **r), indent=1))
