@@ -110,3 +110,33 @@ def test_replay_random_head_accepts_little():
                             min_new_tokens=16)[0, len(prompt):].tolist()
     r = eagle.replay(h, t, [dict(ids=prompt, answer=answer)], gammas=(3,))
     assert r["tokens_per_verify"][3] < 2.0
+
+
+def test_unrolled_passes_are_the_drafting_steps():
+    """Pass s of the training-time test at position p+s-2 is the s-th draft of a block that starts
+    after position p-1, computed step by step with the cache (as replay and the runner draft)."""
+    t = tiny_target()
+    h = tiny_head(t)
+    T, p = 12, 6
+    f, ids = torch.randn(1, T, 32), torch.randint(0, 64, (1, T))
+    with torch.no_grad():
+        outs = h.unrolled(f, ids, 3)
+        assert torch.allclose(outs[0], h(f, ids, torch.arange(T)), atol=1e-5)
+        cache = [None, None]
+        h(f[:, :p - 1], ids[:, :p - 1], torch.arange(p - 1), cache)
+        fin = f[:, p - 1:p]
+        for s in range(1, 4):
+            q = p - 1 + s - 1
+            out = h(fin, ids[:, q:q + 1], torch.tensor([q]), cache)
+            assert torch.allclose(out[0, 0], outs[s - 1][0, q], atol=1e-5), s
+            fin = out
+
+
+def test_chain_blocks_counts_leading_hits():
+    # answer of 8 tokens; token 0 from the prefill; hits at 1, 2, then a miss at 3, hits after
+    correct = [False, True, True, False, True, True, True, True]
+    out = eagle.chain_blocks(correct, (2, 4))
+    # g=2: [1,2 accepted +bonus 3] -> p=4; [4,5 + bonus 6] -> p=7; [7 accepted, end] -> 8 tokens, 3 calls
+    assert out[2] == (8, 3)
+    # g=4: [1,2 then miss: +bonus 3] -> p=4; [4..7 accepted, end] -> 2 calls
+    assert out[4] == (8, 2)

@@ -115,10 +115,14 @@ def main(argv=None) -> int:
     p.add_argument("--ckpt-minutes", type=float, default=3.0)
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--val-every", type=int, default=200)
+    p.add_argument("--unroll", type=int, default=1, help="drafting steps trained at once (training-time test; 1: step 1 only)")
+    p.add_argument("--init", type=Path, help="a new run starts from this run's checkpoint (e.g. runs/eagle/last.pt)")
 
     p = common(sub.add_parser("eagle-eval", help="replay greedy speculative decoding with the head on the held-out prompts"))
     p.add_argument("--ckpt", type=Path, help="default OUT/runs/eagle/last.pt")
     p.add_argument("--prompts", type=int, default=40)
+    p.add_argument("--draft", type=Path, default=Path(__file__).parent / "models" / "draft",
+                   help="the token-level draft replayed beside it")
     p.add_argument("--json", type=Path)
 
     a = ap.parse_args(argv)

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..builder.model.llama import RMSNorm, rotate_half
 from . import log_to
 
 
@@ -59,24 +60,13 @@ class HeadConfig:
                    cfg.get("rope_theta", 10000.0), cfg.get("rms_norm_eps", 1e-5), cfg["vocab_size"])
 
 
-class RMSNorm(nn.Module):
-    def __init__(self, n: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(n))
-        self.eps = eps
-
-    def forward(self, x):
-        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
-
-
 def rope(x, pos, theta: float):
     """Llama's rotate-half RoPE; x [B, h, T, d], pos [T] (absolute positions)."""
     d = x.shape[-1]
     inv = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d)
     ang = pos.float()[:, None] * inv[None]                      # [T, d/2]
     cos, sin = torch.cat([ang, ang], -1).cos(), torch.cat([ang, ang], -1).sin()
-    x1, x2 = x[..., : d // 2], x[..., d // 2:]
-    return x * cos + torch.cat([-x2, x1], -1) * sin
+    return x * cos + rotate_half(x) * sin
 
 
 class Layer(nn.Module):
@@ -86,8 +76,8 @@ class Layer(nn.Module):
         super().__init__()
         self.c = c
         H, q, kv = c.hidden, c.heads * c.head_dim, c.kv_heads * c.head_dim
-        self.input_layernorm = RMSNorm(H, c.eps)
-        self.post_attention_layernorm = RMSNorm(H, c.eps)
+        self.input_layernorm = RMSNorm(H, c.eps, torch.float32)
+        self.post_attention_layernorm = RMSNorm(H, c.eps, torch.float32)
         self.self_attn = nn.Module()
         self.self_attn.q_proj = nn.Linear(H, q, bias=False)
         self.self_attn.k_proj = nn.Linear(H, kv, bias=False)
@@ -98,29 +88,37 @@ class Layer(nn.Module):
         self.mlp.up_proj = nn.Linear(H, c.intermediate, bias=False)
         self.mlp.down_proj = nn.Linear(c.intermediate, H, bias=False)
 
-    def forward(self, x, pos, cache: list | None = None):
-        """x [B, T, H] at positions pos [T]; cache [k, v] ([B, kvh, S, d], the positions before pos[0])
-        is extended in place when given; without it the T rows attend causally among themselves."""
+    def qkv(self, x, pos):
+        """The RoPE'd q [B, h, T, d] and k, v [B, kvh, T, d] of rows x at positions pos."""
         c, a = self.c, self.self_attn
         B, T, _ = x.shape
         h = self.input_layernorm(x)
         q = a.q_proj(h).view(B, T, c.heads, c.head_dim).transpose(1, 2)
         k = a.k_proj(h).view(B, T, c.kv_heads, c.head_dim).transpose(1, 2)
         v = a.v_proj(h).view(B, T, c.kv_heads, c.head_dim).transpose(1, 2)
-        q, k = rope(q, pos, c.rope_theta), rope(k, pos, c.rope_theta)
+        return rope(q, pos, self.c.rope_theta), rope(k, pos, self.c.rope_theta), v
+
+    def finish(self, x, q, k, v, mask):
+        """Attention of q over (k, v) where mask [T, S] allows, then the residual and the MLP."""
+        rep = self.c.heads // self.c.kv_heads
+        k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x + self.self_attn.o_proj(o.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
+        h = self.post_attention_layernorm(x)
+        return x + self.mlp.down_proj(F.silu(self.mlp.gate_proj(h)) * self.mlp.up_proj(h))
+
+    def forward(self, x, pos, cache: list | None = None):
+        """x [B, T, H] at positions pos [T]; cache [k, v] ([B, kvh, S, d], the positions before pos[0])
+        is extended in place when given; without it the T rows attend causally among themselves."""
+        T = x.shape[1]
+        q, k, v = self.qkv(x, pos)
         if cache is not None:
             if cache[0] is not None:
                 k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
             cache[0], cache[1] = k, v
-        rep = c.heads // c.kv_heads
-        k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
         S = k.shape[2]
         # row i (absolute S-T+i) sees keys 0..S-T+i
-        mask = torch.ones(T, S, dtype=torch.bool).tril(S - T)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        x = x + a.o_proj(o.transpose(1, 2).reshape(B, T, -1))
-        h = self.post_attention_layernorm(x)
-        return x + self.mlp.down_proj(F.silu(self.mlp.gate_proj(h)) * self.mlp.up_proj(h))
+        return self.finish(x, q, k, v, torch.ones(T, S, dtype=torch.bool).tril(S - T))
 
 
 class EagleHead(nn.Module):
@@ -135,13 +133,35 @@ class EagleHead(nn.Module):
         self.head.weight.requires_grad_(False)
         self.fc = nn.Linear(2 * c.hidden, c.hidden, bias=False)
         self.layer = Layer(c)
-        self.norm = RMSNorm(c.hidden, c.eps)
+        self.norm = RMSNorm(c.hidden, c.eps, torch.float32)
         with torch.no_grad():
             self.norm.weight.copy_(norm.float())
 
     def forward(self, feats, next_ids, pos, cache=None):
         """fhat [B, T, H] from the features f_t and the tokens x_{t+1} at positions pos."""
         return self.norm(self.layer(self.fc(torch.cat([self.embed(next_ids), feats], -1)), pos, cache))
+
+    def unrolled(self, feats, next_ids, steps: int) -> list:
+        """Drafting steps 1..steps at every position at once (EAGLE-3's training-time test): pass s
+        at position q is the s-th draft of a block whose first input sits at q-s+1, so it reads
+        pass s-1's output at q-1 as its feature and attends to pass 1's keys up to q-s+1 (the true
+        features before the block) and to pass j's key at q-s+j (the block's own drafts). Pass 1 is
+        forward(); outs[s-1][:, q] for q < s-1 is meaningless (its block would start before 0)."""
+        B, T, _ = feats.shape
+        pos = torch.arange(T)
+        e = self.embed(next_ids)
+        ks, vs, outs, f = [], [], [], feats
+        for s in range(1, steps + 1):
+            x = self.fc(torch.cat([e, f], -1))
+            q, k, v = self.layer.qkv(x, pos)
+            ks.append(k)
+            vs.append(v)
+            masks = [pos[None, :] <= pos[:, None] - (s - 1)]
+            masks += [pos[None, :] == pos[:, None] - (s - j) for j in range(2, s + 1)]
+            out = self.norm(self.layer.finish(x, q, torch.cat(ks, 2), torch.cat(vs, 2), torch.cat(masks, 1)))
+            outs.append(out)
+            f = torch.cat([torch.zeros_like(out[:, :1]), out[:, :-1]], 1)
+        return outs
 
     def trainable(self):
         return [p for p in self.parameters() if p.requires_grad]
@@ -152,7 +172,8 @@ class EagleHead(nn.Module):
 def load_features(dirs: list[Path]) -> list[dict]:
     seqs = []
     for p in sorted(q for d in dirs for q in d.glob("*.npz") if ".tmp" not in q.name):
-        z = np.load(p)
+        with np.load(p) as npz:
+            z = {k: npz[k] for k in npz.files}          # each npz[k] reads the file: once per array
         off, st = z["seq_off"], z["ans_start"]
         for i in range(len(st)):
             a, b = int(off[i]), int(off[i + 1])
@@ -196,22 +217,31 @@ def batch(seqs: list[dict], remap: np.ndarray):
     return t(f), t(x), t(ft), t(ti), t(tl), t(m)
 
 
-def losses(model: EagleHead, f, x, ft, ti, tl, m, noise: float, p_weight: float):
+def losses(model: EagleHead, f, x, ft, ti, tl, m, noise: float, p_weight: float, unroll: int = 1):
+    """(loss, feature loss, token loss, step-1 accuracy, per-step accuracies): the sum over drafting
+    steps 1..unroll (weights 0.8^(s-1)) of smooth-L1(fhat, f_{t+1}) + p_weight x the cross-entropy of
+    the head against the target's top-k renormalised on the head's ids."""
     if noise:
         f = f + (torch.rand_like(f) * 2 - 1) * noise
-    pos = torch.arange(f.shape[1])
-    fh = model(f, x, pos)
-    fh_m, ft_m = fh[m], ft[m]
-    v_loss = F.smooth_l1_loss(fh_m, ft_m)
-    logq = torch.log_softmax(model.head(fh_m), -1)
-    ti_m, tl_m = ti[m], tl[m]
-    ok = ti_m >= 0
-    p = torch.softmax(tl_m.masked_fill(~ok, -1e9), -1)                    # the target's top-k on the head
-    p_loss = -(p * logq.gather(-1, ti_m.clamp(min=0)).masked_fill(~ok, 0)).sum(-1).mean()
-    with torch.no_grad():
-        # step-1 agreement with the target's argmax (top-1 of its top-k), where the head holds it
-        acc = ((logq.argmax(-1) == ti_m[:, 0]) & ok[:, 0]).float().mean()
-    return v_loss + p_weight * p_loss, v_loss.detach(), p_loss.detach(), acc
+    outs = model.unrolled(f, x, unroll)
+    total, vls, pls, accs = 0.0, [], [], []
+    q = torch.arange(f.shape[1])
+    for s, fh in enumerate(outs, 1):
+        ms = m & (q >= s - 1)[None]
+        fh_m, ft_m = fh[ms], ft[ms]
+        v_loss = F.smooth_l1_loss(fh_m, ft_m)
+        logq = torch.log_softmax(model.head(fh_m), -1)
+        ti_m, tl_m = ti[ms], tl[ms]
+        ok = ti_m >= 0
+        p = torch.softmax(tl_m.masked_fill(~ok, -1e9), -1)                # the target's top-k on the head
+        p_loss = -(p * logq.gather(-1, ti_m.clamp(min=0)).masked_fill(~ok, 0)).sum(-1).mean()
+        total = total + 0.8 ** (s - 1) * (v_loss + p_weight * p_loss)
+        vls.append(v_loss.detach())
+        pls.append(p_loss.detach())
+        with torch.no_grad():
+            # agreement with the target's argmax (top-1 of its top-k), where the head holds it
+            accs.append(float(((logq.argmax(-1) == ti_m[:, 0]) & ok[:, 0]).float().mean()))
+    return total, vls[0], pls[0], accs[0], accs
 
 
 def target_parts(target_dir: Path):
@@ -251,6 +281,9 @@ def train(a) -> None:
     opt = torch.optim.AdamW(model.trainable(), lr=a.lr, betas=(0.9, 0.95), weight_decay=0.0)
     step, rng_state = 0, None
     last = run / "last.pt"
+    if not last.exists() and a.init:
+        model.load_state_dict(torch.load(a.init, map_location="cpu", weights_only=False)["model"])
+        log_to(log, f"eagle: a new run from the weights of {a.init}")
     if last.exists():
         ck = torch.load(last, map_location="cpu", weights_only=False)
         model.load_state_dict(ck["model"])
@@ -280,7 +313,8 @@ def train(a) -> None:
         lr = a.lr * min(1.0, (step + 1) / a.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / a.steps))))
         for g in opt.param_groups:
             g["lr"] = lr
-        loss, vl, pl, acc = losses(model, *batch(chosen, remap), noise=a.noise * rms, p_weight=a.p_weight)
+        loss, vl, pl, acc, accs = losses(model, *batch(chosen, remap), noise=a.noise * rms, p_weight=a.p_weight,
+                                         unroll=a.unroll)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.trainable(), 1.0)
@@ -288,13 +322,13 @@ def train(a) -> None:
         step += 1
         seen += sum(len(s["ids"]) for s in chosen)
         if step % a.log_every == 0:
-            log_to(log, f"step {step} lr {lr:.2e} v {vl:.4f} p {pl:.3f} acc1 {acc:.3f} "
+            log_to(log, f"step {step} lr {lr:.2e} v {vl:.4f} p {pl:.3f} acc {' '.join(f'{x:.3f}' for x in accs)} "
                         f"{seen / (time.time() - t0):.0f} tok/s")
         if step % a.val_every == 0 or step == a.steps:
             with torch.no_grad():
-                accs = [float(losses(model, *batch(va[i:i + 8], remap), 0.0, a.p_weight)[3])
-                        for i in range(0, len(va), 8)]
-            log_to(log, f"step {step} val acc1 {np.mean(accs):.4f}")
+                accs = np.array([losses(model, *batch(va[i:i + 8], remap), 0.0, a.p_weight, a.unroll)[4]
+                                 for i in range(0, len(va), 8)]).mean(0)
+            log_to(log, f"step {step} val acc {' '.join(f'{x:.4f}' for x in accs)}")
         if time.time() - last_ck > a.ckpt_minutes * 60 or step == a.steps:
             tmp = run / "last.tmp.pt"
             torch.save(dict(model=model.state_dict(), opt=opt.state_dict(), step=step, args=vars(a) | dict(
@@ -349,6 +383,45 @@ def replay(model: EagleHead, target, items: list[dict], gammas=(1, 2, 3, 4, 5, 6
                 tokens_per_verify={g: out[g][0] / max(1, out[g][1]) for g in gammas})
 
 
+def chain_blocks(correct: list[bool], gammas) -> dict:
+    """Tokens per verify of a token-level draft from its teacher-forced hits along the target's answer:
+    while its drafts match, its context IS the target's path, so a block accepts the leading run of
+    hits (correct[j]: the draft's argmax after answer tokens < j equals answer token j)."""
+    out = {}
+    A = len(correct)
+    for g in gammas:
+        p, emitted, calls = 1, 1, 0           # answer token 0 comes from the prefill
+        while p < A:
+            n = 0
+            while n < g and p + n < A and correct[p + n]:
+                n += 1
+            step = min(n + 1, A - p)
+            emitted, calls, p = emitted + step, calls + 1, p + step
+        out[g] = (emitted, calls)
+    return out
+
+
+def token_draft_replay(draft_dir: Path, items: list[dict], gammas=(1, 2, 3, 4, 5, 6)) -> dict:
+    from .evaluate import load_draft
+    from . import model as M
+    d, _ = load_draft(draft_dir)
+    ids_of = M.head_ids(d)
+    tot = {g: [0, 0] for g in gammas}
+    hit = n = 0
+    with torch.no_grad():
+        for it in items:
+            seq, P = it["ids"] + it["answer"], len(it["ids"])
+            logits = d(input_ids=torch.tensor([seq[:-1]])).logits[0, P - 1:]
+            pred = logits.argmax(-1)
+            pred = (pred if ids_of is None else ids_of[pred]).tolist()
+            correct = [pred[j] == it["answer"][j] for j in range(len(it["answer"]))]
+            hit, n = hit + sum(correct[1:]), n + len(correct) - 1
+            for g, (e, c) in chain_blocks(correct, gammas).items():
+                tot[g][0] += e
+                tot[g][1] += c
+    return dict(alpha=hit / n, tokens_per_verify={g: e / max(1, c) for g, (e, c) in tot.items()})
+
+
 def evaluate(a) -> None:
     from .evaluate import heldout_answers
     from .teacher import load_target, target_dir
@@ -362,7 +435,10 @@ def evaluate(a) -> None:
     r = replay(model, target, items)
     print(f"step {ck['step']}: held-out step-1 accuracy {r['acc1']:.4f} over {r['positions']} positions "
           f"({len(items)} prompts)")
+    tok = token_draft_replay(a.draft, items)
+    print(f"token-level draft {a.draft}: alpha {tok['alpha']:.4f} on the same positions (answer tokens 1..)")
+    print("gamma  tokens per verify: feature head | token-level draft")
     for g, v in r["tokens_per_verify"].items():
-        print(f"  gamma {g}: {v:.3f} tokens per verify")
+        print(f"  {g}    {v:.3f} | {tok['tokens_per_verify'][g]:.3f}")
     if a.json:
-        a.json.write_text(json.dumps(dict(step=ck["step"], **r), indent=1))
+        a.json.write_text(json.dumps(dict(step=ck["step"], **r, token_draft=tok), indent=1))
