@@ -279,7 +279,7 @@ def train(a) -> None:
     remap = np.full(model.c.vocab, -1, np.int64)
     remap[model.vocab_ids.numpy()] = np.arange(len(model.vocab_ids))
     opt = torch.optim.AdamW(model.trainable(), lr=a.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    step, rng_state = 0, None
+    step = 0
     last = run / "last.pt"
     if not last.exists() and a.init:
         model.load_state_dict(torch.load(a.init, map_location="cpu", weights_only=False)["model"])
@@ -291,6 +291,9 @@ def train(a) -> None:
         step = ck["step"]
         log_to(log, f"eagle: resumed at step {step}")
     seqs = load_features([a.out / "features"])
+    if not seqs:
+        raise SystemExit(f"eagle-train: no features under {a.out / 'features'}: run "
+                         "`python -m build_sd.chatpair features` first")
     tr, va = split(seqs, 0.02, a.seed)
     rms = float(np.sqrt(np.mean(np.square(seqs[0]["feat"].astype(np.float32)))))
     log_to(log, f"eagle: {len(tr)} train / {len(va)} val sequences, "
