@@ -20,9 +20,9 @@ def tiny_target(seed=0):
 
 def tiny_head(target, head_ids=None, seed=1):
     torch.manual_seed(seed)
-    c = eagle.HeadConfig.of_target(target.config.to_dict())
+    c = eagle.head_config(target.config.to_dict())
     E = target.model.embed_tokens.weight.detach()
-    ids = torch.arange(c.vocab) if head_ids is None else head_ids
+    ids = torch.arange(c.vocab_size) if head_ids is None else head_ids
     return eagle.EagleHead(c, E, ids, target.model.norm.weight.detach()).eval()
 
 
@@ -80,6 +80,8 @@ class _Oracle(torch.nn.Module):
         self.head, self.vocab_ids, self.feats = head.head, head.vocab_ids, feats
 
     def forward(self, f, x, pos, cache=None):
+        if cache is not None and cache[0] is None:          # a cache the replay can slice
+            cache[0] = cache[1] = torch.zeros(1, 1, len(pos), 1)
         return self.feats[pos.clamp(max=len(self.feats) - 2) + 1][None]
 
 

@@ -30,7 +30,6 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,68 +38,56 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..builder.model.llama import RMSNorm, rotate_half
+from ..contract.config import ModelConfig, rope_inv_freq
 from . import log_to
 
 
-@dataclass
-class HeadConfig:
-    hidden: int = 576
-    intermediate: int = 1536
-    heads: int = 9
-    kv_heads: int = 3
-    head_dim: int = 64
-    rope_theta: float = 100000.0
-    eps: float = 1e-5
-    vocab: int = 49152
-
-    @classmethod
-    def of_target(cls, cfg: dict) -> "HeadConfig":
-        return cls(cfg["hidden_size"], cfg["intermediate_size"], cfg["num_attention_heads"],
-                   cfg["num_key_value_heads"], cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"],
-                   cfg.get("rope_theta", 10000.0), cfg.get("rms_norm_eps", 1e-5), cfg["vocab_size"])
+def head_config(target_cfg: dict) -> ModelConfig:
+    """The target's architecture (the head's layer has its shape), from its config.json dict."""
+    return ModelConfig.from_hf_dict(target_cfg)
 
 
-def rope(x, pos, theta: float):
+def rope(x, pos, inv_freq):
     """Llama's rotate-half RoPE; x [B, h, T, d], pos [T] (absolute positions)."""
-    d = x.shape[-1]
-    inv = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d)
-    ang = pos.float()[:, None] * inv[None]                      # [T, d/2]
-    cos, sin = torch.cat([ang, ang], -1).cos(), torch.cat([ang, ang], -1).sin()
-    return x * cos + rotate_half(x) * sin
+    ang = pos.float()[:, None] * inv_freq[None]                 # [T, d/2]
+    emb = torch.cat([ang, ang], -1)
+    return x * emb.cos() + rotate_half(x) * emb.sin()
 
 
 class Layer(nn.Module):
     """A Llama decoder layer with HF's parameter names, and an explicit KV cache for drafting."""
 
-    def __init__(self, c: HeadConfig):
+    def __init__(self, c: ModelConfig):
         super().__init__()
         self.c = c
-        H, q, kv = c.hidden, c.heads * c.head_dim, c.kv_heads * c.head_dim
-        self.input_layernorm = RMSNorm(H, c.eps, torch.float32)
-        self.post_attention_layernorm = RMSNorm(H, c.eps, torch.float32)
+        # f32 inverse frequencies as transformers computes them (scaled RoPE types included)
+        self.register_buffer("inv_freq", torch.tensor(rope_inv_freq(c), dtype=torch.float32), persistent=False)
+        H, q, kv = c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+        self.input_layernorm = RMSNorm(H, c.rms_norm_eps, torch.float32)
+        self.post_attention_layernorm = RMSNorm(H, c.rms_norm_eps, torch.float32)
         self.self_attn = nn.Module()
         self.self_attn.q_proj = nn.Linear(H, q, bias=False)
         self.self_attn.k_proj = nn.Linear(H, kv, bias=False)
         self.self_attn.v_proj = nn.Linear(H, kv, bias=False)
         self.self_attn.o_proj = nn.Linear(q, H, bias=False)
         self.mlp = nn.Module()
-        self.mlp.gate_proj = nn.Linear(H, c.intermediate, bias=False)
-        self.mlp.up_proj = nn.Linear(H, c.intermediate, bias=False)
-        self.mlp.down_proj = nn.Linear(c.intermediate, H, bias=False)
+        self.mlp.gate_proj = nn.Linear(H, c.intermediate_size, bias=False)
+        self.mlp.up_proj = nn.Linear(H, c.intermediate_size, bias=False)
+        self.mlp.down_proj = nn.Linear(c.intermediate_size, H, bias=False)
 
     def qkv(self, x, pos):
         """The RoPE'd q [B, h, T, d] and k, v [B, kvh, T, d] of rows x at positions pos."""
         c, a = self.c, self.self_attn
         B, T, _ = x.shape
         h = self.input_layernorm(x)
-        q = a.q_proj(h).view(B, T, c.heads, c.head_dim).transpose(1, 2)
-        k = a.k_proj(h).view(B, T, c.kv_heads, c.head_dim).transpose(1, 2)
-        v = a.v_proj(h).view(B, T, c.kv_heads, c.head_dim).transpose(1, 2)
-        return rope(q, pos, self.c.rope_theta), rope(k, pos, self.c.rope_theta), v
+        q = a.q_proj(h).view(B, T, c.num_heads, c.head_dim).transpose(1, 2)
+        k = a.k_proj(h).view(B, T, c.num_kv_heads, c.head_dim).transpose(1, 2)
+        v = a.v_proj(h).view(B, T, c.num_kv_heads, c.head_dim).transpose(1, 2)
+        return rope(q, pos, self.inv_freq), rope(k, pos, self.inv_freq), v
 
     def finish(self, x, q, k, v, mask):
         """Attention of q over (k, v) where mask [T, S] allows, then the residual and the MLP."""
-        rep = self.c.heads // self.c.kv_heads
+        rep = self.c.q_per_kv
         k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         x = x + self.self_attn.o_proj(o.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
@@ -122,18 +109,18 @@ class Layer(nn.Module):
 
 
 class EagleHead(nn.Module):
-    def __init__(self, c: HeadConfig, embed: torch.Tensor, head_ids: torch.Tensor, norm: torch.Tensor):
+    def __init__(self, c: ModelConfig, embed: torch.Tensor, head_ids: torch.Tensor, norm: torch.Tensor):
         super().__init__()
         self.c = c
         self.embed = nn.Embedding.from_pretrained(embed.float(), freeze=True)          # the target's
         self.register_buffer("vocab_ids", head_ids.to(torch.int32))
-        self.head = nn.Linear(c.hidden, len(head_ids), bias=False)
+        self.head = nn.Linear(c.hidden_size, len(head_ids), bias=False)
         with torch.no_grad():
             self.head.weight.copy_(embed.float()[head_ids.long()])                    # tied rows
         self.head.weight.requires_grad_(False)
-        self.fc = nn.Linear(2 * c.hidden, c.hidden, bias=False)
+        self.fc = nn.Linear(2 * c.hidden_size, c.hidden_size, bias=False)
         self.layer = Layer(c)
-        self.norm = RMSNorm(c.hidden, c.eps, torch.float32)
+        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, torch.float32)
         with torch.no_grad():
             self.norm.weight.copy_(norm.float())
 
@@ -250,7 +237,7 @@ def target_parts(target_dir: Path):
     with safe_open(str(target_dir / "model.safetensors"), "pt") as fh:
         E = fh.get_tensor("model.embed_tokens.weight").float()
         norm = fh.get_tensor("model.norm.weight").float()
-    return HeadConfig.of_target(cfg), E, norm
+    return head_config(cfg), E, norm
 
 
 def default_head_ids() -> torch.Tensor:
@@ -276,7 +263,7 @@ def train(a) -> None:
     run.mkdir(parents=True, exist_ok=True)
     log = run / "train.log"
     model = new_head(target_dir(), a.seed)
-    remap = np.full(model.c.vocab, -1, np.int64)
+    remap = np.full(model.c.vocab_size, -1, np.int64)
     remap[model.vocab_ids.numpy()] = np.arange(len(model.vocab_ids))
     opt = torch.optim.AdamW(model.trainable(), lr=a.lr, betas=(0.9, 0.95), weight_decay=0.0)
     step = 0
@@ -360,13 +347,14 @@ def replay(model: EagleHead, target, items: list[dict], gammas=(1, 2, 3, 4, 5, 6
         for t in range(P - 2, len(seq) - 2):
             hit1 += int(pred[t] == seq[t + 2])
             n1 += 1
+        true_kv = [None, None]                                        # K/V of every true input
+        model(f[None, :-1], x[:, 1:], torch.arange(len(seq) - 1), true_kv)
         for g in gammas:
             p = P                       # the target emits answer token 0 from f_{P-1} (prefill); p = its position
             emitted, calls = 1, 0
             while p < P + A - 1:
                 # the head's cache: true features for inputs 0..p-2 ((f_t, x_{t+1}) for t < p-1)
-                cache = [None, None]
-                model(f[None, : p - 1], x[:, 1:p], torch.arange(p - 1), cache)
+                cache = [true_kv[0][:, :, :p - 1], true_kv[1][:, :, :p - 1]]
                 fin, xin, drafts = f[p - 1], seq[p], []
                 for i in range(g):
                     fh = model(fin[None, None], torch.tensor([[xin]]), torch.tensor([p - 1 + i]), cache)[0, 0]
