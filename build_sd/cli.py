@@ -164,7 +164,7 @@ def cmd_run(a):
     run(a.bundle, prompt, chat=a.chat, system=a.system, max_new_tokens=a.max_new_tokens, gamma=a.gamma,
         sampling=SamplingParams(a.temperature, a.top_k, a.top_p), seed=a.seed, as_json=a.json, raw=a.raw,
         fallback=a.fallback, threads=a.threads, cpu_driver=cpu_drivers(a.cpu_driver),
-        random_weights=a.random_weights, overlap=a.overlap, pin=pins(a.pin))
+        random_weights=a.random_weights, overlap=a.overlap, pin=pins(a.pin), lookup=a.lookup)
 
 
 def cmd_chat(a):
@@ -175,7 +175,7 @@ def cmd_chat(a):
     return chat(a.bundle, system=a.system, max_new_tokens=a.max_new_tokens, gamma=a.gamma,
                 sampling=SamplingParams(a.temperature, a.top_k, a.top_p), seed=a.seed, as_json=a.json,
                 fallback=a.fallback, threads=a.threads, cpu_driver=cpu_drivers(a.cpu_driver),
-                overlap=a.overlap, pin=pins(a.pin))
+                overlap=a.overlap, pin=pins(a.pin), lookup=a.lookup)
 
 
 def cmd_profile(a):

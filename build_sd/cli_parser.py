@@ -126,7 +126,16 @@ def _run(sub) -> None:
                    help="local-sync or local-task for the CPU modules, e.g. draft=local-sync "
                         "(default: the bundle's, else local-task)")
     _overlap_options(p)
+    _lookup_option(p)
     _random_weights_option(p)
+
+
+def _lookup_option(p) -> None:
+    p.add_argument("--lookup", type=int, nargs="?", const=4, default=0, metavar="N",
+                   help="also draft by n-gram lookup: where the text's last N..2 tokens occurred before (prompt "
+                        "or answer), propose what followed them, with no model call; the draft model drafts "
+                        "where nothing matches. Pays on answers that copy their context: summaries, edits, "
+                        "code. Output unchanged; the sequential loop. Bare --lookup: N = 4 (default: off)")
 
 
 def _overlap_options(p) -> None:
@@ -159,6 +168,7 @@ def _chat(sub) -> None:
     p.add_argument("--cpu-driver", action="append", metavar="[ROLE=]DRIVER",
                    help="local-sync or local-task for the CPU modules, e.g. draft=local-sync")
     _overlap_options(p)
+    _lookup_option(p)
 
 
 def _profile(sub) -> None:

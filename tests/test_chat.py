@@ -125,8 +125,10 @@ def test_no_chat_template_is_one_line(draft_art, tmp_path):
     assert rc == 2 and "no chat template" in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("gamma", [0, 2])
-def test_multi_turn_chat_equals_one_shot_runs_of_the_accumulated_ids(chat_bundle, gamma, monkeypatch):
+@pytest.mark.parametrize("gamma,lookup", [(0, 0), (2, 0), (2, 4)], ids=["target-only", "g2", "g2-lookup"])
+def test_multi_turn_chat_equals_one_shot_runs_of_the_accumulated_ids(chat_bundle, gamma, lookup, monkeypatch):
+    """lookup: its blocks leave the draft behind; each turn settles it, so the next one still reuses
+    every token both caches hold."""
     from build_sd.runtime.conversation import chat
     from build_sd.runtime.sampling import GreedyAcceptor
     from build_sd.runtime.speculative import generate
@@ -134,12 +136,13 @@ def test_multi_turn_chat_equals_one_shot_runs_of_the_accumulated_ids(chat_bundle
     out = io.StringIO()
     monkeypatch.setattr("sys.stdout", out)
     chat(chat_bundle, max_new_tokens=8, gamma=gamma, as_json=True,
-         stdin=io.StringIO("\n".join(turns) + "\n"))
+         stdin=io.StringIO("\n".join(turns) + "\n"), lookup=lookup)
     rows = [json.loads(x) for x in out.getvalue().splitlines()]
     assert [r["turn"] for r in rows] == [1, 2, 3, 4]
     assert rows[0]["reused"] == 0 and rows[1]["reused"] == 0          # /reset starts over
     assert rows[2]["reused"] > len(rows[1]["prompt_ids"]) and rows[3]["reused"] > len(rows[2]["prompt_ids"])
     assert rows[2]["prompt_ids"][:len(rows[1]["prompt_ids"])] == rows[1]["prompt_ids"]
+    assert (sum(r["metrics"]["lookup_blocks"] for r in rows) > 0) == bool(lookup)
     s = _open(chat_bundle)
     for r in rows:                                       # cache reuse changes nothing but the time
         ref = generate(s.target, s.draft if gamma else None, r["prompt_ids"], gamma, GreedyAcceptor(), 8, s.eos_ids)

@@ -174,14 +174,14 @@ def tiny_vocab_chains():
 PROMPT = [3, 7, 1]
 
 
-def _exact_t2_t3(target, params):
+def _exact_t2_t3(target, params, prompt=PROMPT):
     """Target-only law of the 2nd and 3rd generated tokens (marginals), from its own logits."""
-    out = target.prefill(np.array(PROMPT, np.int32))
+    out = target.prefill(np.array(prompt, np.int32))
     p1 = probs(out.logits()[-1], params)[0]
     m2, m3 = np.zeros(16), np.zeros(16)
     for t1 in range(16):
         for t2 in range(16):
-            o = target.step(np.array([t1, t2], np.int32), len(PROMPT))
+            o = target.step(np.array([t1, t2], np.int32), len(prompt))
             rows = probs(o.logits(), params)
             if t2 == 0:
                 m2 += p1[t1] * rows[0]
@@ -189,14 +189,19 @@ def _exact_t2_t3(target, params):
     return m2, m3
 
 
-def _speculative_draws(target, draft, params, n, sampler_cls):
+def _speculative_draws(target, draft, params, n, sampler_cls, prompt=PROMPT, lookup=None):
+    """Counts of the 2nd and 3rd tokens over n seeds; lookup: a factory of a fresh NgramLookup per
+    generation (and the number of generations it proposed in is returned too)."""
     from build_sd.runtime.speculative import generate
     c2, c3 = np.zeros(16, int), np.zeros(16, int)
+    looked = 0
     for seed in range(n):
-        g = generate(target, draft, PROMPT, 2, sampler_cls(params, np.random.default_rng(seed)), 3, [])
+        g = generate(target, draft, prompt, 2, sampler_cls(params, np.random.default_rng(seed)), 3, [],
+                     lookup=lookup() if lookup else None)
         c2[g.token_ids[1]] += 1
         c3[g.token_ids[2]] += 1
-    return c2, c3
+        looked += g.metrics.lookup_blocks > 0
+    return (c2, c3, looked) if lookup else (c2, c3)
 
 
 @pytest.mark.parametrize("params", [SamplingParams(temperature=1.0),

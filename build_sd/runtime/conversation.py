@@ -38,6 +38,7 @@ class Conversation:
     last_eos: int | None = None                       # the EOS id the last answer ended with
     overlap: bool | None = None                       # None: as the bundle says (Session.schedule)
     pin: dict | None = None                           # {role: cores} for the overlapped loop
+    lookup: object = None                             # NgramLookup (runtime/lookup.py) or None
 
     def __post_init__(self):
         self.template = self.session.chat_template()
@@ -95,10 +96,10 @@ class Conversation:
         if len(prompt) + 1 > self.context:
             raise ContextFull(f"the conversation would take {len(prompt)} of the bundle's {self.context} tokens")
         s = self.session
-        on, cpus = s.schedule(self.overlap, self.pin)
+        on, cpus = s.schedule(False if self.lookup else self.overlap, self.pin)
         gen = generate(s.target, s.draft if self.gamma > 0 else None, prompt, self.gamma, self.acceptor,
                        min(self.max_new_tokens, self.context - len(prompt)), s.eos_ids, on_tokens, past=past,
-                       overlap=on, cpus=cpus)
+                       overlap=on, cpus=cpus, lookup=self.lookup, settle_draft=True)
         self.last_prompt = self.template.render(self.messages + [{"role": "user", "content": user}],
                                                 add_generation_prompt=True)
         self.last_eos = gen.token_ids[-1] if gen.token_ids and gen.token_ids[-1] in set(s.eos_ids) else None
@@ -112,10 +113,10 @@ class Conversation:
 def chat(bundle, *, system: str | None = None, max_new_tokens: int = 256, gamma: int | None = None,
          sampling=None, seed: int = 0, as_json: bool = False, fallback: str | None = None,
          threads: int | None = None, cpu_driver: dict[str, str] | None = None, stdin=None,
-         overlap: bool | None = None, pin: dict | None = None) -> int:
+         overlap: bool | None = None, pin: dict | None = None, lookup: int = 0) -> int:
     """Read user turns from stdin (one line each; /reset starts over, /quit or end of input stops),
     stream each answer, and a one-line summary per turn on stderr (as_json: one JSON object per turn)."""
-    from .run import _Stream, make_acceptor
+    from .run import _Stream, make_acceptor, make_lookup
     from .sampling import SamplingParams
     from .session import open_bundle
     stdin = stdin or sys.stdin
@@ -125,7 +126,7 @@ def chat(bundle, *, system: str | None = None, max_new_tokens: int = 256, gamma:
     if gamma < 0 or gamma > session.max_gamma():
         raise UserError(f"--gamma {gamma}: this bundle verifies up to gamma {session.max_gamma()}")
     conv = Conversation(session, gamma, make_acceptor(sampling or SamplingParams(), seed), max_new_tokens, system,
-                        overlap=overlap, pin=pin)
+                        overlap=overlap, pin=pin, lookup=make_lookup(lookup, gamma, overlap))
     session.warmup()
     interactive = stdin.isatty() and not as_json
     if interactive:

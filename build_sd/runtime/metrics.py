@@ -35,6 +35,8 @@ class Metrics:
     overlap_s: float = 0.0           # time both models were computing at once
     wasted_draft_tokens: int = 0     # drafted during a verify, then discarded
     ready_blocks: int = 0            # iterations whose drafts were made during the previous verify
+    lookup_blocks: int = 0           # iterations whose drafts n-gram lookup proposed (runtime/lookup.py)
+    lookup_accepted: int = 0         # of their drafts, accepted
 
     def judge(self, n_accepted: int, g: int):
         """Record one iteration that proposed g drafts and accepted the first n."""
@@ -114,4 +116,6 @@ class Metrics:
             "overlap_fraction": r(self.overlap_fraction) if self.overlap else 0.0,
             "wasted_draft_tokens": self.wasted_draft_tokens,
             "ready_blocks": self.ready_blocks,
+            "lookup_blocks": self.lookup_blocks,
+            "lookup_accepted": self.lookup_accepted,
         }

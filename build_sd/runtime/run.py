@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from .lookup import MIN_NGRAM, NgramLookup
 from .prompts import encode_as, encode_prompt
 from .sampling import GreedyAcceptor, RejectionSampler, SamplingParams
 from .session import open_bundle
@@ -18,16 +19,31 @@ def make_acceptor(params: SamplingParams, seed: int):
     return GreedyAcceptor() if params.greedy else RejectionSampler(params, np.random.default_rng(seed))
 
 
+def make_lookup(ngram: int, gamma: int, overlap: bool | None) -> NgramLookup | None:
+    """--lookup N: n-gram lookup over the last N..2 tokens (0: off). It proposes up to gamma tokens
+    and needs each verify's result before the next block, so it takes the sequential loop."""
+    if not ngram:
+        return None
+    if ngram < MIN_NGRAM:
+        raise UserError(f"--lookup {ngram}: the longest n-gram must be >= {MIN_NGRAM} (0 = off)")
+    if gamma == 0:
+        raise UserError("--lookup proposes up to gamma tokens: give a gamma >= 1 (0 is target only)")
+    if overlap:
+        raise UserError("--lookup runs the sequential loop: drop --overlap")
+    return NgramLookup(ngram)
+
+
 def run(bundle: str | Path, prompt: str | None = None, *, chat: str | None = None, system: str | None = None,
         max_new_tokens: int = 64, gamma: int | None = None,
         sampling: SamplingParams = SamplingParams(), seed: int = 0, as_json: bool = False, raw: bool = False,
         fallback: str | None = None, threads: int | None = None, cpu_driver: dict[str, str] | None = None,
         random_weights: int | None = None, overlap: bool | None = None,
-        pin: dict[str, set[int]] | None = None) -> dict:
+        pin: dict[str, set[int]] | None = None, lookup: int = 0) -> dict:
     """Generate from `prompt` (in the bundle's prompt template), or from the user message `chat`
     (and `system`) in the model's chat template; prints the text as it streams and the metrics
     (stderr), or one JSON object (as_json). gamma None: the bundle's; 0: target only. Returns what
-    --json prints. overlap: draft during verify (None: as the bundle says); pin: {role: cores}."""
+    --json prints. overlap: draft during verify (None: as the bundle says); pin: {role: cores};
+    lookup: the longest n-gram n-gram lookup drafting matches (0: off; runtime/lookup.py)."""
     if (prompt is None) == (chat is None):
         raise UserError("give one of --prompt, --prompt-file or --chat")
     if system is not None and chat is None:
@@ -42,13 +58,14 @@ def run(bundle: str | Path, prompt: str | None = None, *, chat: str | None = Non
     if gamma < 0 or gamma > session.max_gamma():
         raise UserError(f"--gamma {gamma}: this bundle verifies up to gamma {session.max_gamma()}")
     ids = encode_as(session, chat, True, system) if chat is not None else encode_prompt(session, prompt, raw=raw)
-    on, cpus = session.schedule(overlap, pin)
+    lk = make_lookup(lookup, gamma, overlap)
+    on, cpus = session.schedule(False if lk else overlap, pin)
     session.warmup()          # first calls pay one-time costs; keep them out of the metrics
 
     stream = _Stream(session.tokenizer, echo=not as_json)
     gen = generate(session.target, session.draft if gamma > 0 else None, ids, gamma,
                    make_acceptor(sampling, seed), max_new_tokens, session.eos_ids, stream.on_tokens,
-                   log=lambda msg: print(msg, file=sys.stderr), overlap=on, cpus=cpus)
+                   log=lambda msg: print(msg, file=sys.stderr), overlap=on, cpus=cpus, lookup=lk)
     text = session.tokenizer.decode(gen.token_ids, skip_special_tokens=True)
     result = {"text": text, "token_ids": gen.token_ids, "prompt_tokens": len(ids),
               "metrics": gen.metrics.to_dict()}

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .chain import ModelChain
+from .lookup import NgramLookup
 from .metrics import Metrics
+from .sampling import Sparse
 
 
 @dataclass
@@ -41,13 +43,20 @@ def _trim(new: list[int], eos: set[int], budget: int) -> tuple[list[int], str | 
 
 def generate(target: ModelChain, draft: ModelChain | None, prompt: list[int], gamma: int,
              acceptor, max_new_tokens: int, eos_ids=(), on_tokens=None, log=None, past: int = 0,
-             overlap: bool = False, cpus: dict[str, set[int]] | None = None) -> Generation:
+             overlap: bool = False, cpus: dict[str, set[int]] | None = None,
+             lookup: NgramLookup | None = None, settle_draft: bool = False) -> Generation:
     """Generate up to max_new_tokens after `prompt`; `on_tokens(list)` streams accepted tokens.
     past: the first `past` prompt tokens are already in both caches (an earlier turn's
     Generation.cached): only the rest is prefilled, at positions past..
     overlap: the draft drafts the next block while the target verifies (runtime/overlap.py;
-    cpus: the cores of each model's thread); without a draft or at gamma 0 it changes nothing."""
-    if overlap and gamma > 0 and draft is not None:
+    cpus: the cores of each model's thread); without a draft or at gamma 0 it changes nothing.
+    lookup: n-gram lookup proposes the block where the text repeats itself (runtime/lookup.py), the
+    draft model where it does not; it runs in this sequential loop (an overlapped draft works ahead
+    of the verify, lookup needs its result). Lookup blocks leave the draft behind; settle_draft (a
+    conversation's next turn continues from both caches) feeds it what it missed before returning."""
+    if lookup is not None and gamma <= 0:
+        raise ValueError("lookup proposes up to gamma tokens: gamma must be >= 1")
+    if overlap and gamma > 0 and draft is not None and lookup is None:
         from .overlap import generate_overlapped
         return generate_overlapped(target, draft, prompt, gamma, acceptor, max_new_tokens, eos_ids, on_tokens,
                                    log, past, cpus)
@@ -64,26 +73,38 @@ def generate(target: ModelChain, draft: ModelChain | None, prompt: list[int], ga
     t_pos = d_pos = len(seq) - 1
     before = _Snapshot.take(target, draft)
     built = set(target.verify_T) | {1}
+    V = target.export.config.vocab_size
     while True:
         remaining = max_new_tokens - len(gen.token_ids)
         room = S - t_pos                                   # cache slots left for this verify
         if stopped(m, remaining, room, S, log):
             break
         g = _gamma_now(gamma if use_draft else 0, remaining, room, built)
-        # `held`: the draft's last output stays alive through this verify. Releasing it before
-        # the verify call made IREE's out-of-order semaphore signal (the lavapipe device loss,
-        # docs/FINDINGS.md) more likely; native/vkguard.c removes the loss, holding costs nothing
-        drafts, q_rows, d_pos, held = _draft_block(draft, acceptor, seq, d_pos, g)
+        drafts = _lookup_block(lookup, seq, g, built)
+        by_lookup = bool(drafts)
+        if by_lookup:   # the draft model sleeps (it catches up later); q: all mass on the proposal
+            q_rows, held = [Sparse([x], [1.0], V) for x in drafts], None
+        else:
+            # `held`: the draft's last output stays alive through this verify. Releasing it before
+            # the verify call made IREE's out-of-order semaphore signal (the lavapipe device loss,
+            # docs/FINDINGS.md) more likely; native/vkguard.c removes the loss, holding costs nothing
+            drafts, q_rows, d_pos, held = _draft_block(draft, acceptor, seq, d_pos, g)
         vout = target.step(np.array([seq[-1]] + drafts, np.int32), t_pos)   # x, x_1..x_g at t_pos..
         n_acc, nxt = acceptor.accept(drafts, q_rows, vout.ids, vout.logits)
+        if by_lookup:
+            m.lookup_blocks += 1
+            m.lookup_accepted += n_acc
         if g > 0:
-            m.judge(n_acc, g)
+            m.judge(n_acc, len(drafts))
         else:
             m.iterations += 1
         t_pos += 1 + n_acc
         d_pos = min(d_pos, t_pos)           # the draft saw x_1..x_{g-1}: keep what was accepted of them
         if emit(gen, seq, drafts[:n_acc] + [nxt], eos, remaining, on_tokens)[1]:
             break
+    if settle_draft and use_draft and lookup is not None and d_pos < t_pos:
+        _catch_up(draft, seq[d_pos:t_pos], d_pos)
+        d_pos = t_pos
     before.record_into(m, target, draft)
     gen.cached = min(t_pos, d_pos) if use_draft else t_pos
     return gen
@@ -160,6 +181,16 @@ def _gamma_now(gamma: int, remaining: int, room: int, built: set[int]) -> int:
     return g
 
 
+def _lookup_block(lookup: NgramLookup | None, seq: list[int], g: int, built: set[int]) -> list[int]:
+    """Lookup's proposal, cut to a length whose verify is built ([] when none: the draft model drafts)."""
+    if lookup is None or g <= 0:
+        return []
+    prop = lookup.propose(seq, g)
+    while prop and len(prop) + 1 not in built:
+        prop.pop()
+    return prop
+
+
 def _draft_block(draft: ModelChain, acceptor, seq: list[int], d_pos: int, g: int):
     """g draft tokens after `seq` (and their q rows when sampling); the draft first catches up
     on what it has not seen. Returns (drafts, q_rows, the draft's new position, its last output)."""
@@ -209,10 +240,12 @@ class _Snapshot:
 
 
 def _catch_up(draft: ModelChain, pending: list[int], pos: int):
-    """Feed the tokens the draft has not seen; one call when a verify of that size exists."""
-    if len(pending) == 1 or len(pending) in draft.verify_T:
-        return draft.step(np.array(pending, np.int32), pos)
-    out = None
-    for i, t in enumerate(pending):
-        out = draft.step(np.array([t], np.int32), pos + i)
+    """Feed the tokens the draft has not seen (1, 2 after a full accept, more after lookup blocks) in
+    as few calls as the built sizes allow: each call takes the largest verify size that fits."""
+    sizes = sorted(set(draft.verify_T) | {1}, reverse=True)
+    out, i = None, 0
+    while i < len(pending):
+        k = next(k for k in sizes if k <= len(pending) - i)
+        out = draft.step(np.array(pending[i:i + k], np.int32), pos + i)
+        i += k
     return out
