@@ -4,9 +4,11 @@ open chat questions (the chat demo's asked ones, which its draft never saw).
 
 Per prompt group: median tokens/s of each mode over rounds that alternate the modes (A B C A B C:
 this machine is shared and noisy), the ratios to target only, tokens per verify, and the share of
-blocks lookup proposed. Greedy: the three modes' tokens must be identical (checked, not assumed).
+blocks lookup proposed. Greedy: the three modes' tokens must be identical (checked, not assumed);
+--temperature T samples (seed 0 per prompt): each mode's tokens must repeat from round to round.
 
     .venv/bin/python benchmarks/lookup_bench.py --bundle BUNDLE [--gamma 3] [--rounds 3] [--max-new 96]
+        [--temperature 0.8]
 
 A bundle of the real pair (f32 target, sequential loop):
     build-sd build --draft build_sd/chatpair/models/draft \\
@@ -45,15 +47,18 @@ def main() -> int:
     ap.add_argument("--lookup", type=int, default=4, help="the longest n-gram lookup matches")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-new", type=int, default=96)
+    ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     ap.add_argument("--chat-questions", type=int, default=6, help="how many of the chat demo's asked questions")
     a = ap.parse_args()
     from build_sd.demo.chat import questions_asked
     from build_sd.runtime.lookup import NgramLookup
     from build_sd.runtime.prompts import encode_as
-    from build_sd.runtime.sampling import GreedyAcceptor
+    from build_sd.runtime.run import make_acceptor
+    from build_sd.runtime.sampling import SamplingParams
     from build_sd.runtime.session import open_bundle
     from build_sd.runtime.speculative import generate
 
+    params = SamplingParams(a.temperature)
     s = open_bundle(a.bundle)
     s.warmup()
     groups = {"grounded": GROUNDED, "open chat": questions_asked(a.chat_questions)}
@@ -66,7 +71,7 @@ def main() -> int:
             for i, p in enumerate(prompts):
                 ids = encode_as(s, p, chat=True)
                 for mname, (gamma, lk) in modes.items():
-                    gen = generate(s.target, s.draft if gamma else None, ids, gamma, GreedyAcceptor(), a.max_new,
+                    gen = generate(s.target, s.draft if gamma else None, ids, gamma, make_acceptor(params, 0), a.max_new,
                                    s.eos_ids, lookup=NgramLookup(a.lookup) if lk else None)
                     m = gen.metrics
                     st = stats[(gname, mname)]
@@ -78,9 +83,11 @@ def main() -> int:
                     if tokens[(gname, i)][mname] != gen.token_ids:
                         raise SystemExit(f"{mname} on {gname} prompt {i}: tokens changed between rounds")
             print(f"round {r + 1}/{a.rounds} done", file=sys.stderr, flush=True)
-    bad = [(k, {m: len(t) for m, t in v.items()}) for k, v in tokens.items() if len({tuple(t) for t in v.values()}) > 1]
-    print(f"bundle {a.bundle}, {a.rounds} rounds, <= {a.max_new} new tokens, greedy; "
-          f"identical tokens in every mode: {'yes' if not bad else 'NO ' + str(bad)}")
+    bad = [(k, {m: len(t) for m, t in v.items()}) for k, v in tokens.items()
+           if params.greedy and len({tuple(t) for t in v.values()}) > 1]
+    print(f"bundle {a.bundle}, {a.rounds} rounds, <= {a.max_new} new tokens, "
+          + (f"greedy; identical tokens in every mode: {'yes' if not bad else 'NO ' + str(bad)}" if params.greedy
+             else f"temperature {a.temperature}, seed 0 per prompt (each mode repeated its tokens every round)"))
     print(f"| prompts | mode | tok/s (median of per-prompt medians) | x target only | tokens/verify | lookup blocks |")
     print("|---|---|---:|---:|---:|---:|")
     for gname, prompts in groups.items():

@@ -117,6 +117,8 @@ def format_metrics(m: dict) -> str:
         f"{f(ts['transfer'], '{:.1f}')} ms, host {f(ts['host'], '{:.1f}')} ms (share {f(m['host_share'])})",
         *([f"overlap: both models computing {f(m['overlap_fraction'])} of the decode time, "
            f"{m['wasted_draft_tokens']} speculative draft tokens discarded"] if m.get("overlap") else []),
+        *([f"lookup: proposed {m['lookup_blocks']} of {m['iterations']} blocks, {m['lookup_accepted']} of their "
+           f"tokens accepted"] if m.get("lookup_blocks") else []),
         f"per token: {m['device_calls_per_token']} device calls, {m['bytes_per_token']['up']:.0f} B up, "
         f"{m['bytes_per_token']['down']:.0f} B down",
     ]
