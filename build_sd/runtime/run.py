@@ -43,7 +43,7 @@ def run(bundle: str | Path, prompt: str | None = None, *, chat: str | None = Non
     (and `system`) in the model's chat template; prints the text as it streams and the metrics
     (stderr), or one JSON object (as_json). gamma None: the bundle's; 0: target only. Returns what
     --json prints. overlap: draft during verify (None: as the bundle says); pin: {role: cores};
-    lookup: the longest n-gram n-gram lookup drafting matches (0: off; runtime/lookup.py)."""
+    lookup: N of n-gram lookup drafting over the text's last N..2 tokens (0: off; runtime/lookup.py)."""
     if (prompt is None) == (chat is None):
         raise UserError("give one of --prompt, --prompt-file or --chat")
     if system is not None and chat is None:
