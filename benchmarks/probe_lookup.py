@@ -30,26 +30,16 @@ from build_sd.chatpair.evaluate import load_draft  # noqa: E402
 from build_sd.chatpair.prompts import heldout_prompts  # noqa: E402
 from build_sd.chatpair.teacher import generate, load_target, render  # noqa: E402
 from build_sd.demo.chat import DRAFT_DIR  # noqa: E402
-
-
-def lookup(ctx: list[int], gamma: int, n_max: int, n_min: int) -> list[int]:
-    """The tokens after the most recent earlier occurrence of ctx's longest suffix n-gram (n_max..n_min)."""
-    L = len(ctx)
-    for n in range(n_max, n_min - 1, -1):
-        if L <= n:
-            continue
-        key = ctx[L - n:]
-        for s in range(L - n - 1, -1, -1):          # most recent first; the suffix itself excluded
-            if ctx[s:s + n] == key:
-                return ctx[s + n:s + n + gamma]
-    return []
+from build_sd.runtime.lookup import NgramLookup  # noqa: E402
 
 
 def replay(prompt: list[int], ans: list[int], pred: np.ndarray, gamma: int, policy: str, n_max: int, n_min: int):
-    """(verifies, tokens, draft calls) of greedy speculative decoding along ans."""
+    """(verifies, tokens, draft calls) of greedy speculative decoding along ans; lookup is the
+    runner's own (runtime/lookup.py)."""
+    lk = NgramLookup(n_max, n_min)
     i = verifies = calls = 0
     while i < len(ans):
-        prop = lookup(prompt + ans[:i], gamma, n_max, n_min) if policy != "draft" else []
+        prop = lk.propose(prompt + ans[:i], gamma) if policy != "draft" else []
         if not prop and policy != "lookup":
             prop = list(pred[i:i + gamma])
             calls += min(gamma, len(ans) - i)

@@ -190,8 +190,8 @@ def _exact_t2_t3(target, params, prompt=PROMPT):
 
 
 def _speculative_draws(target, draft, params, n, sampler_cls, prompt=PROMPT, lookup=None):
-    """Counts of the 2nd and 3rd tokens over n seeds; lookup: a factory of a fresh NgramLookup per
-    generation (and the number of generations it proposed in is returned too)."""
+    """(counts of the 2nd and 3rd tokens over n seeds, how many generations lookup proposed in);
+    lookup: a factory of a fresh NgramLookup per generation."""
     from build_sd.runtime.speculative import generate
     c2, c3 = np.zeros(16, int), np.zeros(16, int)
     looked = 0
@@ -201,7 +201,7 @@ def _speculative_draws(target, draft, params, n, sampler_cls, prompt=PROMPT, loo
         c2[g.token_ids[1]] += 1
         c3[g.token_ids[2]] += 1
         looked += g.metrics.lookup_blocks > 0
-    return (c2, c3, looked) if lookup else (c2, c3)
+    return c2, c3, looked
 
 
 @pytest.mark.parametrize("params", [SamplingParams(temperature=1.0),
@@ -210,7 +210,7 @@ def _speculative_draws(target, draft, params, n, sampler_cls, prompt=PROMPT, loo
 def test_speculative_sampling_matches_target_only(tiny_vocab_chains, params):
     target, draft = tiny_vocab_chains
     m2, m3 = _exact_t2_t3(target, params)
-    c2, c3 = _speculative_draws(target, draft, params, 3000, RejectionSampler)
+    c2, c3, _ = _speculative_draws(target, draft, params, 3000, RejectionSampler)
     for counts, law in ((c2, m2), (c3, m3)):
         rejected, stat, crit = chi2_rejects(counts, law)
         assert not rejected, f"chi2 {stat:.1f} > {crit:.1f}: speculative sampling is biased"
@@ -220,6 +220,6 @@ def test_broken_correction_is_detected(tiny_vocab_chains):
     target, draft = tiny_vocab_chains
     params = SamplingParams(temperature=1.0)
     m2, m3 = _exact_t2_t3(target, params)
-    c2, c3 = _speculative_draws(target, draft, params, 3000, BrokenSampler)
+    c2, c3, _ = _speculative_draws(target, draft, params, 3000, BrokenSampler)
     assert any(chi2_rejects(c, law)[0] for c, law in ((c2, m2), (c3, m3))), \
         "a wrong correction step went unnoticed: the test has no power"
